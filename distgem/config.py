@@ -1,0 +1,167 @@
+"""The run configuration: one dataclass section per component, loaded strictly from YAML + --set.
+
+Each component receives only its own section. Precedence: defaults < YAML files (later wins,
+`include:` pulls in others) < `--set section.key=value`. Unknown keys and type mismatches fail
+with the full dotted key and the file or flag that set it (see `distgem.yamlconf`).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+from distgem.yamlconf import dump_yaml, load_config, require
+
+LANGUAGES = ("en", "es", "fr", "el", "ru", "de", "nl")
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "embedded:tiny"
+    """HF directory or hub name (bert-base-multilingual-cased, xlm-roberta-base), or embedded:tiny|small."""
+    max_length: int = 128
+    """Subword window; longer sentences are split into overlapping windows, never truncated."""
+    stride: int = 32
+    """Subwords of left context carried into the next window of a long sentence."""
+
+    def __post_init__(self):
+        require(self.max_length >= 8, "max_length", "must be at least 8")
+        require(0 <= self.stride < self.max_length - 2, "stride", "must be in [0, max_length - 2)")
+
+
+@dataclass
+class DataConfig:
+    root: str = "embedded:tiny"
+    """A world/corpus directory, or embedded:tiny|small (the synthetic world, built and cached on first use)."""
+    pos: str = "{root}/pos/{lang}-{split}.conllu"
+    """CoNLL-U path template; {split} is train, dev or test."""
+    ner: str = "{root}/ner/{lang}.{split}"
+    """CoNLL NER path template; {split} is mapped through ner_splits."""
+    ner_splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "dev": "testa", "test": "testb"})
+    mono: str = "{root}/mono/{lang}.txt"
+    """One sentence per line (MLM), per language."""
+    parallel: str = "{root}/parallel/en-{lang}.{side}"
+    """Aligned pair template; {side} is `en` or the language code."""
+    xsr_eval_pairs: int = 500
+    """Last N pairs of every parallel file are held out for XSR evaluation (never used as memory)."""
+    mlm_eval_sentences: int = 500
+    """Last N sentences of every mono file are held out for perplexity."""
+
+    def __post_init__(self):
+        require(self.xsr_eval_pairs >= 10, "xsr_eval_pairs", "must be at least 10")
+        require(self.mlm_eval_sentences >= 10, "mlm_eval_sentences", "must be at least 10")
+
+
+@dataclass
+class TaskConfig:
+    name: Literal["pos", "ner"] = "pos"
+    source: str = "en"
+    targets: list[str] = field(default_factory=lambda: [lang for lang in LANGUAGES if lang != "en"])
+    """Zero-shot languages: evaluated every eval_every steps; their dev average drives early stopping."""
+
+    def __post_init__(self):
+        require(self.source not in self.targets, "targets", f"must not contain the source language {self.source!r}")
+        require(len(self.targets) > 0, "targets", "needs at least one language")
+
+
+@dataclass
+class GemConfig:
+    memory_strength: float = 0.0
+    """GEM's margin: lower bound on the dual variables (0 = the paper's default)."""
+    solver: Literal["auto", "exact", "qpth"] = "auto"
+    per_language: bool = False
+    """One constraint per memory task and language instead of one per memory task."""
+    per_layer: bool = False
+    """One QP per parameter group (embeddings, each layer, heads) instead of one over all parameters."""
+    refresh_every: int = 1
+    """Recompute memory gradients every R steps (1 = every step, the paper)."""
+
+    def __post_init__(self):
+        require(self.memory_strength >= 0, "memory_strength", "must be >= 0")
+        require(self.refresh_every >= 1, "refresh_every", "must be >= 1")
+
+
+@dataclass
+class MethodConfig:
+    name: Literal["naive", "frozen", "mtf", "gem"] = "naive"
+    memory: list[Literal["mlm", "xsr"]] = field(default_factory=list)
+    """Memory tasks: [] for naive/frozen; [mlm], [xsr] or [mlm, xsr] (Both) for mtf and gem."""
+    mlm_languages: Literal["en", "all"] = "all"
+    """MLM memory over English only (MLM(en)) or the source and all targets (MLM(all))."""
+    mtf_weights: dict[str, float] = field(default_factory=lambda: {"mlm": 1.0, "xsr": 1.0})
+    """Weights of the memory losses added to the task loss in mtf."""
+    frozen_layers: int = 3
+    """frozen: embeddings and the bottom N encoder layers do not train."""
+    xsr_layer: int = -1
+    """Hidden layer whose masked mean is the sentence embedding (-1 = last; XTREME uses 8 of 12)."""
+    memory_batch_size: int = 16
+    gem: GemConfig = field(default_factory=GemConfig)
+
+    def __post_init__(self):
+        needs_memory = self.name in ("mtf", "gem")
+        require(bool(self.memory) == needs_memory, "memory",
+                f"{self.name} takes {'one or more memory tasks' if needs_memory else 'no memory tasks'}")
+        require(len(set(self.memory)) == len(self.memory), "memory", "lists a task twice")
+        require(self.frozen_layers >= 0, "frozen_layers", "must be >= 0")
+        require(self.memory_batch_size >= 2, "memory_batch_size", "must be >= 2 (XSR ranks within the batch)")
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    steps: int = 1000
+    batch_size: int = 16
+    """Global batch (every task): micro_batch_size x gradient_accumulation x ranks."""
+    gradient_accumulation: int = 1
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    """L2 via decoupled weight decay (AdamW); the paper's naive baseline."""
+    warmup_steps: int = 0
+    gradient_clipping: float = 0.0
+    """0 disables (DeepSpeed's own default of 1.0 would clip the projected gradient)."""
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    zero_stage: Literal[0, 1, 2, 3] = 0
+
+    def __post_init__(self):
+        require(self.steps >= 1, "steps", "must be >= 1")
+        require(self.batch_size >= 1, "batch_size", "must be >= 1")
+        require(self.gradient_accumulation >= 1, "gradient_accumulation", "must be >= 1")
+        require(self.lr > 0, "lr", "must be > 0")
+
+
+@dataclass
+class EvalConfig:
+    every: int = 100
+    """Evaluate the targets' dev sets every E steps (early stopping on their average)."""
+    patience: int = 5
+    """Stop after this many evaluations without improvement (0 = never stop early)."""
+    batch_size: int = 64
+    before_training: bool = True
+    """Evaluate the backbone first (Table 1's backbone row)."""
+
+
+@dataclass
+class OutputConfig:
+    run_dir: str = "runs/default"
+    checkpoint_every: int = 0
+    """Save a resumable checkpoint every N steps (0 = only the best and the last)."""
+    tensorboard: bool = True
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+
+def load_run_config(paths: list[str | os.PathLike] = (), overrides: list[str] = ()) -> RunConfig:
+    """The resolved run config from YAML files and `section.key=value` overrides."""
+    return load_config(RunConfig, list(paths), list(overrides))
+
+
+__all__ = ["RunConfig", "load_run_config", "dump_yaml"]

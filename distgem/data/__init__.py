@@ -1,0 +1,1 @@
+"""Readers for the project's corpus formats, subword alignment and the synthetic world."""
