@@ -12,6 +12,7 @@ from distgem.errors import UserError
 COMMANDS = {
     "world": ("distgem.data.world", "write the synthetic multilingual world (deterministic)"),
     "pretrain": ("distgem.pretrain", "pre-train the tiny multilingual backbone on a world"),
+    "train": ("distgem.train", "train one run (DeepSpeed; any launcher)"),
 }
 
 

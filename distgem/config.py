@@ -23,6 +23,8 @@ class ModelConfig:
     """Subword window; longer sentences are split into overlapping windows, never truncated."""
     stride: int = 32
     """Subwords of left context carried into the next window of a long sentence."""
+    dropout: float | None = None
+    """Override the backbone's hidden and attention dropout (0 for exact equivalence tests)."""
 
     def __post_init__(self):
         require(self.max_length >= 8, "max_length", "must be at least 8")
@@ -121,6 +123,8 @@ class TrainConfig:
     """0 disables (DeepSpeed's own default of 1.0 would clip the projected gradient)."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     zero_stage: Literal[0, 1, 2, 3] = 0
+    deepspeed_config: str = "configs/deepspeed/zero{stage}.json"
+    """DeepSpeed JSON; its "auto" fields are filled from this section (relative paths: cwd, then the repo)."""
 
     def __post_init__(self):
         require(self.steps >= 1, "steps", "must be >= 1")
@@ -146,6 +150,8 @@ class OutputConfig:
     checkpoint_every: int = 0
     """Save a resumable checkpoint every N steps (0 = only the best and the last)."""
     tensorboard: bool = True
+    save_final: bool = False
+    """Also write final.safetensors: the last step's weights, gathered on rank 0 (tests, export)."""
 
 
 @dataclass

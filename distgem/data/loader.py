@@ -1,0 +1,65 @@
+"""Batch order: global batches drawn from per-epoch permutations that depend only on (seed, task, epoch).
+
+Every rank draws the same global batch and keeps its own contiguous slice, so the ranks read
+disjoint parts of each epoch whose union is the whole epoch, and N ranks see exactly the batch one
+rank would. The position (epoch, offset) is part of every checkpoint.
+"""
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+
+import torch
+
+
+class BatchStream:
+    """Endless global batches of example indices for one task; epochs follow each other seamlessly."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, name: str):
+        if size <= 0:
+            raise ValueError(f"task {name!r} has no examples")
+        self.size, self.batch_size, self.seed, self.name = size, batch_size, seed, name
+        self.epoch, self.offset = 0, 0
+        self._order: list[int] | None = None
+
+    def order(self, epoch: int) -> list[int]:
+        """The permutation of epoch `epoch` (a pure function of seed, task name and epoch)."""
+        generator = torch.Generator().manual_seed(zlib.crc32(f"{self.seed}:{self.name}:{epoch}".encode()))
+        return torch.randperm(self.size, generator=generator).tolist()
+
+    def next(self) -> list[int]:
+        """The next global batch; a batch that crosses an epoch end continues into the next epoch."""
+        batch: list[int] = []
+        while len(batch) < self.batch_size:
+            if self._order is None:
+                self._order = self.order(self.epoch)
+            take = min(self.batch_size - len(batch), self.size - self.offset)
+            batch += self._order[self.offset:self.offset + take]
+            self.offset += take
+            if self.offset == self.size:
+                self.epoch, self.offset, self._order = self.epoch + 1, 0, None
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "offset": self.offset, "size": self.size, "batch_size": self.batch_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if (state["size"], state["batch_size"]) != (self.size, self.batch_size):
+            raise ValueError(f"task {self.name!r}: checkpoint was written for {state['size']} examples in batches "
+                             f"of {state['batch_size']}, this run has {self.size} in batches of {self.batch_size}")
+        self.epoch, self.offset, self._order = state["epoch"], state["offset"], None
+
+
+def rank_micro_batches(batch: Sequence[int], rank: int, world: int, accumulation: int) -> list[list[int]]:
+    """This rank's contiguous slice of a global batch, cut into `accumulation` micro-batches."""
+    if len(batch) % (world * accumulation):
+        raise ValueError(f"global batch {len(batch)} does not divide into {world} ranks x {accumulation} micro-batches")
+    per_rank = len(batch) // world
+    mine = list(batch[rank * per_rank:(rank + 1) * per_rank])
+    micro = per_rank // accumulation
+    return [mine[i * micro:(i + 1) * micro] for i in range(accumulation)]
+
+
+def shard(indices: Sequence[int], rank: int, world: int) -> list[int]:
+    """A strided share of an evaluation set (every example on exactly one rank)."""
+    return list(indices[rank::world])

@@ -1,0 +1,292 @@
+"""The one seam to torch.distributed and DeepSpeed: ranks, the engine, gradient partitions, collectives.
+
+Nothing else in distgem imports deepspeed or torch.distributed. The engine asks this module for
+`GradientPartition.pieces()`: writable views of *this rank's* reduced gradient, in a fixed order,
+whatever the ZeRO stage (0: every parameter's full .grad; 1/2: the optimizer's averaged partition;
+3: each parameter's local partition). No rank ever gathers a full gradient here.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from distgem.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int
+    size: int
+    local_rank: int
+    device: torch.device
+
+
+def discover_ranks() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun/deepspeed, mpirun (OpenMPI) or srun, else one process."""
+    env = os.environ
+    for rank, size, local in (("RANK", "WORLD_SIZE", "LOCAL_RANK"),
+                              ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
+                              ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
+                              ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")):
+        if rank in env and size in env:
+            return int(env[rank]), int(env[size]), int(env.get(local, env[rank]))
+    return 0, 1, 0
+
+
+def init(seed_port: int | None = None) -> World:
+    """Join (or create) the process group; gloo on CPU, NCCL on GPU, through DeepSpeed."""
+    import deepspeed
+
+    rank, size, local_rank = discover_ranks()
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(local_rank))
+    os.environ.setdefault("MASTER_ADDR", _head_node())
+    os.environ.setdefault("MASTER_PORT", str(seed_port or (_free_port() if size == 1 else 29500)))
+    cuda = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu"
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False,
+                               verbose=False)
+    device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
+    return World(rank, size, local_rank, device)
+
+
+def _head_node() -> str:
+    """MASTER_ADDR under srun: the first host of the job (never `hostname -I`, which may be unroutable)."""
+    nodes = os.environ.get("SLURM_JOB_NODELIST") or os.environ.get("SLURM_NODELIST")
+    if nodes and int(os.environ.get("SLURM_NNODES", "1")) > 1:
+        import subprocess
+
+        hosts = subprocess.run(["scontrol", "show", "hostnames", nodes], capture_output=True, text=True, check=True)
+        return hosts.stdout.split()[0]
+    return "127.0.0.1"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deepspeed_config(path: str | os.PathLike, *, micro_batch: int, world_size: int, zero_stage: int,
+                     precision: str, gradient_clipping: float) -> dict:
+    """Load a DeepSpeed JSON and fill its "auto" fields from the run config; a disagreement is an error."""
+    path = Path(path)
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such DeepSpeed config") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+    wanted = {
+        ("train_micro_batch_size_per_gpu",): micro_batch,
+        ("train_batch_size",): micro_batch * world_size,
+        # distgem accumulates micro-batches itself (each task's gradient must survive its own backward)
+        ("gradient_accumulation_steps",): 1,
+        ("gradient_clipping",): gradient_clipping,
+        ("zero_optimization", "stage"): zero_stage,
+        ("bf16", "enabled"): precision == "bf16",
+        ("fp16", "enabled"): precision == "fp16",
+    }
+    for keys, value in wanted.items():
+        node = config
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        current = node.get(keys[-1], "auto")
+        if current == "auto":
+            node[keys[-1]] = value
+        elif current != value:
+            raise ConfigError(f"{path}: '{'.'.join(keys)}' is {current!r} but the run config implies {value!r} "
+                              f"(set it to \"auto\")")
+    config["zero_allow_untested_optimizer"] = True
+    config.setdefault("steps_per_print", 10**9)
+    config.setdefault("wall_clock_breakdown", False)
+    return config
+
+
+def build_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, ds_config: dict):
+    """Wrap model and optimizer in a DeepSpeed engine (ZeRO stage from the config)."""
+    import deepspeed
+
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    return engine
+
+
+class GradientPartition:
+    """This rank's reduced gradient as a list of writable pieces, with the parameter name of each."""
+
+    def __init__(self, engine, names: dict[int, str]):
+        self.engine = engine
+        self.stage = engine.zero_optimization_stage()
+        self.names = names  # id(param) -> name
+        self._layout: list[str] | None = None
+
+    def zero(self) -> None:
+        """Forget the previous task's gradient before the next task's backward."""
+        if self.stage == 0:
+            for param in self.engine.module.parameters():
+                if param.grad is not None:
+                    param.grad.zero_()
+        else:
+            self.engine.optimizer.zero_grad()
+            if self.stage == 3:
+                # ZeRO-3 keeps each parameter's partition in one flat buffer and only *copies* into the
+                # slots of parameters this backward touches: clear it, or an untouched parameter (the
+                # tagging head during MLM) would carry the previous task's gradient into this one.
+                self.engine.optimizer.grad_partitions_flat_buffer.zero_()
+
+    def pieces(self) -> list[torch.Tensor]:
+        """Views of the local gradient partition, in the same order every call (call after backward)."""
+        if self.stage == 0:
+            out = []
+            for param in self._trainable():
+                if param.grad is None:  # untouched by this task: zeros, consistently on every rank
+                    param.grad = torch.zeros_like(param)
+                out.append(param.grad.view(-1))
+            return out
+        groups = self.engine.optimizer.averaged_gradients
+        return [t.view(-1) for i in sorted(groups) for t in groups[i]]
+
+    def piece_names(self) -> list[str]:
+        """The parameter name of every piece (for per-layer grouping); padding pieces are named ''."""
+        if self._layout is None:
+            if self.stage == 0:
+                params = [list(self._trainable())]
+            elif self.stage == 3:
+                params = self.engine.optimizer.fp16_groups
+            else:
+                params = self.engine.optimizer.params_in_partition
+            groups = self.engine.optimizer.averaged_gradients if self.stage else {0: self.pieces()}
+            layout = []
+            for i, group in enumerate(params):
+                names = [self.names[id(p)] for p in group]
+                layout += names + [""] * (len(groups[i]) - len(names))
+            self._layout = layout
+        return self._layout
+
+    def _trainable(self):
+        return (p for p in self.engine.module.parameters() if p.requires_grad)
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks, in place (no-op on one rank)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_gather_objects(obj) -> list:
+    """Every rank's object, in rank order."""
+    import torch.distributed as dist
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+class AutogradGather:
+    """All-gather along dim 0 that passes gradients back to every rank's rows (in-batch XSR negatives)."""
+
+    def __init__(self, rank: int, size: int):
+        self.rank, self.size = rank, size
+
+    def __call__(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self.size == 1:
+            return tensor
+        from torch.distributed.nn.functional import all_gather
+
+        return torch.cat(all_gather(tensor), dim=0)
+
+
+def barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def shutdown() -> None:
+    """Leave the process group cleanly (ZeRO-3 may abort at interpreter exit otherwise)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+def save_engine(engine, directory, tag: str) -> None:
+    """DeepSpeed's checkpoint of model, optimizer partitions and scheduler (all ranks call it)."""
+    engine.save_checkpoint(str(directory), tag=tag, save_latest=False)
+
+
+def load_engine(engine, directory, tag: str, module_only: bool) -> None:
+    """Load a DeepSpeed checkpoint with weights_only unpickling (an allowlist, never arbitrary objects)."""
+    engine.checkpoint_engine = _safe_checkpoint_engine(engine.checkpoint_engine)
+    # Always the full state: DeepSpeed's module-only path under ZeRO-3 bypasses the checkpoint engine
+    # (zero_to_fp32 with its own unpickling and the `latest` file); weights alone are restored all the same.
+    load_path, _ = engine.load_checkpoint(str(directory), tag=tag, load_module_only=module_only)
+    if load_path is None:
+        raise FileNotFoundError(f"{directory}/{tag}: DeepSpeed found no checkpoint")
+
+
+def _safe_checkpoint_engine(current):
+    """Wrap DeepSpeed's torch checkpoint engine so that every torch.load is weights_only."""
+    if getattr(current, "_distgem_safe", False):
+        return current
+
+    class SafeLoad:
+        _distgem_safe = True
+
+        def __getattr__(self, name):
+            return getattr(current, name)
+
+        def load(self, path, map_location=None):
+            with torch.serialization.safe_globals(_allowed_globals()):
+                return torch.load(path, map_location=map_location, weights_only=True)
+
+    return SafeLoad()
+
+
+def _allowed_globals() -> list:
+    """The non-tensor types DeepSpeed's checkpoints contain (checked by tests/distributed)."""
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    allowed = [ZeroStageEnum, fragment_address]
+    try:
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+
+        allowed += [LossScaler, DynamicLossScaler]
+    except ImportError:
+        pass
+    return allowed
+
+
+def save_weights(engine, module: torch.nn.Module, path, rank: int) -> None:
+    """The module's full weights as safetensors on rank 0 (ZeRO-3 partitions gathered one parameter at a time)."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, param in module.named_parameters():
+        if hasattr(param, "ds_id"):
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                if rank == 0:
+                    tensors[name] = param.detach().float().cpu().clone()
+        elif rank == 0:
+            tensors[name] = param.detach().float().cpu().clone()
+    if rank == 0:
+        save_file(tensors, str(path))
+    barrier()

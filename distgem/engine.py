@@ -1,0 +1,329 @@
+"""The training engine: one DeepSpeed engine, one step for every method, evaluation, early stopping.
+
+The step reads top to bottom: memory gradients (k constraints), the task gradient, then
+naive: nothing / mtf: add the weighted memory gradients / gem: project on the Gram's dual,
+then the optimizer step. Every gradient lives on this rank's ZeRO partition only.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from distgem import backbone as backbones
+from distgem import distributed as dist
+from distgem import evaluation
+from distgem.checkpoint import Checkpointer
+from distgem.config import RunConfig
+from distgem.data.corpora import load_corpora
+from distgem.errors import ConfigError
+from distgem.data.loader import BatchStream, rank_micro_batches
+from distgem.gem.memory import Layout, MemoryBuffer, combine, memory_dots, partial_gram
+from distgem.log import RunLog
+from distgem.metrics import average_over_targets
+from distgem.model import MultiTaskModel, freeze_bottom, parameter_group
+from distgem.results import build_results, write_json
+from distgem.tasks.sources import memory_sources, tagging_source
+from distgem.tasks.tagging import LABELS
+
+
+class Trainer:
+    def __init__(self, config: RunConfig, world: dist.World):
+        self.config, self.world = config, world
+        self.run_dir = Path(config.output.run_dir)
+        train, method = config.train, config.method
+        _seed_everything(train.seed)
+        self.tokenizer, backbone = backbones.load(config.model.backbone, config.model.dropout)
+        has_mlm = any(a.endswith("ForMaskedLM") for a in (backbone.config.architectures or []))
+        if "mlm" in method.memory and not has_mlm:
+            raise ConfigError(f"method.memory: {config.model.backbone} has no masked-LM head; use [xsr]")
+        languages = [config.task.source, *config.task.targets]
+        mono = languages if has_mlm else []  # perplexity is reported for every language
+        self.corpora = load_corpora(config.data, config.task, config.model, self.tokenizer, mono, config.task.targets)
+        self.model = MultiTaskModel(backbone, len(LABELS[config.task.name]), method.xsr_layer,
+                                    gather=dist.AutogradGather(world.rank, world.size))
+        if method.name == "frozen":
+            freeze_bottom(self.model, method.frozen_layers)
+        self.names = {id(p): n for n, p in self.model.named_parameters()}
+        self.engine = dist.build_engine(self.model, *self._optimizer(), self._deepspeed_config())
+        self.partition = dist.GradientPartition(self.engine, self.names)
+        self.main = tagging_source(config.task.name, self.corpora.train, self.tokenizer.pad_token_id)
+        mlm_train = {lang: self.corpora.mono_train[lang] for lang in (languages if method.mlm_languages == "all" else ["en"])
+                     if lang in self.corpora.mono_train}
+        self.corpora.mono_train = mlm_train
+        self.memories = memory_sources(method, self.corpora, self.tokenizer, train.seed) if method.memory else []
+        self.streams = {s.name: BatchStream(s.size, train.batch_size if s is self.main else method.memory_batch_size,
+                                            train.seed, s.name) for s in [self.main, *self.memories]}
+        self.buffer: MemoryBuffer | None = None
+        self.task_buffer: MemoryBuffer | None = None
+        self.layout: Layout | None = None
+        self.state = {"step": 0, "best": None, "best_step": None, "bad_evals": 0, "history": [], "backbone": None,
+                      "gem": {"violated_steps": 0, "steps": 0, "fallbacks": 0}}
+        self._trace_started = False
+        self.checkpoints = Checkpointer(self.run_dir / "checkpoints", self.engine, world.rank)
+
+    # --- set-up -----------------------------------------------------------------------------
+    def _optimizer(self):
+        train = self.config.train
+        decay, no_decay = [], []
+        for name, param in self.model.named_parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim < 2 else decay).append(param)
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": train.weight_decay},
+                                       {"params": no_decay, "weight_decay": 0.0}], lr=train.lr)
+        warmup = train.warmup_steps
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+        return optimizer, schedule
+
+    def _deepspeed_config(self) -> dict:
+        train = self.config.train
+        per_rank = train.batch_size // self.world.size
+        if train.batch_size % (self.world.size * train.gradient_accumulation):
+            raise ConfigError(f"train.batch_size {train.batch_size} must divide into {self.world.size} ranks x "
+                                   f"train.gradient_accumulation {train.gradient_accumulation}")
+        if self.config.method.memory_batch_size % (self.world.size * train.gradient_accumulation):
+            raise ConfigError(f"method.memory_batch_size {self.config.method.memory_batch_size} must divide into "
+                                   f"{self.world.size} ranks x {train.gradient_accumulation} micro-batches")
+        path = train.deepspeed_config.format(stage=train.zero_stage)
+        path = path if Path(path).is_absolute() or Path(path).exists() else str(dist.ROOT / path)
+        return dist.deepspeed_config(path, micro_batch=per_rank // train.gradient_accumulation,
+                                     world_size=self.world.size, zero_stage=train.zero_stage,
+                                     precision=train.precision, gradient_clipping=train.gradient_clipping)
+
+    # --- the step ---------------------------------------------------------------------------
+    def step(self, step: int) -> dict[str, float]:
+        """One optimizer step of the configured method; returns what the log shows."""
+        method, k = self.config.method, len(self.memories)
+        stats: dict[str, float] = {}
+        refresh = k and (self.buffer is None or step % method.gem.refresh_every == 0 or method.name != "gem")
+        losses = torch.zeros(k + 1, dtype=torch.float64)
+        if refresh:
+            for i, source in enumerate(self.memories):
+                losses[i] = self._backward(source, step, row=i)
+        losses[k] = self._backward(self.main, step, row=None)
+        pieces = self.partition.pieces()
+        if self.task_buffer is not None:  # micro-batches were accumulated outside the optimizer's partition
+            for piece, view in zip(pieces, self.task_buffer.views(0)):
+                piece.copy_(view)
+        if method.name == "mtf":
+            weights = torch.tensor([[method.mtf_weights[s.name.split(".")[0]] for s in self.memories]])
+            combine(pieces, self.buffer.data, weights, self.layout)
+        elif method.name == "gem":
+            stats.update(self._project(pieces))
+        self.engine.step()
+        stats.update({f"loss/{s.name}": float(v) / self.world.size
+                      for s, v in zip([*self.memories, self.main], dist.all_reduce_sum(losses).tolist()) if refresh or s is self.main})
+        stats["lr"] = self.engine.get_lr()[0]
+        return stats
+
+    def _backward(self, source, step: int, row: int | None) -> float:
+        """Forward and backward of one task over this rank's micro-batches; the loss is scaled so that
+        summing over micro-batches and averaging over ranks gives the global batch's mean."""
+        batch = self.streams[source.name].next()
+        scale = self.world.size / max(source.units(source.batch(batch, step)), 1)
+        micro_batches = rank_micro_batches(batch, self.world.rank, self.world.size, self.config.train.gradient_accumulation)
+        total = 0.0
+        for j, indices in enumerate(micro_batches):
+            self.partition.zero()
+            inputs = {key: value.to(self.world.device) for key, value in source.batch(indices, step).items()}
+            loss = self.engine(task=source.kind, scale=scale, **inputs)["loss"]
+            self.engine.backward(loss)
+            total += loss.detach().item()
+            pieces = self.partition.pieces()
+            self._ensure_buffers(pieces)
+            if row is not None:
+                self.buffer.capture(row, pieces, accumulate=j > 0)
+            elif self.task_buffer is not None:
+                self.task_buffer.capture(0, pieces, accumulate=j > 0)
+        return total
+
+    def _ensure_buffers(self, pieces) -> None:
+        if self.layout is not None:
+            return
+        per_layer = self.config.method.name == "gem" and self.config.method.gem.per_layer
+        names = [parameter_group(n) if n else "padding" for n in self.partition.piece_names()] if per_layer else None
+        self.layout = Layout.of(pieces, names)
+        if self.memories:
+            self.buffer = MemoryBuffer(len(self.memories), self.layout, self.world.device)
+        if self.config.train.gradient_accumulation > 1:
+            self.task_buffer = MemoryBuffer(1, self.layout, self.world.device)
+
+    def _project(self, pieces) -> dict[str, float]:
+        """GEM: Gram of [memories; task] (partial per rank, summed), the dual QP on every rank, g += M^T v."""
+        from distgem.gem import projection
+
+        gem, memories = self.config.method.gem, self.buffer.data
+        started = time.perf_counter()
+        gram = partial_gram(memories, pieces, self.layout)
+        if self.partition.stage > 0:  # stage 0: every rank holds the whole (already averaged) gradient
+            dist.all_reduce_sum(gram)
+        k = memories.shape[0]
+        mem_gram, dots, task_norm2 = gram[:, :k, :k], gram[:, :k, k], gram[:, k, k]
+        violated = (dots < 0).any(dim=1)
+        v = torch.zeros_like(dots)
+        if bool(violated.any()):
+            v = projection.solve_dual(mem_gram, dots, gem.memory_strength, gem.solver)
+            v = torch.where(violated.unsqueeze(1), v, torch.zeros_like(v))
+            combine(pieces, memories, v, self.layout)
+        elapsed = time.perf_counter() - started
+        after = memory_dots(memories, pieces, self.layout)
+        if self.partition.stage > 0:
+            dist.all_reduce_sum(after)
+        scale = (mem_gram.diagonal(dim1=1, dim2=2).sqrt() * task_norm2.sqrt().unsqueeze(1)).clamp(min=1e-30)
+        new_norm2 = task_norm2 + 2 * (v * dots).sum(1) + torch.einsum("gi,gij,gj->g", v, mem_gram, v)
+        self.state["gem"]["steps"] += 1
+        self.state["gem"]["violated_steps"] += int(bool(violated.any()))
+        stats = {
+            "gem/violated": float(violated.any()),
+            "gem/projection_ms": 1000 * elapsed,
+            "gem/norm_ratio": float(new_norm2.sum().clamp(min=0).sqrt() / task_norm2.sum().sqrt().clamp(min=1e-30)),
+            # after the update, on the gradient actually written: >= -tol means no constraint is violated
+            "gem/min_constraint_after": float((after / scale).min()),
+        }
+        for i, source in enumerate(self.memories):
+            stats[f"gem/cosine/{source.name}"] = float((dots[:, i] / scale[:, i]).mean())
+            stats[f"gem/dual/{source.name}"] = float(v[:, i].mean())
+        return stats
+
+    # --- evaluation ---------------------------------------------------------------------------
+    def _forward(self, task: str, batch: dict) -> dict:
+        with torch.no_grad():
+            return self.engine(task=task, **{k: v.to(self.world.device) for k, v in batch.items()})
+
+    def _eval_args(self):
+        return self._forward, dist.all_gather_objects
+
+    def evaluate_tagging(self, corpora: dict) -> dict[str, dict[str, float]]:
+        self.engine.eval()
+        try:
+            return {lang: evaluation.tagging_scores(*self._eval_args(), corpus, self.config.task.name,
+                                                    self.tokenizer.pad_token_id, self.config.eval.batch_size,
+                                                    self.world.rank, self.world.size) for lang, corpus in corpora.items()}
+        finally:
+            self.engine.train()
+
+    def evaluate_memory(self) -> dict:
+        """MLM perplexity per language and XSR P@1/5/10 per pair (Table 1)."""
+        self.engine.eval()
+        try:
+            ppl = {lang: evaluation.mlm_perplexity(*self._eval_args(), examples, self.tokenizer, self.config.eval.batch_size,
+                                                   self.world.rank, self.world.size)
+                   for lang, examples in self.corpora.mono_eval.items()}
+            xsr = {lang: evaluation.xsr_precision(*self._eval_args(), pairs, self.tokenizer, self.config.eval.batch_size,
+                                                  self.world.rank, self.world.size)
+                   for lang, pairs in self.corpora.pairs_eval.items()}
+        finally:
+            self.engine.train()
+        return {"mlm_perplexity": ppl, "xsr": xsr}
+
+    # --- the run ------------------------------------------------------------------------------
+    def train(self, resume: bool = False) -> dict:
+        config = self.config
+        if resume and self.checkpoints.latest() is not None:
+            self._restore(self.checkpoints.load(self.checkpoints.latest()))
+        log = RunLog(self.run_dir, self.world.rank == 0, config.output.tensorboard, config.train.steps, self.state["step"])
+        started = time.perf_counter()
+        if config.eval.before_training and self.state["backbone"] is None:
+            self.state["backbone"] = self.evaluate_memory()
+            log.scalars(0, _flatten("memory", self.state["backbone"]))
+        while self.state["step"] < config.train.steps:
+            step = self.state["step"]
+            tick = time.perf_counter()
+            stats = self.step(step)
+            stats["samples_per_s"] = config.train.batch_size / (time.perf_counter() - tick)
+            self.state["step"] = step + 1
+            log.scalars(step + 1, stats)
+            self._trace(step + 1, stats)
+            log.progress(loss=stats[f"loss/{self.main.name}"])
+            if (step + 1) % config.eval.every == 0 or step + 1 == config.train.steps:
+                if self._evaluate_dev(step + 1, log):
+                    log.message(f"early stopping at step {step + 1}: no improvement in {config.eval.patience} evaluations")
+                    break
+            if config.output.checkpoint_every and (step + 1) % config.output.checkpoint_every == 0:
+                self.checkpoints.save(f"step{step + 1}", self._client_state())
+        train_seconds = time.perf_counter() - started
+        if config.output.save_final:
+            dist.save_weights(self.engine, self.model, self.run_dir / "final.safetensors", self.world.rank)
+        if self.state["best_step"] is not None:
+            self.checkpoints.load("best", module_only=True)
+        test = self.evaluate_tagging(self.corpora.test)
+        after = self.evaluate_memory() if config.eval.before_training else None
+        results = build_results(config, self.world.size, self.state, test, after, train_seconds)
+        if self.world.rank == 0:
+            write_json(self.run_dir / "results.json", results)
+            log.scalars(self.state["step"], _flatten("test", {lang: m["score"] for lang, m in test.items()}))
+            if after:
+                log.scalars(self.state["step"], _flatten("memory", after))
+            log.hparams(_hparams(config), {"hparam/test_average": results["test"]["average"],
+                                          "hparam/dev_best": self.state["best"] or 0.0})
+        log.close()
+        dist.barrier()
+        return results
+
+    def _evaluate_dev(self, step: int, log: RunLog) -> bool:
+        """Dev evaluation on the targets; keeps the best checkpoint; True when patience is exhausted."""
+        scores = {lang: m["score"] for lang, m in self.evaluate_tagging(self.corpora.dev).items()}
+        average = average_over_targets(scores, self.config.task.source)
+        self.state["history"].append({"step": step, "scores": scores, "average": average})
+        log.scalars(step, {**{f"dev/{lang}": s for lang, s in scores.items()}, "dev/average": average})
+        if self.state["best"] is None or average > self.state["best"]:
+            self.state.update(best=average, best_step=step, bad_evals=0)
+            self.checkpoints.save("best", self._client_state())
+            return False
+        self.state["bad_evals"] += 1
+        return 0 < self.config.eval.patience <= self.state["bad_evals"]
+
+    def _trace(self, step: int, stats: dict) -> None:
+        """Append the step's statistics to steps.jsonl (rank 0; a resumed run rewrites from its checkpoint)."""
+        if self.world.rank != 0:
+            return
+        path = self.run_dir / "steps.jsonl"
+        if self._trace_started is False:
+            kept = [ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] < step] if path.exists() else []
+            path.write_text("".join(ln + "\n" for ln in kept))
+            self._trace_started = True
+        with path.open("a") as handle:
+            handle.write(json.dumps({"step": step, **stats}) + "\n")
+
+    def _client_state(self) -> dict:
+        return {"state": self.state, "streams": {n: s.state_dict() for n, s in self.streams.items()},
+                "memory": self.buffer.data if self.buffer is not None else None}
+
+    def _restore(self, client: dict) -> None:
+        self.state = client["state"]
+        for name, stream in self.streams.items():
+            stream.load_state_dict(client["streams"][name])
+        if client.get("memory") is not None:
+            self._ensure_buffers(self.partition.pieces())
+            self.buffer.data.copy_(client["memory"])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _flatten(prefix: str, tree, out=None) -> dict[str, float]:
+    out = {} if out is None else out
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            _flatten(f"{prefix}/{key}", value, out)
+    elif isinstance(tree, (int, float)) and math.isfinite(tree):
+        out[prefix] = float(tree)
+    return out
+
+
+def _hparams(config: RunConfig) -> dict:
+    m = config.method
+    return {"backbone": config.model.backbone, "task": config.task.name, "method": m.name,
+            "memory": "+".join(m.memory) or "none", "mlm_languages": m.mlm_languages, "seed": config.train.seed,
+            "lr": config.train.lr, "zero_stage": config.train.zero_stage, "per_language": m.gem.per_language,
+            "per_layer": m.gem.per_layer, "refresh_every": m.gem.refresh_every, "memory_strength": m.gem.memory_strength}
+
+

@@ -1,0 +1,60 @@
+"""Rank-0 observers: TensorBoard scalars, an hparams summary and a progress bar. They never touch training state."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+
+class RunLog:
+    """TensorBoard + tqdm on rank 0; silent elsewhere."""
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, total_steps: int, initial_step: int = 0):
+        self.enabled = enabled
+        self.writer = None
+        self.bar = None
+        if not enabled:
+            return
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=initial_step or None)
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total_steps, initial=initial_step, desc="train", unit="step", file=sys.stderr,
+                        dynamic_ncols=True, disable=None)
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        if self.writer is not None:
+            for tag, value in values.items():
+                self.writer.add_scalar(tag, value, step)
+
+    def progress(self, steps: int = 1, **postfix) -> None:
+        if self.bar is not None:
+            self.bar.update(steps)
+            if postfix:
+                self.bar.set_postfix({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in postfix.items()},
+                                     refresh=False)
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            (self.bar.write if self.bar is not None else print)(text, file=sys.stderr)
+
+    def hparams(self, hparams: dict, metrics: dict[str, float]) -> None:
+        """Write an hparams summary into the run's own event file (runs compare side by side)."""
+        if self.writer is None:
+            return
+        from torch.utils.tensorboard.summary import hparams as summary
+
+        clean = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in hparams.items()}
+        experiment, session_start, session_end = summary(clean, metrics)
+        file_writer = self.writer._get_file_writer()
+        for event in (experiment, session_start, session_end):
+            file_writer.add_summary(event)
+        for tag, value in metrics.items():
+            self.writer.add_scalar(tag, value)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,48 @@
+"""results.json: every metric per language, averages without the source language, config, seed, versions."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+from distgem.metrics import average_over_targets
+from distgem.yamlconf import to_dict
+
+
+def build_results(config, world_size: int, state: dict, test: dict, after: dict | None, train_seconds: float) -> dict:
+    source = config.task.source
+    gem = state["gem"]
+    return {
+        "run": {"task": config.task.name, "method": config.method.name, "memory": list(config.method.memory),
+                "mlm_languages": config.method.mlm_languages, "backbone": config.model.backbone,
+                "seed": config.train.seed, "world_size": world_size, "zero_stage": config.train.zero_stage},
+        "test": {"per_language": test,
+                 "average": average_over_targets({lang: m["score"] for lang, m in test.items()}, source),
+                 "source": test[source]["score"] if source in test else None},
+        "dev": {"best_average": state["best"], "best_step": state["best_step"], "history": state["history"]},
+        "backbone": state["backbone"],
+        "after": after,
+        "train": {"steps": state["step"], "seconds": train_seconds,
+                  "gem_violated_share": gem["violated_steps"] / gem["steps"] if gem["steps"] else None},
+        "config": to_dict(config),
+        "versions": versions(),
+    }
+
+
+def versions() -> dict:
+    import deepspeed
+    import torch
+    import transformers
+
+    import distgem
+
+    return {"distgem": distgem.__version__, "torch": torch.__version__, "deepspeed": deepspeed.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
+    os.replace(tmp, path)

@@ -1,0 +1,60 @@
+"""Task sources: what one training task draws each step (examples, batch builder, the loss's unit).
+
+The fine-tuning task and every memory constraint are sources; per-language constraints are one
+source per (memory task, language). The engine treats them all alike.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from distgem.tasks import mlm, tagging, xsr
+
+
+@dataclass
+class Source:
+    name: str  # tensorboard and checkpoint name: "pos", "mlm", "xsr", "mlm.es", ...
+    kind: str  # model task: "tag", "mlm" or "xsr"
+    size: int
+    batch: Callable[[Sequence[int], int], dict[str, torch.Tensor]]  # (example indices, step) -> tensors
+    units: Callable[[dict[str, torch.Tensor]], int]  # what the loss averages over (tokens, masked tokens, pairs)
+
+
+def tagging_source(name: str, corpus: tagging.TaggedCorpus, pad_id: int) -> Source:
+    examples = corpus.examples
+    return Source(name, "tag", len(examples),
+                  lambda idx, step: tagging.collate([examples[i] for i in idx], pad_id),
+                  lambda b: int((b["labels"] != tagging.IGNORE).sum()))
+
+
+def mlm_source(name: str, examples: list[list[int]], tokenizer, seed: int) -> Source:
+    def batch(idx, step):
+        # keys unique per (step, example): a new mask whenever an example comes back
+        return mlm.mask([examples[i] for i in idx], [step * len(examples) + i for i in idx], seed, tokenizer)
+
+    return Source(name, "mlm", len(examples), batch, mlm.units)
+
+
+def xsr_source(name: str, pairs: list, tokenizer) -> Source:
+    return Source(name, "xsr", len(pairs), lambda idx, step: xsr.collate([pairs[i] for i in idx], tokenizer),
+                  lambda b: b["input_ids"].shape[0] // 2)
+
+
+def memory_sources(method, corpora, tokenizer, seed: int) -> list[Source]:
+    """The constraints of `method`: one per memory task, or one per (task, language) with per_language."""
+    per_language = method.name == "gem" and method.gem.per_language
+    sources = []
+    for task in method.memory:
+        if task == "mlm":
+            groups = {lang: [lang] for lang in corpora.mono_train} if per_language else {"": list(corpora.mono_train)}
+            for suffix, langs in groups.items():
+                examples = [e for lang in langs for e in corpora.mono_train[lang]]
+                sources.append(mlm_source("mlm" + (f".{suffix}" if suffix else ""), examples, tokenizer, seed))
+        else:
+            groups = {lang: [lang] for lang in corpora.pairs_train} if per_language else {"": list(corpora.pairs_train)}
+            for suffix, langs in groups.items():
+                pairs = [p for lang in langs for p in corpora.pairs_train[lang]]
+                sources.append(xsr_source("xsr" + (f".{suffix}" if suffix else ""), pairs, tokenizer))
+    return sources

@@ -1,0 +1,91 @@
+"""Token classification (UPOS tagging, NER): encoded corpora, batches and word-level evaluation."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from distgem.data.align import IGNORE, Window, encode_words, stitch
+from distgem.data.conll import read_conll
+from distgem.data.conllu import UPOS_TAGS, read_conllu
+from distgem.errors import InputError
+from distgem.metrics import ner_scores, pos_accuracy
+
+NER_TAGS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC")
+LABELS = {"pos": UPOS_TAGS, "ner": NER_TAGS}
+READERS = {"pos": read_conllu, "ner": read_conll}
+
+
+@dataclass
+class TaggedCorpus:
+    """One file's sentences, their gold tags and their model windows."""
+
+    path: str
+    words: list[tuple[str, ...]]
+    tags: list[tuple[str, ...]]
+    windows: list[list[Window]]  # per sentence
+
+    @property
+    def examples(self) -> list[Window]:
+        """Training examples: every window of every sentence."""
+        return [w for sentence in self.windows for w in sentence]
+
+
+def load_tagged(path: str, task: str, tokenizer, max_length: int, stride: int) -> TaggedCorpus:
+    """Read and encode a POS (CoNLL-U) or NER (CoNLL) file; a tag outside the label set is an InputError."""
+    label_ids = {tag: i for i, tag in enumerate(LABELS[task])}
+    words, tags, windows = [], [], []
+    for sentence in READERS[task](path):
+        for tag, line in zip(sentence.tags, sentence.word_lines):
+            if tag not in label_ids:
+                raise InputError(path, line, f"tag {tag!r} is not in the {task} label set ({', '.join(LABELS[task])})")
+        words.append(sentence.words)
+        tags.append(sentence.tags)
+        windows.append(encode_words(tokenizer, sentence.words, [label_ids[t] for t in sentence.tags], max_length, stride))
+    return TaggedCorpus(str(path), words, tags, windows)
+
+
+def collate(windows: Sequence[Window], pad_id: int) -> dict[str, torch.Tensor]:
+    """Pad windows into a batch: input_ids, attention_mask, labels (-100 where no label)."""
+    length = max(len(w.input_ids) for w in windows)
+    ids = torch.full((len(windows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(windows), length), dtype=torch.long)
+    labels = torch.full((len(windows), length), IGNORE, dtype=torch.long)
+    for row, window in enumerate(windows):
+        n = len(window.input_ids)
+        ids[row, :n] = torch.tensor(window.input_ids)
+        mask[row, :n] = 1
+        labels[row, :n] = torch.tensor(window.labels)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def units(windows: Sequence[Window]) -> int:
+    """Labelled tokens: the unit the tagging loss averages over."""
+    return sum(1 for w in windows for label in w.labels if label != IGNORE)
+
+
+def predict(logits_fn: Callable[[dict], torch.Tensor], corpus: TaggedCorpus, pad_id: int, batch_size: int,
+            indices: Sequence[int] | None = None) -> dict[int, list[str]]:
+    """Word-level predicted tags of the given sentences (all by default): {sentence index: tags}."""
+    indices = range(len(corpus.words)) if indices is None else indices
+    flat = [(s, w) for s in indices for w in corpus.windows[s]]
+    token_predictions: dict[int, list[list[int]]] = {s: [] for s in indices}
+    for start in range(0, len(flat), batch_size):
+        chunk = flat[start:start + batch_size]
+        logits = logits_fn(collate([w for _, w in chunk], pad_id))
+        best = logits.argmax(-1).tolist()
+        for (s, _), row in zip(chunk, best):
+            token_predictions[s].append(row)
+    return {s: stitch(corpus.windows[s], token_predictions[s], len(corpus.words[s])) for s in indices}
+
+
+def score(task: str, gold: Sequence[Sequence[str]], predicted_ids: Sequence[Sequence[int]]) -> dict[str, float]:
+    """Metrics of one language; `score` is the number early stopping and tables use (accuracy or F1)."""
+    names = LABELS[task]
+    predicted = [[names[i] for i in sentence] for sentence in predicted_ids]
+    if task == "pos":
+        accuracy = pos_accuracy(gold, predicted)
+        return {"score": accuracy, "accuracy": accuracy}
+    scores = ner_scores(gold, predicted)
+    return {"score": scores["f1"], **scores}

@@ -1,0 +1,34 @@
+"""Cross-lingual sentence retrieval: pairs, batches of [sources; targets], P@k evaluation."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from distgem.data.text import read_parallel
+
+
+def load_pairs(source: str, target: str, tokenizer, max_length: int) -> list[tuple[list[int], list[int]]]:
+    """Encoded (source, target) pairs; sentences longer than the window are truncated for the embedding."""
+    pairs = list(read_parallel(source, target))
+    encode = lambda texts: tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]  # noqa: E731
+    return list(zip(encode([p.source for p in pairs]), encode([p.target for p in pairs])))
+
+
+def collate(pairs: Sequence[tuple[list[int], list[int]]], tokenizer) -> dict[str, torch.Tensor]:
+    """Rows [0, n) are the sources, rows [n, 2n) their translations."""
+    return encode_batch([p[0] for p in pairs] + [p[1] for p in pairs], tokenizer)
+
+
+def encode_batch(sentences: Sequence[Sequence[int]], tokenizer) -> dict[str, torch.Tensor]:
+    """Pad sentences; pool_mask marks the tokens the embedding averages (not special, not padding)."""
+    special = set(tokenizer.all_special_ids)
+    length = max(len(s) for s in sentences)
+    ids = torch.full((len(sentences), length), tokenizer.pad_token_id, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    pool = torch.zeros_like(ids)
+    for row, sentence in enumerate(sentences):
+        ids[row, :len(sentence)] = torch.tensor(sentence)
+        attention[row, :len(sentence)] = 1
+        pool[row, :len(sentence)] = torch.tensor([t not in special for t in sentence], dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": attention, "pool_mask": pool}

@@ -1,0 +1,94 @@
+"""Fast fixtures for engine tests: a micro corpus in the real formats and a random-weight tiny BERT.
+
+Tests of the method's *effect* use the embedded world and its pre-trained backbone; tests of the
+machinery (equivalence, resume, communication) need only something small, deterministic and quick.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+LANGS = {"en": 0, "es": 1, "el": 2}
+TAGS = ["DET", "NOUN", "VERB", "ADJ", "PUNCT"]
+NER = ["O", "B-PER", "I-PER", "B-LOC"]
+
+
+def _word(lang: str, tag: str, i: int) -> str:
+    alphabet = {"en": "abcdefgh", "es": "ijklmnop", "el": "αβγδεζηθ"}[lang]
+    return tag.lower()[:2] + "".join(alphabet[(i >> (3 * k)) & 7] for k in range(2))
+
+
+def _sentence(rng: random.Random, lang: str, long: bool = False) -> tuple[list[str], list[str]]:
+    n = rng.randint(18, 30) if long else rng.randint(3, 9)
+    tags = [rng.choice(TAGS[:-1]) for _ in range(n - 1)] + ["PUNCT"]
+    words = ["." if t == "PUNCT" else _word(lang, t, rng.randrange(24)) for t in tags]
+    return words, tags
+
+
+def write_micro_corpus(root: Path, seed: int = 0, sentences: int = 64) -> Path:
+    """pos/, ner/, mono/, parallel/ for en, es, el in the layout the data section's templates expect."""
+    rng = random.Random(seed)
+    for sub in ("pos", "ner", "mono", "parallel"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for lang in LANGS:
+        for split, count in (("train", sentences), ("dev", 12), ("test", 12)):
+            blocks = []
+            for s in range(count):
+                words, tags = _sentence(rng, lang, long=(s % 11 == 5))
+                rows = [f"{i}\t{w}\t{w}\t{t}\t_\t_\t0\tdep\t_\t_" for i, (w, t) in enumerate(zip(words, tags), 1)]
+                blocks.append(f"# sent_id = {s}\n" + "\n".join(rows) + "\n")
+            (root / "pos" / f"{lang}-{split}.conllu").write_text("\n".join(blocks), encoding="utf-8")
+        for split, count in (("train", sentences), ("testa", 12), ("testb", 12)):
+            blocks = []
+            for _ in range(count):
+                words, _ = _sentence(rng, lang)
+                tags = [rng.choice(NER) for _ in words]
+                tags = ["B-" + t[2:] if t.startswith("I-") and (i == 0 or tags[i - 1] == "O") else t for i, t in enumerate(tags)]
+                blocks.append("\n".join(f"{w} X {t}" for w, t in zip(words, tags)) + "\n")
+            (root / "ner" / f"{lang}.{split}").write_text("\n".join(blocks), encoding="utf-8")
+        (root / "mono" / f"{lang}.txt").write_text(
+            "\n".join(" ".join(_sentence(rng, lang)[0]) for _ in range(96)) + "\n", encoding="utf-8")
+    for lang in ("es", "el"):
+        pairs = [_sentence(rng, "en")[0] for _ in range(64)]
+        (root / "parallel" / f"en-{lang}.en").write_text("\n".join(" ".join(p) for p in pairs) + "\n", encoding="utf-8")
+        (root / "parallel" / f"en-{lang}.{lang}").write_text(
+            "\n".join(" ".join(w.translate(str.maketrans("abcdefgh", "ijklmnop" if lang == "es" else "αβγδεζηθ"))
+                               for w in p) for p in pairs) + "\n", encoding="utf-8")
+    return root
+
+
+def write_micro_backbone(directory: Path, corpus: Path, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
+    """A WordPiece tokenizer trained on the corpus and a randomly initialised BertForMaskedLM, saved as HF."""
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+
+    texts = [line for f in sorted((corpus / "mono").glob("*.txt")) for line in f.read_text(encoding="utf-8").splitlines()]
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=False)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials, show_progress=False))
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+    tokenizer = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+                                  pad_token="[PAD]", mask_token="[MASK]")
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=2 * hidden, max_position_embeddings=128)
+    BertForMaskedLM(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def micro_overrides(corpus: Path, backbone: Path, run_dir: Path, **extra) -> list[str]:
+    """--set overrides for a fast deterministic run on the micro fixtures."""
+    values = {
+        "model.backbone": str(backbone), "data.root": str(corpus), "model.max_length": 16, "model.stride": 4,
+        "model.dropout": 0.0, "task.targets": "[es, el]", "train.steps": 4, "train.batch_size": 8, "train.lr": 1e-3,
+        "method.memory_batch_size": 4, "data.xsr_eval_pairs": 16, "data.mlm_eval_sentences": 16,
+        "eval.every": 2, "eval.batch_size": 16, "output.run_dir": str(run_dir), "output.tensorboard": "false",
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]
