@@ -231,6 +231,7 @@ class Trainer:
         if config.eval.before_training and self.state["backbone"] is None:
             self.state["backbone"] = self.evaluate_memory()
             log.scalars(0, _flatten("memory", self.state["backbone"]))
+        self.engine.train()  # from_pretrained returns eval mode; dropout must be on whatever ran before
         while self.state["step"] < config.train.steps:
             step = self.state["step"]
             tick = time.perf_counter()
