@@ -28,16 +28,33 @@ class World:
     device: torch.device
 
 
+MPI_MARKERS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS")
+
+
 def discover_ranks() -> tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun/deepspeed, mpirun (OpenMPI) or srun, else one process."""
+    """(rank, world size, local rank): torchrun/deepspeed env, else MPI (mpi4py), else srun, else one process."""
     env = os.environ
-    for rank, size, local in (("RANK", "WORLD_SIZE", "LOCAL_RANK"),
-                              ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
-                              ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),
-                              ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")):
-        if rank in env and size in env:
-            return int(env[rank]), int(env[size]), int(env.get(local, env[rank]))
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", env["RANK"]))
+    if any(marker in env for marker in MPI_MARKERS):
+        return _mpi_ranks()
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
     return 0, 1, 0
+
+
+def _mpi_ranks() -> tuple[int, int, int]:
+    """Ranks from mpi4py; MASTER_ADDR is rank 0's host (loopback when every rank shares one host)."""
+    from mpi4py import MPI
+
+    world = MPI.COMM_WORLD
+    local = world.Split_type(MPI.COMM_TYPE_SHARED)
+    hosts = world.allgather(socket.gethostname())
+    if "MASTER_ADDR" not in os.environ:
+        os.environ["MASTER_ADDR"] = "127.0.0.1" if len(set(hosts)) == 1 else socket.gethostbyname(hosts[0])
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(world.bcast(_free_port() if world.Get_rank() == 0 else None))
+    return world.Get_rank(), world.Get_size(), local.Get_rank()
 
 
 def init(seed_port: int | None = None) -> World:
@@ -215,14 +232,29 @@ def barrier() -> None:
         dist.barrier()
 
 
-def shutdown() -> None:
-    """Leave the process group cleanly (ZeRO-3 may abort at interpreter exit otherwise)."""
+def shutdown(wait: bool = True) -> None:
+    """Leave the process group (after a barrier unless `wait` is False: a failing rank must not hang)."""
     import torch.distributed as dist
 
     if dist.is_initialized():
-        if dist.get_world_size() > 1:
+        if wait and dist.get_world_size() > 1:
             dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_process(code: int) -> None:
+    """End a training process without running interpreter teardown, which can abort after ZeRO-3;
+    MPI is finalised first so that mpirun sees a clean exit."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if "mpi4py.MPI" in sys.modules:
+        from mpi4py import MPI
+
+        if MPI.Is_initialized() and not MPI.Is_finalized():
+            MPI.Finalize()
+    os._exit(code)
 
 
 def save_engine(engine, directory, tag: str) -> None:

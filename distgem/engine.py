@@ -32,6 +32,35 @@ from distgem.tasks.sources import memory_sources, tagging_source
 from distgem.tasks.tagging import LABELS
 
 
+PREEMPTED_EXIT = 75  # EX_TEMPFAIL: slurm/*.sh requeue the job on it
+PREEMPTED_MARKER = "PREEMPTED"  # launchers may fold the exit code; the marker survives them
+
+
+class Preempted(Exception):
+    """Raised after the preemption checkpoint; the CLI exits with PREEMPTED_EXIT."""
+
+    exit_code = PREEMPTED_EXIT
+
+
+class _PreemptionFlag:
+    """Set by SIGUSR1/SIGTERM (Slurm sends one before the time limit); read at the next step boundary."""
+
+    def __init__(self):
+        self.requested = False
+
+    def install(self) -> None:
+        import signal
+
+        for sig in (signal.SIGUSR1, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.requested = True
+
+
+PREEMPTION = _PreemptionFlag()
+
+
 class Trainer:
     def __init__(self, config: RunConfig, world: dist.World):
         self.config, self.world = config, world
@@ -65,6 +94,7 @@ class Trainer:
         self.state = {"step": 0, "best": None, "best_step": None, "bad_evals": 0, "history": [], "backbone": None,
                       "gem": {"violated_steps": 0, "steps": 0, "fallbacks": 0}}
         self._trace_started = False
+        self.stop_requested = False
         self.checkpoints = Checkpointer(self.run_dir / "checkpoints", self.engine, world.rank)
 
     # --- set-up -----------------------------------------------------------------------------
@@ -101,7 +131,7 @@ class Trainer:
         method, k = self.config.method, len(self.memories)
         stats: dict[str, float] = {}
         refresh = k and (self.buffer is None or step % method.gem.refresh_every == 0 or method.name != "gem")
-        losses = torch.zeros(k + 1, dtype=torch.float64)
+        losses = torch.zeros(k + 2, dtype=torch.float64)  # k+1 losses, then the preemption flag
         if refresh:
             for i, source in enumerate(self.memories):
                 losses[i] = self._backward(source, step, row=i)
@@ -116,8 +146,12 @@ class Trainer:
         elif method.name == "gem":
             stats.update(self._project(pieces))
         self.engine.step()
-        stats.update({f"loss/{s.name}": float(v) / self.world.size
-                      for s, v in zip([*self.memories, self.main], dist.all_reduce_sum(losses).tolist()) if refresh or s is self.main})
+        # one small all-reduce per step: the losses for the log and whether any rank was asked to stop
+        losses[k + 1] = float(PREEMPTION.requested)
+        reduced = dist.all_reduce_sum(losses).tolist()
+        self.stop_requested = reduced[k + 1] > 0
+        stats.update({f"loss/{s.name}": v / self.world.size
+                      for s, v in zip([*self.memories, self.main], reduced) if refresh or s is self.main})
         stats["lr"] = self.engine.get_lr()[0]
         return stats
 
@@ -224,6 +258,9 @@ class Trainer:
     # --- the run ------------------------------------------------------------------------------
     def train(self, resume: bool = False) -> dict:
         config = self.config
+        PREEMPTION.install()
+        if self.world.rank == 0:
+            (self.run_dir / PREEMPTED_MARKER).unlink(missing_ok=True)
         if resume and self.checkpoints.latest() is not None:
             self._restore(self.checkpoints.load(self.checkpoints.latest()))
         log = RunLog(self.run_dir, self.world.rank == 0, config.output.tensorboard, config.train.steps, self.state["step"])
@@ -245,8 +282,15 @@ class Trainer:
                 if self._evaluate_dev(step + 1, log):
                     log.message(f"early stopping at step {step + 1}: no improvement in {config.eval.patience} evaluations")
                     break
-            if config.output.checkpoint_every and (step + 1) % config.output.checkpoint_every == 0:
+            if config.output.checkpoint_every and (step + 1) % config.output.checkpoint_every == 0 \
+                    or self.stop_requested:
                 self.checkpoints.save(f"step{step + 1}", self._client_state())
+            if self.stop_requested:
+                if self.world.rank == 0:
+                    (self.run_dir / PREEMPTED_MARKER).write_text(f"{step + 1}\n")
+                log.message(f"preempted: checkpoint at step {step + 1}; exiting with code {PREEMPTED_EXIT} to be requeued")
+                log.close()
+                raise Preempted(step + 1)
         train_seconds = time.perf_counter() - started
         if config.output.save_final:
             dist.save_weights(self.engine, self.model, self.run_dir / "final.safetensors", self.world.rank)

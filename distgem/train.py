@@ -18,21 +18,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from distgem import distributed
     from distgem.config import load_run_config
-    from distgem.engine import Trainer
+    from distgem.engine import Preempted, Trainer
     from distgem.yamlconf import dump_yaml
 
     config = load_run_config(args.config, args.overrides)
     if args.local_rank is not None:  # the deepspeed launcher passes --local_rank=N
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     world = distributed.init()
+    code = 0
     try:
         if world.rank == 0:
             os.makedirs(config.output.run_dir, exist_ok=True)
             dump_yaml(config, os.path.join(config.output.run_dir, "config.yaml"))
-        results = Trainer(config, world).train(resume=args.resume)
-        if world.rank == 0:
+        try:
+            results = Trainer(config, world).train(resume=args.resume)
+        except Preempted as stop:
+            code = stop.exit_code
+        if code == 0 and world.rank == 0:
             print(f"test average ({config.task.name}, targets): {results['test']['average']:.2f}  "
                   f"-> {config.output.run_dir}/results.json", file=sys.stderr)
-    finally:
-        distributed.shutdown()
-    return 0
+    except BaseException:
+        distributed.shutdown(wait=False)
+        raise
+    distributed.shutdown()
+    distributed.exit_process(code)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import write_micro_backbone, write_micro_corpus
+
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT.parent / "shared" / "data" / "real"
 
@@ -39,3 +41,11 @@ def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def micro(tmp_path_factory):
+    """(corpus dir, backbone dir): the micro fixtures shared by every engine test of the session."""
+    base = tmp_path_factory.mktemp("micro")
+    corpus = write_micro_corpus(base / "corpus")
+    return corpus, write_micro_backbone(base / "backbone", corpus)

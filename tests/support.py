@@ -5,8 +5,15 @@ machinery (equivalence, resume, communication) need only something small, determ
 """
 from __future__ import annotations
 
+import json
+import os
 import random
+import socket
+import subprocess
+import sys
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
 
 LANGS = {"en": 0, "es": 1, "el": 2}
 TAGS = ["DET", "NOUN", "VERB", "ADJ", "PUNCT"]
@@ -92,3 +99,41 @@ def micro_overrides(corpus: Path, backbone: Path, run_dir: Path, **extra) -> lis
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_command(ranks: int, launcher: str = "torchrun") -> list[str]:
+    if ranks == 1:
+        return [sys.executable, str(ROOT / "launch" / "train.py")]
+    if launcher == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
+                "--master_port", str(free_port()), str(ROOT / "launch" / "train.py")]
+    raise ValueError(launcher)
+
+
+def run_training(micro, run_dir: Path, ranks: int = 1, extra: dict | None = None, args: tuple = (),
+                 timeout: int = 300, check: bool = True, **popen) -> subprocess.CompletedProcess:
+    corpus, backbone = micro
+    overrides = micro_overrides(corpus, backbone, run_dir, **(extra or {}))
+    command = train_command(ranks) + [a for o in overrides for a in ("--set", o)] + list(args)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu",
+           "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT, **popen)
+    if check and result.returncode != 0:
+        raise AssertionError(f"training failed (rc={result.returncode}):\n{result.stderr[-4000:]}")
+    return result
+
+
+def read_steps(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]
+
+
+def read_weights(run_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(run_dir / "final.safetensors"))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.distributed.conftest import read_steps, read_weights, run_training
+from tests.support import read_steps, read_weights, run_training
 
 METHODS = {
     "naive": {"method.name": "naive"},

@@ -10,8 +10,7 @@ import time
 
 import pytest
 
-from tests.distributed.conftest import ROOT, read_steps, read_weights, run_training, train_command
-from tests.support import micro_overrides
+from tests.support import ROOT, micro_overrides, read_steps, read_weights, run_training, train_command
 
 STEPS = 12
 SETTINGS = {"train.steps": STEPS, "output.checkpoint_every": 2, "eval.every": 3, "output.save_final": "true",
@@ -60,3 +59,49 @@ def test_bad_config_is_one_line_exit_2(micro, tmp_path, bad):
     result = run_training(micro, tmp_path, 1, {}, args=tuple(bad), check=False)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and result.stderr.strip().startswith("distgem: error: --set train.")
+
+
+def _children(pid: int) -> list[int]:
+    path = f"/proc/{pid}/task/{pid}/children"
+    if not os.path.exists(path):
+        return []
+    with open(path) as handle:
+        return [int(p) for p in handle.read().split()]
+
+
+def _start(micro, run_dir, ranks: int, settings: dict) -> subprocess.Popen:
+    corpus, backbone = micro
+    command = train_command(ranks) + [a for o in micro_overrides(corpus, backbone, run_dir, **settings) for a in ("--set", o)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+
+
+@pytest.mark.parametrize("ranks, signum", [(1, signal.SIGUSR1), (2, signal.SIGTERM)])
+def test_preemption_checkpoints_exits_for_requeue_and_resumes_identically(micro, tmp_path, ranks, signum):
+    settings = {**SETTINGS, "output.checkpoint_every": 0}
+    run_training(micro, tmp_path / "a", ranks, settings)
+    process = _start(micro, tmp_path / "b", ranks, settings)
+    steps_file = tmp_path / "b" / "steps.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (steps_file.exists() and len(steps_file.read_text().splitlines()) >= 3):
+        time.sleep(0.05)
+    # Slurm signals every task; here only one rank hears it: the others must stop at the same step
+    target = process.pid if ranks == 1 else _children(process.pid)[-1]
+    os.kill(target, signum)
+    _, stderr = process.communicate(timeout=240)
+    marker = tmp_path / "b" / "PREEMPTED"
+    assert marker.exists(), stderr[-2000:]
+    stopped_at = int(marker.read_text())
+    assert 3 <= stopped_at < STEPS
+    if ranks == 1:
+        assert process.returncode == 75
+    else:
+        assert process.returncode != 0  # torchrun folds the workers' 75 into its own failure code
+    assert (tmp_path / "b" / "checkpoints" / f"step{stopped_at}").is_dir()
+    run_training(micro, tmp_path / "b", ranks, settings, args=("--resume",))
+    assert not marker.exists()
+    a = json.loads((tmp_path / "a" / "results.json").read_text())
+    b = json.loads((tmp_path / "b" / "results.json").read_text())
+    assert b["test"] == a["test"] and b["dev"] == a["dev"]
+    wa, wb = read_weights(tmp_path / "a"), read_weights(tmp_path / "b")
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) == 0.0

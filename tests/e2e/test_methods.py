@@ -1,0 +1,56 @@
+"""Every method of the paper (and our additions) trains and writes complete results and logs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from tests.support import ROOT, read_steps, run_training
+
+METHOD_CONFIGS = sorted(p.stem for p in (ROOT / "configs" / "methods").glob("*.yaml"))
+
+
+def test_every_paper_method_has_a_config():
+    expected = {"naive", "frozen", "mtf-mlm", "mtf-xsr", "mtf-both", "gem-mlm", "gem-xsr", "gem-both"}
+    assert expected <= set(METHOD_CONFIGS)
+
+
+@pytest.mark.parametrize("method", METHOD_CONFIGS)
+def test_method_trains_and_writes_complete_results(micro, tmp_path, method):
+    args = ("--config", str(ROOT / "configs" / "methods" / f"{method}.yaml"))
+    run_training(micro, tmp_path, 1, {"train.steps": 4, "eval.every": 2, "output.tensorboard": "true",
+                                      "method.memory_batch_size": 4}, args=args)
+    results = json.loads((tmp_path / "results.json").read_text())
+    langs = {"en", "es", "el"}
+    assert set(results["test"]["per_language"]) == langs
+    assert results["test"]["average"] == pytest.approx((results["test"]["per_language"]["es"]["score"]
+                                                        + results["test"]["per_language"]["el"]["score"]) / 2)
+    for table in ("backbone", "after"):
+        assert set(results[table]["mlm_perplexity"]) == langs and all(v > 1 for v in results[table]["mlm_perplexity"].values())
+        assert set(results[table]["xsr"]) == {"es", "el"}
+        assert all(set(p) == {"p@1", "p@5", "p@10"} for p in results[table]["xsr"].values())
+    assert [h["step"] for h in results["dev"]["history"]] == [2, 4]
+    assert results["config"]["method"]["name"] == yaml.safe_load((tmp_path / "config.yaml").read_text())["method"]["name"]
+    assert results["versions"]["torch"] and results["run"]["seed"] == 0
+    steps = read_steps(tmp_path)
+    memory = results["config"]["method"]["memory"]
+    assert all(f"loss/{task}" in steps[0] for task in memory) and "loss/pos" in steps[0]
+    if results["config"]["method"]["name"] == "gem":
+        assert all(s["gem/min_constraint_after"] >= -1e-5 for s in steps)
+        assert results["train"]["gem_violated_share"] is not None
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_frozen_layers_do_not_move(micro, tmp_path):
+    from safetensors.torch import load_file
+
+    run_training(micro, tmp_path, 1, {"train.steps": 3, "method.name": "frozen", "method.frozen_layers": 1,
+                                      "output.save_final": "true", "eval.before_training": "false"})
+    _, backbone = micro
+    before = load_file(str(backbone / "model.safetensors"))
+    after = load_file(str(tmp_path / "final.safetensors"))
+    moved = {k for k in after if k.startswith("encoder.") and k.replace("encoder.", "bert.", 1) in before
+             and not bool((after[k] == before[k.replace("encoder.", "bert.", 1)]).all())}
+    assert moved and not any("embeddings" in k or ".layer.0." in k for k in moved)
+    assert any(".layer.1." in k for k in moved)
