@@ -61,6 +61,10 @@ def init(seed_port: int | None = None) -> World:
     """Join (or create) the process group; gloo on CPU, NCCL on GPU, through DeepSpeed."""
     import deepspeed
 
+    global COMM
+    if os.environ.get("DISTGEM_COMM_LOG") and COMM is None:
+        COMM = CommCounter(os.environ["DISTGEM_COMM_LOG"])
+        COMM.install()
     rank, size, local_rank = discover_ranks()
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(local_rank))
     os.environ.setdefault("MASTER_ADDR", _head_node())
@@ -236,6 +240,8 @@ def shutdown(wait: bool = True) -> None:
     """Leave the process group (after a barrier unless `wait` is False: a failing rank must not hang)."""
     import torch.distributed as dist
 
+    if COMM is not None and dist.is_initialized():
+        COMM.dump(dist.get_rank())
     if dist.is_initialized():
         if wait and dist.get_world_size() > 1:
             dist.barrier()
@@ -322,3 +328,71 @@ def save_weights(engine, module: torch.nn.Module, path, rank: int) -> None:
     if rank == 0:
         save_file(tensors, str(path))
     barrier()
+
+
+class CommCounter:
+    """Counts the collectives this rank issues, per phase (e.g. `step 7`), by wrapping torch.distributed.
+
+    Enabled by DISTGEM_COMM_LOG=DIR (tests, bench/): installed before DeepSpeed binds its functions;
+    nested calls (all_gather_object -> all_gather) count once; the log is DIR/rank<r>.json.
+    """
+
+    OPS = ("all_reduce", "all_reduce_coalesced", "reduce", "reduce_scatter", "reduce_scatter_tensor",
+           "_reduce_scatter_base", "all_gather", "all_gather_into_tensor", "_all_gather_base", "broadcast",
+           "all_to_all_single", "all_to_all", "gather", "scatter", "all_gather_object", "broadcast_object_list")
+
+    def __init__(self, directory: str):
+        import threading
+
+        self.directory = Path(directory)
+        self.phase = "setup"
+        self.records: dict[str, list] = {}
+        self._depth = threading.local()
+
+    def install(self) -> None:
+        import torch.distributed as dist
+        from torch.distributed import distributed_c10d
+
+        for module in (dist, distributed_c10d):
+            for name in self.OPS:
+                original = getattr(module, name, None)
+                if original is not None and not getattr(original, "_distgem_counted", False):
+                    setattr(module, name, self._wrap(name, original))
+
+    def _wrap(self, name, original):
+        def counted(*args, **kwargs):
+            depth = getattr(self._depth, "value", 0)
+            if depth == 0:
+                self.records.setdefault(self.phase, []).append([name, _payload_bytes(args, kwargs)])
+            self._depth.value = depth + 1
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._depth.value = depth
+
+        counted._distgem_counted = True
+        return counted
+
+    def dump(self, rank: int) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / f"rank{rank}.json").write_text(json.dumps(self.records))
+
+
+def _payload_bytes(args, kwargs) -> int:
+    """Bytes this rank contributes: the input tensor (the last tensor argument; lists summed)."""
+    values = list(args) + list(kwargs.values())
+    for value in reversed(values):
+        if isinstance(value, torch.Tensor):
+            return value.numel() * value.element_size()
+        if isinstance(value, (list, tuple)) and value and all(isinstance(v, torch.Tensor) for v in value):
+            return sum(v.numel() * v.element_size() for v in value)
+    return 0
+
+
+COMM: CommCounter | None = None
+
+
+def comm_phase(label: str) -> None:
+    """Attribute the collectives that follow to `label` (no-op unless counting)."""
+    if COMM is not None:
+        COMM.phase = label

@@ -197,6 +197,10 @@ class Trainer:
         if self.partition.stage > 0:  # stage 0: every rank holds the whole (already averaged) gradient
             dist.all_reduce_sum(gram)
         k = memories.shape[0]
+        if not bool(torch.isfinite(gram).all()):
+            # an fp16 overflow: DeepSpeed skips this step and lowers the loss scale; nothing to project
+            self.state["gem"]["nonfinite_steps"] = self.state["gem"].get("nonfinite_steps", 0) + 1
+            return {"gem/nonfinite": 1.0}
         mem_gram, dots, task_norm2 = gram[:, :k, :k], gram[:, :k, k], gram[:, k, k]
         violated = (dots < 0).any(dim=1)
         v = torch.zeros_like(dots)
@@ -272,7 +276,9 @@ class Trainer:
         while self.state["step"] < config.train.steps:
             step = self.state["step"]
             tick = time.perf_counter()
+            dist.comm_phase(f"step {step + 1}")
             stats = self.step(step)
+            dist.comm_phase("between steps")
             stats["samples_per_s"] = config.train.batch_size / (time.perf_counter() - tick)
             self.state["step"] = step + 1
             log.scalars(step + 1, stats)

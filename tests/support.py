@@ -117,13 +117,14 @@ def train_command(ranks: int, launcher: str = "torchrun") -> list[str]:
 
 
 def run_training(micro, run_dir: Path, ranks: int = 1, extra: dict | None = None, args: tuple = (),
-                 timeout: int = 300, check: bool = True, **popen) -> subprocess.CompletedProcess:
+                 timeout: int = 300, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     corpus, backbone = micro
     overrides = micro_overrides(corpus, backbone, run_dir, **(extra or {}))
     command = train_command(ranks) + [a for o in overrides for a in ("--set", o)] + list(args)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu",
-           "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions"))}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT, **popen)
+           "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions")),
+           **(env or {})}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
     if check and result.returncode != 0:
         raise AssertionError(f"training failed (rc={result.returncode}):\n{result.stderr[-4000:]}")
     return result

@@ -6,6 +6,10 @@ at every step, that the gradient actually written violates no constraint.
 """
 from __future__ import annotations
 
+import json
+from collections import Counter
+from pathlib import Path
+
 import pytest
 
 from tests.support import read_steps, read_weights, run_training
@@ -34,18 +38,35 @@ def references(micro, tmp_path_factory):
     return runs
 
 
+@pytest.fixture(scope="module")
+def two_ranks(micro, tmp_path_factory):
+    """run(method, stage) -> run dir of a 2-rank run (cached), its collectives counted per step."""
+    cache = {}
+
+    def run(method: str, stage: int) -> Path:
+        if (method, stage) not in cache:
+            run_dir = tmp_path_factory.mktemp(f"{method}-zero{stage}")
+            run_training(micro, run_dir, 2, {**COMMON, **METHODS[method], "train.zero_stage": stage},
+                         env={"DISTGEM_COMM_LOG": str(run_dir / "comm")})
+            cache[method, stage] = run_dir
+        return cache[method, stage]
+
+    return run
+
+
 @pytest.mark.parametrize("stage", [0, 1, 2, 3])
 @pytest.mark.parametrize("method", list(METHODS))
-def test_two_ranks_equal_one_process(micro, references, tmp_path, method, stage):
-    run_training(micro, tmp_path, 2, {**COMMON, **METHODS[method], "train.zero_stage": stage})
-    one, two = read_steps(references[method]), read_steps(tmp_path)
+def test_two_ranks_equal_one_process(references, two_ranks, method, stage):
+    run_dir = two_ranks(method, stage)
+    one, two = read_steps(references[method]), read_steps(run_dir)
     assert len(one) == len(two) == STEPS
     loss_keys = [k for k in one[0] if k.startswith("loss/")]
-    assert len(loss_keys) == (1 if method == "naive" else 1 + (2 if method != "gem-per-language" else 4))
+    # per language: MLM for en, es, el and XSR for es, el (k = 5)
+    assert len(loss_keys) == 1 + {"naive": 0, "mtf-both": 2, "gem-both": 2, "gem-per-language": 5}[method]
     for a, b in zip(one, two):
         for key in loss_keys:
             assert b[key] == pytest.approx(a[key], abs=LOSS_TOL), (a["step"], key)
-    w1, w2 = read_weights(references[method]), read_weights(tmp_path)
+    w1, w2 = read_weights(references[method]), read_weights(run_dir)
     assert w1.keys() == w2.keys()
     worst = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
     assert worst < PARAM_TOL
@@ -54,3 +75,29 @@ def test_two_ranks_equal_one_process(micro, references, tmp_path, method, stage)
         for a, b in zip(one, two):
             assert b["gem/min_constraint_after"] >= -CONSTRAINT_TOL, b["step"]
             assert b["gem/violated"] == a["gem/violated"]
+
+
+def _collectives(run_dir: Path, step: int = 3) -> Counter:
+    """(op, bytes) -> count of the collectives rank 0 issued during one steady-state step."""
+    records = json.loads((run_dir / "comm" / "rank0.json").read_text())
+    return Counter((op, size) for op, size in records[f"step {step}"])
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_gem_communicates_only_the_gram_beyond_mtf(two_ranks, stage):
+    """GEM's step = MTF's step (same k+1 backward passes and reductions) + (k+1)^2 Gram scalars
+    + k post-projection checks, all float64; no rank gathers a gradient. Stage 0 needs neither: every
+    rank already holds the whole averaged gradient."""
+    k = 2
+    gem, mtf, naive = (_collectives(two_ranks(m, stage)) for m in ("gem-both", "mtf-both", "naive"))
+    added = gem - mtf
+    assert not (mtf - gem), "GEM dropped a collective MTF needs"
+    expected = Counter() if stage == 0 else Counter({("all_reduce", 8 * (k + 1) ** 2): 1, ("all_reduce", 8 * k): 1})
+    assert added == expected
+    # MTF (and so GEM) reduces k+1 gradients where naive reduces one: count the gradient-sized ones
+    gradient_sized = lambda c: sum(n for (op, size), n in c.items() if size > 10_000 and "reduce" in op)  # noqa: E731
+    assert gradient_sized(mtf) == (k + 1) * gradient_sized(naive)
+    gathers = lambda c: {key for key in c if "gather" in key[0]}  # noqa: E731
+    assert gathers(gem) == gathers(mtf)
+    full_gradient = 4 * sum(w.numel() for w in read_weights(two_ranks("gem-both", stage)).values())
+    assert all(size < full_gradient / 2 for _, size in gathers(gem)), "a rank gathered (half) a gradient"
