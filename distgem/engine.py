@@ -160,7 +160,9 @@ class Trainer:
         summing over micro-batches and averaging over ranks gives the global batch's mean."""
         batch = self.streams[source.name].next()
         scale = self.world.size / max(source.units(source.batch(batch, step)), 1)
-        micro_batches = rank_micro_batches(batch, self.world.rank, self.world.size, self.config.train.gradient_accumulation)
+        # XSR ranks each pair against the whole global batch: accumulation would shrink its negatives
+        accumulation = 1 if source.kind == "xsr" else self.config.train.gradient_accumulation
+        micro_batches = rank_micro_batches(batch, self.world.rank, self.world.size, accumulation)
         total = 0.0
         for j, indices in enumerate(micro_batches):
             self.partition.zero()
