@@ -142,6 +142,8 @@ class EvalConfig:
     batch_size: int = 64
     before_training: bool = True
     """Evaluate the backbone first (Table 1's backbone row)."""
+    memory: bool = True
+    """Also measure MLM perplexity and XSR P@k at every dev evaluation (forgetting curves)."""
 
 
 @dataclass

@@ -324,6 +324,10 @@ class Trainer:
         average = average_over_targets(scores, self.config.task.source)
         self.state["history"].append({"step": step, "scores": scores, "average": average})
         log.scalars(step, {**{f"dev/{lang}": s for lang, s in scores.items()}, "dev/average": average})
+        if self.config.eval.memory:
+            memory = self.evaluate_memory()
+            self.state["history"][-1]["memory"] = memory
+            log.scalars(step, _flatten("memory", memory))
         if self.state["best"] is None or average > self.state["best"]:
             self.state.update(best=average, best_step=step, bad_evals=0)
             self.checkpoints.save("best", self._client_state())

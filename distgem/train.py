@@ -15,6 +15,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
 
+def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(config files, overrides) of a launch/train.py command line (slurm/train.sbatch reads the run dir)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    args, _ = parser.parse_known_args(argv)
+    return args.config, args.overrides
+
+
 def run(args: argparse.Namespace) -> int:
     from distgem import distributed
     from distgem.config import load_run_config

@@ -1,0 +1,257 @@
+"""GEM's dual QP and the projection g~ = g + M^T v: pure tensor math, nothing about models or ranks.
+
+With M the k x P matrix of memory gradients and g the task gradient, GEM solves
+
+    v* = argmin_{v >= gamma}  1/2 v^T (M M^T) v + (M g)^T v        and sets  g~ = g + M^T v*
+
+Everything the solver needs is the (k+1) x (k+1) Gram of [g_1..g_k, g] (task gradient LAST), which
+a distributed caller sums over partitions (`gram_from_pieces`, one all-reduce), so that every rank
+solves the same QP from the same numbers. Numerics (docs/PROJECTION.md):
+
+- float64 throughout; the Gram is accumulated in float64 even from fp32/bf16 gradients;
+- the QP is rescaled before any regulariser: each memory by its own norm (the Gram becomes the
+  cosine matrix C, unit diagonal), then v by the largest |<g_i, g>|/|g_i|, so the solvers see
+  |p| <= 1 whatever the gradient scale. The ridge RIDGE * I is added to C, i.e. it is relative to
+  each memory's own squared norm: an absolute eps would swamp small gradients and disable GEM;
+- v is mapped back to the ORIGINAL problem (the rescaling changes nothing but the ridge).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+from qpth.qp import QPFunction
+
+RIDGE = 1e-10
+"""Added to the cosine matrix C: the active constraints end up violated by at most RIDGE * v_i |g_i|^2."""
+KKT_TOL = 1e-9
+"""Natural KKT residual |min(u - lower, C u + p)| accepted, relative to 1 + |u| on the rescaled problem."""
+QPTH_TOL = 1e-7
+"""The same residual accepted from qpth's interior point before falling back to the exact solver."""
+EXACT_MAX_SYSTEMS = 4096
+"""`auto`: exact while batch x 2^k subsystems stay under this (k <= 12 for one QP), else qpth (docs/PROJECTION.md)."""
+CHUNK = 1 << 16
+"""Columns converted to float64 at a time (Gram and update): bounds the temporary to (k+1) x CHUNK."""
+SUBSET_BLOCK = 1 << 22
+"""Matrix entries per batched solve in the exact solver (subsets x batch x k x k)."""
+SOLVERS = ("auto", "exact", "qpth")
+COUNTERS = {"qpth_fallbacks": 0}
+"""Batch elements that qpth got wrong (inaccurate, NaN, KKT violated) and the exact solver re-solved."""
+
+
+@dataclass
+class Projection:
+    """A solved dual: v for the original problem and how it was obtained."""
+
+    v: torch.Tensor
+    """(..., k) float64 on the inputs' device; zeros where the inputs were not finite."""
+    violated: torch.Tensor
+    """(...) bool: some <g_i, g> < 0 (GEM projects only those)."""
+    solver: str
+    """"exact" or "qpth" (what `auto` chose)."""
+    fallbacks: int = 0
+    """Batch elements re-solved by the exact solver after qpth failed."""
+
+
+def solve(gram: torch.Tensor, dots: torch.Tensor, memory_strength: float = 0.0, solver: str = "auto") -> Projection:
+    """Solve the dual for every leading batch index of `gram` (..., k, k) and `dots` (..., k)."""
+    if solver not in SOLVERS:
+        raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
+    if not memory_strength >= 0:
+        raise ValueError(f"memory_strength must be >= 0, got {memory_strength}")
+    k = dots.shape[-1]
+    if gram.shape[-2:] != (k, k):
+        raise ValueError(f"gram {tuple(gram.shape)} does not match dots {tuple(dots.shape)}: want (..., k, k), (..., k)")
+    batch = torch.broadcast_shapes(gram.shape[:-2], dots.shape[:-1])
+    G = gram.detach().to(torch.float64).expand(*batch, k, k).reshape(-1, k, k)
+    d = dots.detach().to(torch.float64).expand(*batch, k).reshape(-1, k)
+    violated = (d < 0).any(-1)
+    if solver == "auto":  # CPU crossover with qpth's 5-20 ms per call, docs/PROJECTION.md
+        solver = "exact" if 2**k * max(G.shape[0], 1) <= EXACT_MAX_SYSTEMS else "qpth"
+    if k == 0 or G.shape[0] == 0:
+        return Projection(d.clone().reshape(*batch, k), violated.reshape(batch), solver)
+
+    finite = torch.isfinite(G).all(-1).all(-1) & torch.isfinite(d).all(-1)
+    G, d = torch.where(finite[:, None, None], G, 0.0), torch.where(finite[:, None], d, 0.0)
+    C, p, lower, scale = _rescale(G, d, memory_strength)
+    fallbacks = 0
+    if solver == "exact":
+        u = _solve_exact(C, p, lower)
+    else:
+        u, fallbacks = _solve_qpth(C, p, lower)
+    v = torch.maximum(u, lower) * scale  # interior point: u may sit a rounding error below its bound
+    # Non-finite Gram (an fp16 overflow step): no projection; the caller's overflow check still sees it.
+    v = torch.where((finite & torch.isfinite(v).all(-1))[:, None], v, 0.0)
+    return Projection(v.reshape(*batch, k), violated.reshape(batch), solver, fallbacks)
+
+
+def solve_dual(gram: torch.Tensor, dots: torch.Tensor, memory_strength: float = 0.0, solver: str = "auto") -> torch.Tensor:
+    """v* >= memory_strength minimising 1/2 v^T gram v + dots^T v, float64 (..., k), batched over leading dims."""
+    return solve(gram, dots, memory_strength, solver).v
+
+
+def project(grad: torch.Tensor, memories: torch.Tensor, memory_strength: float = 0.0, solver: str = "auto") -> torch.Tensor:
+    """GEM on flat vectors: `grad` itself when no <g_i, g> < 0, else a new grad + memories^T v* (grad's dtype)."""
+    if grad.dim() != 1 or memories.dim() != 2 or memories.shape[1] != grad.shape[0]:
+        raise ValueError(f"want grad (P,) and memories (k, P), got {tuple(grad.shape)} and {tuple(memories.shape)}")
+    if grad.numel() == 0:
+        return grad
+    gram = gram_from_pieces(_stacked(memories, grad))
+    mem_gram, dots = split_gram(gram)
+    if not bool((dots < 0).any()) or not bool(torch.isfinite(gram).all()):
+        return grad
+    v = solve_dual(mem_gram, dots, memory_strength, solver)
+    out = grad.clone()
+    apply_projection([out], [memories], v)
+    return out
+
+
+def gram_from_pieces(pieces: Iterable[torch.Tensor]) -> torch.Tensor:
+    """(k+1, k+1) float64 Gram of the rows [g_1..g_k, g], summed over column pieces (k+1, p_j) of any float dtype."""
+    gram = None
+    for piece in pieces:
+        if piece.dim() != 2:
+            raise ValueError(f"pieces are (k+1, p_j) row stacks, got shape {tuple(piece.shape)}")
+        if gram is None:
+            gram = torch.zeros(piece.shape[0], piece.shape[0], dtype=torch.float64, device=piece.device)
+        for block in _float64_blocks(piece):
+            gram.addmm_(block, block.T)
+    if gram is None:
+        raise ValueError("gram_from_pieces needs at least one piece")
+    return gram
+
+
+def split_gram(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(..., k+1, k+1) Gram with the task gradient last -> (memory Gram (..., k, k), dots <g_i, g> (..., k))."""
+    k = gram.shape[-1] - 1
+    return gram[..., :k, :k], gram[..., :k, k]
+
+
+def apply_projection(grad_pieces: Sequence[torch.Tensor], memory_pieces: Sequence[torch.Tensor], v: torch.Tensor) -> None:
+    """g <- g + M^T v in place on each local piece (flat g_j, M_j (k, numel)); computed in float64, rounded once."""
+    for grad, memories in zip(grad_pieces, memory_pieces, strict=True):
+        flat = grad.view(-1)
+        if memories.shape != (v.shape[-1], flat.numel()):
+            raise ValueError(f"memory piece {tuple(memories.shape)} does not match grad piece {flat.numel()} and k={v.shape[-1]}")
+        weights = v.to(device=memories.device, dtype=torch.float64)
+        for start in range(0, flat.numel(), CHUNK):
+            stop = min(start + CHUNK, flat.numel())
+            update = weights @ memories[:, start:stop].to(torch.float64)
+            update += flat[start:stop]
+            flat[start:stop].copy_(update)
+
+
+# --- rescaling and solvers -----------------------------------------------------------------------
+
+def _rescale(G: torch.Tensor, d: torch.Tensor, gamma: float):
+    """(B,k,k), (B,k) -> cosine matrix + ridge C, p, lower, scale with v = scale * u and u >= lower.
+
+    With n_i = |g_i| and v_i = c u_i / n_i, the objective divided by c^2 is 1/2 u^T C u + p^T u
+    with C = G / (n n^T) and p = d / (c n); c = max(|d_i| / n_i, gamma n_i) makes |p|, lower <= 1.
+    A zero memory gets the largest norm (1 if all are zero): its row of C is zero but for the ridge,
+    which pins u_i to its lower bound, so v_i = gamma.
+    """
+    diag = G.diagonal(dim1=-2, dim2=-1)
+    norms = diag.clamp(min=0).sqrt()
+    largest = norms.amax(-1, keepdim=True)
+    norms = torch.where(diag > 0, norms, torch.where(largest > 0, largest, 1.0))
+    C = 0.5 * (G + G.mT) / (norms[:, :, None] * norms[:, None, :])
+    C = C + RIDGE * torch.eye(G.shape[-1], dtype=G.dtype, device=G.device)
+    cosine_dots = d / norms
+    c = torch.maximum(cosine_dots.abs().amax(-1), gamma * norms.amax(-1))
+    c = torch.where(c > 0, c, 1.0)[:, None]
+    return C, cosine_dots / c, gamma * norms / c, c / norms
+
+
+def _kkt_residual(C: torch.Tensor, p: torch.Tensor, lower: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """(...,) natural residual max_i |min(u_i - lower_i, (C u + p)_i)| / (1 + |u|): 0 exactly at the optimum."""
+    r = (C @ u.unsqueeze(-1)).squeeze(-1) + p
+    residual = torch.minimum(u - lower, r).abs().amax(-1) / (1 + u.abs().amax(-1))
+    return torch.where(torch.isfinite(residual), residual, torch.inf)
+
+
+def _solve_exact(C: torch.Tensor, p: torch.Tensor, lower: torch.Tensor) -> torch.Tensor:
+    """Enumerate the 2^k supports S of w = u - lower >= 0: solve C_SS w_S = -q_S for each, batched, keep the best.
+
+    Best = satisfies KKT (there is one such support in exact arithmetic), then lowest objective among
+    the primal-feasible ones (the empty support always is). Singular systems fail `solve_ex` and drop out.
+    """
+    B, k = p.shape
+    q = (C @ lower.unsqueeze(-1)).squeeze(-1) + p
+    zero = torch.zeros(B, k, dtype=C.dtype, device=C.device)
+    best_w, best_f = zero, torch.zeros_like(p[:, 0])  # the empty support: w = 0, objective 0
+    best_kkt = _kkt_residual(C, q, zero, zero) <= KKT_TOL
+    subsets = torch.arange(1, 2**k, device=C.device)
+    bits = ((subsets[:, None] >> torch.arange(k, device=C.device)) & 1).to(C.dtype)  # (S, k)
+    per_block = max(1, SUBSET_BLOCK // (B * k * k))
+    eye = torch.eye(k, dtype=C.dtype, device=C.device)
+    for mask in bits.split(per_block):
+        m = mask[:, None, :]  # (S, 1, k)
+        # rows/columns outside S become identity with right-hand side 0, so w_i = 0 there
+        A = m.unsqueeze(-1) * m.unsqueeze(-2) * C + (1 - m).unsqueeze(-1) * eye
+        w, info = torch.linalg.solve_ex(A, (-m * q).unsqueeze(-1))
+        w = w.squeeze(-1) * m
+        scale = 1 + w.abs().amax(-1)
+        ok = (info == 0) & torch.isfinite(w).all(-1) & (w >= -KKT_TOL * scale.unsqueeze(-1)).all(-1)
+        w = torch.where(ok.unsqueeze(-1), w.clamp(min=0), 0.0)
+        kkt = ok & (_kkt_residual(C, q, zero, w) <= KKT_TOL)
+        f = 0.5 * (w * (C @ w.unsqueeze(-1)).squeeze(-1)).sum(-1) + (q * w).sum(-1)
+        f = torch.where(ok, f, torch.inf)
+        # lexicographic: KKT first, then objective; reduce over the block, then against the best so far
+        f_key = torch.where(kkt, f, torch.inf)
+        pick = (torch.where(kkt.any(0), f_key.argmin(0), f.argmin(0)), torch.arange(B, device=C.device))
+        cand_w, cand_kkt, cand_f = w[pick], kkt[pick], f[pick]
+        better = (cand_kkt & ~best_kkt) | ((cand_kkt == best_kkt) & (cand_f < best_f))
+        best_w = torch.where(better[:, None], cand_w, best_w)
+        best_kkt, best_f = best_kkt | cand_kkt, torch.where(better, cand_f, best_f)
+    return lower + best_w
+
+
+def _solve_qpth(C: torch.Tensor, p: torch.Tensor, lower: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """qpth's batched interior point; elements it got wrong (it prints instead of raising) go to the exact solver."""
+    B, k = p.shape
+    e = torch.empty(0, dtype=C.dtype, device=C.device)
+    G = -torch.eye(k, dtype=C.dtype, device=C.device)
+    printed = io.StringIO()
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(printed):
+            u = QPFunction(verbose=0)(C, p, G, -lower, e, e)
+    except RuntimeError:  # "Q is not SPD" or a failed factorisation
+        u = None
+    if u is None or u.shape != p.shape:
+        bad = torch.ones(B, dtype=torch.bool, device=C.device)
+        u = torch.zeros_like(p)
+    elif "inaccurate" in printed.getvalue():
+        bad = torch.ones(B, dtype=torch.bool, device=C.device)  # qpth does not say which element
+    else:
+        u = u.to(C.dtype)
+        bad = ~(_kkt_residual(C, p, lower, u) <= QPTH_TOL)
+    n_bad = int(bad.sum())
+    if n_bad:
+        u = u.clone()
+        u[bad] = _solve_exact(C[bad], p[bad], lower[bad])
+        COUNTERS["qpth_fallbacks"] += n_bad
+    return u, n_bad
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+def _stacked(memories: torch.Tensor, grad: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Column chunks of [memories; grad] as float64 (k+1, n) blocks, without stacking the whole vectors."""
+    k, P = memories.shape
+    buffer = torch.empty(k + 1, min(CHUNK, P), dtype=torch.float64, device=grad.device)
+    for start in range(0, P, CHUNK):
+        stop = min(start + CHUNK, P)
+        block = buffer[:, : stop - start]
+        block[:k].copy_(memories[:, start:stop])
+        block[k].copy_(grad[start:stop])
+        yield block
+
+
+def _float64_blocks(piece: torch.Tensor) -> Iterator[torch.Tensor]:
+    """Column blocks of a (rows, p) tensor as float64, at most CHUNK columns each (views when already float64)."""
+    for start in range(0, piece.shape[1], CHUNK):
+        yield piece[:, start:start + CHUNK].to(torch.float64)

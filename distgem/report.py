@@ -1,0 +1,295 @@
+"""`distgem report RUNS_DIR --out DIR`: the paper's tables from whatever runs exist.
+
+Table 1 (MLM perplexity per language, XSR P@1/5/10 per pair after fine-tuning on the source task,
+backbone row first), Table 2 (zero-shot POS and NER per language and their average without the
+source), the MLM(en) vs MLM(all) ablation; mean and standard deviation over seeds; Welch t-tests of
+every method against every baseline (significance: p < 0.01); Markdown, CSV and LaTeX; PNG plots
+(per-language bars; forgetting curves read from the TensorBoard event files).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+from distgem.errors import UserError
+
+BASELINES = ("naive", "frozen", "mtf-mlm", "mtf-xsr", "mtf-both")
+ORDER = ("naive", "frozen", "mtf-mlm", "mtf-xsr", "mtf-both", "gem-mlm", "gem-xsr", "gem-both")
+ALPHA = 0.01
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("runs", help="directory searched (recursively) for results.json")
+    parser.add_argument("--out", required=True, help="where the tables and plots go")
+    parser.add_argument("--no-plots", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    runs = load_runs(Path(args.runs))
+    report = build_report(runs)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_outputs(report, out)
+    if not args.no_plots:
+        plot(report, runs, out)
+    print(f"{len(runs)} runs -> {out}/report.md")
+    return 0
+
+
+def load_runs(root: Path) -> list[dict]:
+    if not root.is_dir():
+        raise UserError(f"{root}: no such directory")
+    runs = []
+    for path in sorted(root.rglob("results.json")):
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+        data["run_dir"] = str(path.parent)
+        data["label"] = label(data)
+        runs.append(data)
+    if not runs:
+        raise UserError(f"{root}: no results.json found")
+    return runs
+
+
+def label(results: dict) -> str:
+    """Method name as the tables show it: naive, frozen, mtf-both, gem-xsr, gem-both+per-language, ..."""
+    config = results["config"]["method"]
+    name = config["name"]
+    memory = config["memory"]
+    if memory:
+        name += "-" + ("both" if set(memory) == {"mlm", "xsr"} else memory[0])
+        if "mlm" in memory and config["mlm_languages"] == "en":
+            name += "(en)"
+    gem = config["gem"]
+    if config["name"] == "gem":
+        name += "".join(s for s, on in (("+per-language", gem["per_language"]), ("+per-layer", gem["per_layer"]),
+                                         (f"+R{gem['refresh_every']}", gem["refresh_every"] > 1),
+                                         (f"+gamma{gem['memory_strength']:g}", gem["memory_strength"] > 0)) if on)
+        if gem.get("target", "gradient") != "gradient":
+            name += f"+{gem['target']}"
+    return name
+
+
+def _sort_key(name: str) -> tuple:
+    base = name.split("+")[0].replace("(en)", "")
+    return (ORDER.index(base) if base in ORDER else len(ORDER), name)
+
+
+def mean_std(values: list[float]) -> tuple[float, float, int]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values)
+
+
+def welch(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Welch's t statistic and two-sided p-value (nan when either side has fewer than two seeds)."""
+    from scipy import stats
+
+    if len(a) < 2 or len(b) < 2 or statistics.variance(a) + statistics.variance(b) == 0:
+        return float("nan"), float("nan")  # no spread to test against (e.g. identical seeds)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # near-identical seeds: scipy warns, the numbers stand
+        result = stats.ttest_ind(a, b, equal_var=False)
+    return float(result.statistic), float(result.pvalue)
+
+
+def build_report(runs: list[dict]) -> dict:
+    """All tables as plain data: {table: {"columns": [...], "rows": [[...]]}} plus t-tests."""
+    by_task: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for r in runs:
+        by_task[r["run"]["task"]][r["label"]].append(r)
+    report = {"tables": {}, "ttests": []}
+    for task, methods in sorted(by_task.items()):
+        langs = list(next(iter(methods.values()))[0]["test"]["per_language"])
+        columns = ["method", "seeds", *langs, "avg"]
+        rows = []
+        for name in sorted(methods, key=_sort_key):
+            group = methods[name]
+            cells = [name, len(group)]
+            for lang in langs:
+                cells.append(mean_std([g["test"]["per_language"][lang]["score"] for g in group if lang in g["test"]["per_language"]]))
+            cells.append(mean_std([g["test"]["average"] for g in group]))
+            rows.append(cells)
+        report["tables"][f"table2_{task}"] = {"title": f"Table 2: zero-shot {task.upper()} (test; avg excludes the source)",
+                                              "columns": columns, "rows": rows}
+        for name in sorted(methods, key=_sort_key):
+            for baseline in BASELINES:
+                if baseline == name or baseline not in methods:
+                    continue
+                a = [g["test"]["average"] for g in methods[name]]
+                b = [g["test"]["average"] for g in methods[baseline]]
+                t, p = welch(a, b)
+                report["ttests"].append({"task": task, "method": name, "baseline": baseline, "mean": statistics.fmean(a),
+                                         "baseline_mean": statistics.fmean(b), "t": t, "p": p,
+                                         "significant": bool(p == p and p < ALPHA and statistics.fmean(a) > statistics.fmean(b))})
+    source_task = "pos" if "pos" in by_task else next(iter(by_task))
+    report["tables"]["table1"] = _table1(by_task[source_task], source_task)
+    report["tables"]["ablation"] = _ablation(by_task)
+    return report
+
+
+def _table1(methods: dict[str, list[dict]], task: str) -> dict:
+    first = next(g for group in methods.values() for g in group)
+    langs = list(first["backbone"]["mlm_perplexity"]) if first.get("backbone") else []
+    pairs = list(first["backbone"]["xsr"]) if first.get("backbone") else []
+    columns = ["model", "seeds", *[f"ppl {lang}" for lang in langs], *[f"{p}-en P@{k}" for p in pairs for k in (1, 5, 10)]]
+
+    def cells(name, memories):
+        row = [name, len(memories)]
+        row += [mean_std([m["mlm_perplexity"][lang] for m in memories]) for lang in langs]
+        row += [mean_std([m["xsr"][p][f"p@{k}"] for m in memories]) for p in pairs for k in (1, 5, 10)]
+        return row
+
+    backbone = [g["backbone"] for group in methods.values() for g in group if g.get("backbone")]
+    rows = [cells("backbone", backbone)] if backbone else []
+    for name in sorted(methods, key=_sort_key):
+        after = [g["after"] for g in methods[name] if g.get("after")]
+        if after:
+            rows.append(cells(name, after))
+    return {"title": f"Table 1: memory tasks after fine-tuning on {task.upper()} (backbone first)",
+            "columns": columns, "rows": rows}
+
+
+def _ablation(by_task) -> dict:
+    columns = ["method", "MLM", "seeds", "mean ppl", *[f"{task} avg" for task in sorted(by_task)]]
+    rows = []
+    pairs = defaultdict(dict)
+    for task, methods in by_task.items():
+        for name, group in methods.items():
+            if "mlm" in group[0]["config"]["method"]["memory"]:
+                pairs[name.replace("(en)", "")][(task, group[0]["config"]["method"]["mlm_languages"])] = group
+    for base in sorted(pairs, key=_sort_key):
+        for which in ("en", "all"):
+            groups = {task: g for (task, lang), g in pairs[base].items() if lang == which}
+            if not groups:
+                continue
+            any_group = next(iter(groups.values()))
+            ppl = [statistics.fmean(g["after"]["mlm_perplexity"].values()) for g in any_group if g.get("after")]
+            row = [base, f"MLM({which})", len(any_group), mean_std(ppl) if ppl else None]
+            row += [mean_std([g["test"]["average"] for g in groups[task]]) if task in groups else None for task in sorted(by_task)]
+            rows.append(row)
+    return {"title": "Ablation: MLM(en) vs MLM(all)", "columns": columns, "rows": rows}
+
+
+def _fmt(cell, latex: bool = False) -> str:
+    if cell is None:
+        return "-"
+    if isinstance(cell, tuple):
+        mean, std, n = cell
+        return f"{mean:.2f} $\\pm$ {std:.2f}" if latex else f"{mean:.2f} ± {std:.2f}"
+    return str(cell)
+
+
+def write_outputs(report: dict, out: Path) -> None:
+    marks = {(t["task"], t["method"]) for t in report["ttests"]}
+    beats_all = {key for key in marks if all(t["significant"] for t in report["ttests"] if (t["task"], t["method"]) == key)}
+    markdown, latex = ["# distgem report", ""], []
+    for key, table in report["tables"].items():
+        task = key.split("_", 1)[1] if key.startswith("table2_") else None
+        rows = []
+        for row in table["rows"]:
+            cells = [_fmt(c) for c in row]
+            if task and (task, row[0]) in beats_all:
+                cells[-1] += " †"
+            rows.append(cells)
+        markdown += [f"## {table['title']}", "", "| " + " | ".join(table["columns"]) + " |",
+                     "|" + "---|" * len(table["columns"])] + ["| " + " | ".join(r) + " |" for r in rows] + [""]
+        _write_csv(out / f"{key}.csv", table)
+        latex += [f"% {table['title']}", "\\begin{tabular}{" + "l" * len(table["columns"]) + "}", "\\hline",
+                  " & ".join(table["columns"]).replace("_", "\\_").replace("@", "@") + " \\\\", "\\hline"]
+        latex += [" & ".join(_fmt(c, latex=True) for c in row) + " \\\\" for row in table["rows"]]
+        latex += ["\\hline", "\\end{tabular}", ""]
+    markdown += ["† better than every baseline (Welch t-test over seeds, p < 0.01).", "",
+                 "## t-tests (test average over target languages)", "",
+                 "| task | method | baseline | mean | baseline mean | t | p | significant |", "|---|---|---|---|---|---|---|---|"]
+    markdown += [f"| {t['task']} | {t['method']} | {t['baseline']} | {t['mean']:.2f} | {t['baseline_mean']:.2f} | "
+                 f"{t['t']:.2f} | {t['p']:.2g} | {'yes' if t['significant'] else 'no'} |" for t in report["ttests"]]
+    with (out / "ttests.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["task", "method", "baseline", "mean", "baseline_mean", "t", "p", "significant"])
+        writer.writeheader()
+        writer.writerows(report["ttests"])
+    (out / "report.md").write_text("\n".join(markdown) + "\n")
+    (out / "tables.tex").write_text("\n".join(latex))
+    (out / "report.json").write_text(json.dumps(report, indent=1, default=list))
+
+
+def _write_csv(path: Path, table: dict) -> None:
+    """One column per plain cell, a _mean and a _std column per statistic."""
+    stat = [any(isinstance(row[i], tuple) for row in table["rows"]) for i in range(len(table["columns"]))]
+    header = []
+    for name, is_stat in zip(table["columns"], stat):
+        header += [f"{name}_mean", f"{name}_std"] if is_stat else [name]
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for row in table["rows"]:
+            cells = []
+            for cell, is_stat in zip(row, stat):
+                cells += ([cell[0], cell[1]] if isinstance(cell, tuple) else ["", ""]) if is_stat else [cell]
+            writer.writerow(cells)
+
+
+def plot(report: dict, runs: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for key, table in report["tables"].items():
+        if not key.startswith("table2_"):
+            continue
+        langs = table["columns"][2:]
+        figure, axis = plt.subplots(figsize=(1.2 + 0.9 * len(langs), 3.6))
+        width = 0.8 / max(len(table["rows"]), 1)
+        for i, row in enumerate(table["rows"]):
+            means = [c[0] for c in row[2:]]
+            stds = [c[1] for c in row[2:]]
+            axis.bar([x + i * width for x in range(len(langs))], means, width, yerr=stds, label=row[0])
+        axis.set_xticks([x + 0.4 - width / 2 for x in range(len(langs))], langs)
+        axis.set_ylabel("score")
+        axis.set_title(table["title"], fontsize=9)
+        axis.legend(fontsize=7, ncol=2)
+        figure.tight_layout()
+        figure.savefig(out / f"{key}.png", dpi=120)
+        plt.close(figure)
+    _forgetting_curves(runs, out, plt)
+
+
+def _forgetting_curves(runs: list[dict], out: Path, plt) -> None:
+    """Mean MLM perplexity and XSR P@1 over training, from the TensorBoard events (tensorboard's loader)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    curves: dict[str, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    for r in runs:
+        events = Path(r["run_dir"]) / "tensorboard"
+        if not events.is_dir():
+            continue
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        tags = accumulator.Tags()["scalars"]
+        for metric, pattern in (("MLM perplexity (mean over languages)", "/mlm_perplexity/"), ("XSR P@1 (mean over pairs)", "/p@1")):
+            series = defaultdict(list)
+            for tag in (t for t in tags if t.startswith("memory/") and pattern in t):
+                for event in accumulator.Scalars(tag):
+                    series[event.step].append(event.value)
+            for step, values in series.items():
+                curves[metric][r["label"]][step].append(statistics.fmean(values))
+    if not curves:
+        return
+    figure, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.6))
+    axes = [axes] if len(curves) == 1 else axes
+    for axis, (metric, methods) in zip(axes, sorted(curves.items())):
+        for name in sorted(methods, key=_sort_key):
+            steps = sorted(methods[name])
+            axis.plot(steps, [statistics.fmean(methods[name][s]) for s in steps], marker=".", label=name)
+        axis.set_xlabel("step")
+        axis.set_title(metric, fontsize=9)
+        axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out / "forgetting.png", dpi=120)
+    plt.close(figure)

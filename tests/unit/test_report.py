@@ -1,0 +1,104 @@
+"""The report's numbers against the runs they come from, and its t-tests against an independent Welch test."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+
+import pytest
+
+from distgem.cli import main
+
+LANGS = ["en", "es", "fr"]
+
+
+def _results(method: str, memory: list[str], seed: int, scores: dict, mlm_languages: str = "all") -> dict:
+    targets = [scores[lang] for lang in LANGS if lang != "en"]
+    memory_eval = {"mlm_perplexity": {lang: 10.0 + seed + len(method) for lang in LANGS},
+                   "xsr": {lang: {"p@1": 50.0 + seed, "p@5": 70.0, "p@10": 80.0} for lang in ("es", "fr")}}
+    return {
+        "run": {"task": "pos", "method": method, "seed": seed},
+        "test": {"per_language": {lang: {"score": s} for lang, s in scores.items()}, "average": statistics.fmean(targets)},
+        "backbone": {"mlm_perplexity": {lang: 9.0 for lang in LANGS},
+                     "xsr": {lang: {"p@1": 90.0, "p@5": 95.0, "p@10": 99.0} for lang in ("es", "fr")}},
+        "after": memory_eval,
+        "config": {"method": {"name": method, "memory": memory, "mlm_languages": mlm_languages,
+                              "gem": {"per_language": False, "per_layer": False, "refresh_every": 1, "memory_strength": 0.0}}},
+    }
+
+
+SEEDS = {
+    ("naive", ()): [{"en": 95, "es": 70, "fr": 72}, {"en": 95.5, "es": 71, "fr": 71}, {"en": 94, "es": 70.5, "fr": 72.5}],
+    ("gem", ("mlm", "xsr")): [{"en": 95, "es": 76, "fr": 77}, {"en": 95, "es": 75.5, "fr": 77.5}, {"en": 96, "es": 76.2, "fr": 76.8}],
+    ("mtf", ("mlm",)): [{"en": 94, "es": 65, "fr": 66}, {"en": 94, "es": 67, "fr": 64}],
+}
+
+
+@pytest.fixture
+def runs(tmp_path):
+    for (method, memory), seeds in SEEDS.items():
+        for seed, scores in enumerate(seeds):
+            run_dir = tmp_path / "runs" / f"{method}-{'-'.join(memory)}-seed{seed}"
+            run_dir.mkdir(parents=True)
+            (run_dir / "results.json").write_text(json.dumps(_results(method, list(memory), seed, scores)))
+    return tmp_path / "runs"
+
+
+def _csv(path):
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _welch(a, b):
+    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
+    t = (statistics.fmean(a) - statistics.fmean(b)) / math.sqrt(va + vb)
+    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return t, dof
+
+
+def test_report_tables_match_results_and_ttests_match_welch(runs, tmp_path):
+    from scipy import stats
+
+    out = tmp_path / "report"
+    assert main(["report", str(runs), "--out", str(out), "--no-plots"]) == 0
+    rows = {r["method"]: r for r in _csv(out / "table2_pos.csv")}
+    assert set(rows) == {"naive", "gem-both", "mtf-mlm"}
+    for (method, memory), seeds in SEEDS.items():
+        name = method + ("-both" if len(memory) == 2 else f"-{memory[0]}" if memory else "")
+        for lang in LANGS:
+            assert float(rows[name][f"{lang}_mean"]) == pytest.approx(statistics.fmean(s[lang] for s in seeds))
+            assert float(rows[name][f"{lang}_std"]) == pytest.approx(statistics.stdev(s[lang] for s in seeds))
+        averages = [statistics.fmean([s["es"], s["fr"]]) for s in seeds]  # the source language is excluded
+        assert float(rows[name]["avg_mean"]) == pytest.approx(statistics.fmean(averages))
+    tests = {(t["method"], t["baseline"]): t for t in _csv(out / "ttests.csv")}
+    gem = [statistics.fmean([s["es"], s["fr"]]) for s in SEEDS["gem", ("mlm", "xsr")]]
+    naive = [statistics.fmean([s["es"], s["fr"]]) for s in SEEDS["naive", ()]]
+    t, dof = _welch(gem, naive)
+    assert float(tests["gem-both", "naive"]["t"]) == pytest.approx(t)
+    assert float(tests["gem-both", "naive"]["p"]) == pytest.approx(2 * stats.t.sf(abs(t), dof))
+    assert tests["gem-both", "naive"]["significant"] == "True"  # ~5 points apart with small spread
+    assert tests["mtf-mlm", "naive"]["significant"] == "False"  # worse is never marked
+    markdown = (out / "report.md").read_text()
+    assert "| gem-both | 3 |" in markdown and "†" in markdown.split("## Table 2")[1].split("##")[0]
+    table1 = _csv(out / "table1.csv")
+    assert table1[0]["model"] == "backbone" and float(table1[0]["ppl en_mean"]) == 9.0
+    assert "\\begin{tabular}" in (out / "tables.tex").read_text()
+
+
+def test_report_plots(runs, tmp_path):
+    out = tmp_path / "report"
+    assert main(["report", str(runs), "--out", str(out)]) == 0
+    png = (out / "table2_pos.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_report_errors_are_user_errors(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "none"), "--out", str(tmp_path / "o")]) == 2
+    (tmp_path / "r").mkdir()
+    assert main(["report", str(tmp_path / "r"), "--out", str(tmp_path / "o")]) == 2
+    bad = tmp_path / "b" / "x"
+    bad.mkdir(parents=True)
+    (bad / "results.json").write_text("{not json")
+    assert main(["report", str(tmp_path / "b"), "--out", str(tmp_path / "o")]) == 2
+    assert "results.json:1: not valid JSON" in capsys.readouterr().err
