@@ -1,0 +1,43 @@
+"""Sweep grids: the product of axes, stable indices, shell-safe resolution, strict errors."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from distgem.config import load_run_config
+from distgem.errors import ConfigError
+from distgem.sweep import expand, load_grid
+from distgem.train import split_args
+from tests.support import ROOT
+
+
+def test_ci_grid_expands_to_the_product(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    runs = expand(load_grid("configs/sweep_ci.yaml"))
+    assert [r.run_id for r in runs] == ["seed0-naive-pos", "seed0-gem-both-pos", "seed1-naive-pos", "seed1-gem-both-pos"]
+    assert len(expand(load_grid("configs/sweep.yaml"))) == 5 * 2 * 8 * 2
+
+
+def test_resolve_is_shell_safe_and_round_trips_to_the_run_config(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    script = ('eval "$(python -m distgem.cli sweep resolve configs/sweep_ci.yaml 3)"; '
+              'printf "%s\\n" "$RUN_ID" "$RUN_DIR" "$RANKS_PER_NODE" "${RUN_ARGS[@]}"')
+    lines = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, cwd=ROOT).stdout.splitlines()
+    assert lines[:3] == ["seed1-gem-both-pos", "runs/ci/seed1-gem-both-pos", "1"]
+    configs, overrides = split_args(lines[3:])
+    config = load_run_config(configs, overrides)
+    assert (config.train.seed, config.method.name, config.method.memory) == (1, "gem", ["mlm", "xsr"])
+    assert config.output.run_dir == "runs/ci/seed1-gem-both-pos" and config.train.steps == 40
+
+
+def test_grid_errors_name_the_problem(write, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    with pytest.raises(ConfigError, match="unknown key 'axis'"):
+        load_grid(write("g.yaml", "name: x\naxis: {seed: [0]}\n"))
+    with pytest.raises(ConfigError, match="no such config file configs/methods/nope.yaml"):
+        expand(load_grid(write("h.yaml", "name: x\naxes:\n  method: [configs/methods/nope.yaml]\n")))
+    with pytest.raises(ConfigError, match="share a run id"):
+        expand(load_grid(write("i.yaml", "name: x\naxes:\n  a: [configs/tiny.yaml, configs/tiny.yaml]\n")))
+    with pytest.raises(ConfigError, match=r"resources.gpus_per_node' must be int"):
+        load_grid(write("j.yaml", "name: x\nresources: {gpus_per_node: many}\n"))
