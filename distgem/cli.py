@@ -13,6 +13,8 @@ COMMANDS = {
     "world": ("distgem.data.world", "write the synthetic multilingual world (deterministic)"),
     "pretrain": ("distgem.pretrain", "pre-train the tiny multilingual backbone on a world"),
     "train": ("distgem.train", "train one run (DeepSpeed; any launcher)"),
+    "export": ("distgem.export", "a Hugging Face token-classification directory from a run's checkpoint"),
+    "predict": ("distgem.predict", "tag a CoNLL-U, CoNLL or text file with an exported model"),
     "report": ("distgem.report", "the paper's tables, t-tests and plots from a directory of runs"),
     "sweep": ("distgem.sweep", "inspect a sweep grid (list, size, resolve an array element)"),
 }

@@ -152,6 +152,8 @@ class OutputConfig:
     checkpoint_every: int = 0
     """Save a resumable checkpoint every N steps (0 = only the best and the last)."""
     tensorboard: bool = True
+    save_predictions: bool = False
+    """Write the test sets' word-level predictions to predictions/<lang>.json (export checks)."""
     save_final: bool = False
     """Also write final.safetensors: the last step's weights, gathered on rank 0 (tests, export)."""
 

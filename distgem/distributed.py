@@ -290,10 +290,46 @@ def _safe_checkpoint_engine(current):
             return getattr(current, name)
 
         def load(self, path, map_location=None):
-            with torch.serialization.safe_globals(_allowed_globals()):
-                return torch.load(path, map_location=map_location, weights_only=True)
+            with safe_torch_load():
+                return torch.load(path, map_location=map_location)
 
     return SafeLoad()
+
+
+class safe_torch_load:
+    """Context in which every torch.load (DeepSpeed's included) is weights_only, with our allowlist."""
+
+    def __enter__(self):
+        self.original = torch.load
+        self.globals = torch.serialization.safe_globals(_allowed_globals())
+        self.globals.__enter__()
+        original = self.original
+
+        def load(*args, **kwargs):
+            kwargs["weights_only"] = True
+            return original(*args, **kwargs)
+
+        torch.load = load
+        return self
+
+    def __exit__(self, *exc):
+        torch.load = self.original
+        self.globals.__exit__(*exc)
+        return False
+
+
+def consolidated_weights(checkpoint_root, tag: str) -> dict[str, torch.Tensor]:
+    """Full fp32 weights of a checkpoint of any ZeRO stage, in one process (DeepSpeed's zero_to_fp32)."""
+    from pathlib import Path as _Path
+
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    directory = _Path(checkpoint_root) / tag
+    with safe_torch_load():
+        if list(directory.glob("*optim_states.pt")) and any("zero" in p.name for p in directory.glob("*optim_states.pt")):
+            return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_root), tag=tag)
+        states = torch.load(directory / "mp_rank_00_model_states.pt", map_location="cpu")
+    return {name: tensor.float() for name, tensor in states["module"].items()}
 
 
 def _allowed_globals() -> list:

@@ -29,6 +29,7 @@ from distgem.metrics import average_over_targets
 from distgem.model import MultiTaskModel, freeze_bottom, parameter_group
 from distgem.results import build_results, write_json
 from distgem.tasks.sources import memory_sources, tagging_source
+from distgem.tasks import tagging
 from distgem.tasks.tagging import LABELS
 
 
@@ -238,12 +239,22 @@ class Trainer:
     def _eval_args(self):
         return self._forward, dist.all_gather_objects
 
-    def evaluate_tagging(self, corpora: dict) -> dict[str, dict[str, float]]:
+    def evaluate_tagging(self, corpora: dict, save_as: str | None = None) -> dict[str, dict[str, float]]:
+        """Scores per language; with `save_as`, also the word-level tags under predictions/<save_as>/."""
+        task = self.config.task.name
         self.engine.eval()
         try:
-            return {lang: evaluation.tagging_scores(*self._eval_args(), corpus, self.config.task.name,
-                                                    self.tokenizer.pad_token_id, self.config.eval.batch_size,
-                                                    self.world.rank, self.world.size) for lang, corpus in corpora.items()}
+            scores = {}
+            for lang, corpus in corpora.items():
+                predicted = evaluation.tagging_predictions(*self._eval_args(), corpus, self.tokenizer.pad_token_id,
+                                                           self.config.eval.batch_size, self.world.rank, self.world.size)
+                scores[lang] = tagging.score(task, corpus.tags, predicted)
+                if save_as and self.world.rank == 0:
+                    directory = self.run_dir / "predictions" / save_as
+                    directory.mkdir(parents=True, exist_ok=True)
+                    names = tagging.LABELS[task]
+                    (directory / f"{lang}.json").write_text(json.dumps([[names[i] for i in s] for s in predicted]))
+            return scores
         finally:
             self.engine.train()
 
@@ -304,7 +315,7 @@ class Trainer:
             dist.save_weights(self.engine, self.model, self.run_dir / "final.safetensors", self.world.rank)
         if self.state["best_step"] is not None:
             self.checkpoints.load("best", module_only=True)
-        test = self.evaluate_tagging(self.corpora.test)
+        test = self.evaluate_tagging(self.corpora.test, save_as="test" if config.output.save_predictions else None)
         after = self.evaluate_memory() if config.eval.before_training else None
         results = build_results(config, self.world.size, self.state, test, after, train_seconds)
         if self.world.rank == 0:

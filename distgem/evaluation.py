@@ -19,16 +19,15 @@ Gather = Callable[[object], list]
 EVAL_MASK_SEED = 12345  # fixed: perplexities of different runs compare on the same masks
 
 
-def tagging_scores(forward: Forward, gather: Gather, corpus: tagging.TaggedCorpus, task: str, pad_id: int,
-                   batch_size: int, rank: int, world: int) -> dict[str, float]:
-    """Word-level POS accuracy or NER precision/recall/F1 of one file."""
+def tagging_predictions(forward: Forward, gather: Gather, corpus: tagging.TaggedCorpus, pad_id: int,
+                        batch_size: int, rank: int, world: int) -> list[list[int]]:
+    """Word-level predicted label ids of every sentence of one file (each rank tags its share)."""
     mine = shard(range(len(corpus.words)), rank, world)
     predictions = tagging.predict(lambda b: forward("tag", b)["logits"], corpus, pad_id, batch_size, mine)
     merged: dict[int, list[int]] = {}
     for part in gather(predictions):
         merged.update(part)
-    ordered = [merged[i] for i in range(len(corpus.words))]
-    return tagging.score(task, corpus.tags, ordered)
+    return [merged[i] for i in range(len(corpus.words))]
 
 
 def mlm_perplexity(forward: Forward, gather: Gather, examples: list[list[int]], tokenizer, batch_size: int,

@@ -51,7 +51,7 @@ class Projection:
     violated: torch.Tensor
     """(...) bool: some <g_i, g> < 0 (GEM projects only those)."""
     solver: str
-    """"exact" or "qpth" (what `auto` chose)."""
+    """Which solver ran, exact or qpth (what `auto` chose)."""
     fallbacks: int = 0
     """Batch elements re-solved by the exact solver after qpth failed."""
 
@@ -64,7 +64,8 @@ def solve(gram: torch.Tensor, dots: torch.Tensor, memory_strength: float = 0.0, 
         raise ValueError(f"memory_strength must be >= 0, got {memory_strength}")
     k = dots.shape[-1]
     if gram.shape[-2:] != (k, k):
-        raise ValueError(f"gram {tuple(gram.shape)} does not match dots {tuple(dots.shape)}: want (..., k, k), (..., k)")
+        raise ValueError(f"gram {tuple(gram.shape)} does not match dots {tuple(dots.shape)}: "
+                         "want (..., k, k) and (..., k)")
     batch = torch.broadcast_shapes(gram.shape[:-2], dots.shape[:-1])
     G = gram.detach().to(torch.float64).expand(*batch, k, k).reshape(-1, k, k)
     d = dots.detach().to(torch.float64).expand(*batch, k).reshape(-1, k)
@@ -88,12 +89,14 @@ def solve(gram: torch.Tensor, dots: torch.Tensor, memory_strength: float = 0.0, 
     return Projection(v.reshape(*batch, k), violated.reshape(batch), solver, fallbacks)
 
 
-def solve_dual(gram: torch.Tensor, dots: torch.Tensor, memory_strength: float = 0.0, solver: str = "auto") -> torch.Tensor:
+def solve_dual(gram: torch.Tensor, dots: torch.Tensor, memory_strength: float = 0.0,
+               solver: str = "auto") -> torch.Tensor:
     """v* >= memory_strength minimising 1/2 v^T gram v + dots^T v, float64 (..., k), batched over leading dims."""
     return solve(gram, dots, memory_strength, solver).v
 
 
-def project(grad: torch.Tensor, memories: torch.Tensor, memory_strength: float = 0.0, solver: str = "auto") -> torch.Tensor:
+def project(grad: torch.Tensor, memories: torch.Tensor, memory_strength: float = 0.0,
+            solver: str = "auto") -> torch.Tensor:
     """GEM on flat vectors: `grad` itself when no <g_i, g> < 0, else a new grad + memories^T v* (grad's dtype)."""
     if grad.dim() != 1 or memories.dim() != 2 or memories.shape[1] != grad.shape[0]:
         raise ValueError(f"want grad (P,) and memories (k, P), got {tuple(grad.shape)} and {tuple(memories.shape)}")
@@ -130,12 +133,14 @@ def split_gram(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return gram[..., :k, :k], gram[..., :k, k]
 
 
-def apply_projection(grad_pieces: Sequence[torch.Tensor], memory_pieces: Sequence[torch.Tensor], v: torch.Tensor) -> None:
+def apply_projection(grad_pieces: Sequence[torch.Tensor], memory_pieces: Sequence[torch.Tensor],
+                     v: torch.Tensor) -> None:
     """g <- g + M^T v in place on each local piece (flat g_j, M_j (k, numel)); computed in float64, rounded once."""
     for grad, memories in zip(grad_pieces, memory_pieces, strict=True):
         flat = grad.view(-1)
         if memories.shape != (v.shape[-1], flat.numel()):
-            raise ValueError(f"memory piece {tuple(memories.shape)} does not match grad piece {flat.numel()} and k={v.shape[-1]}")
+            raise ValueError(f"memory piece {tuple(memories.shape)} does not match "
+                             f"grad piece {flat.numel()} and k={v.shape[-1]}")
         weights = v.to(device=memories.device, dtype=torch.float64)
         for start in range(0, flat.numel(), CHUNK):
             stop = min(start + CHUNK, flat.numel())
