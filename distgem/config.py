@@ -40,6 +40,7 @@ class DataConfig:
     ner: str = "{root}/ner/{lang}.{split}"
     """CoNLL NER path template; {split} is mapped through ner_splits."""
     ner_splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "dev": "testa", "test": "testb"})
+    """NER file suffix of each split (CoNLL-2002 names dev testa and test testb)."""
     mono: str = "{root}/mono/{lang}.txt"
     """One sentence per line (MLM), per language."""
     parallel: str = "{root}/parallel/en-{lang}.{side}"
@@ -57,7 +58,9 @@ class DataConfig:
 @dataclass
 class TaskConfig:
     name: Literal["pos", "ner"] = "pos"
+    """The fine-tuning task: UPOS tagging (CoNLL-U) or NER (CoNLL, IOB2)."""
     source: str = "en"
+    """The training language; it is excluded from every zero-shot average."""
     targets: list[str] = field(default_factory=lambda: [lang for lang in LANGUAGES if lang != "en"])
     """Zero-shot languages: evaluated every eval_every steps; their dev average drives early stopping."""
 
@@ -71,6 +74,7 @@ class GemConfig:
     memory_strength: float = 0.0
     """GEM's margin: lower bound on the dual variables (0 = the paper's default)."""
     solver: Literal["auto", "exact", "qpth"] = "auto"
+    """Dual QP solver: exact active sets, qpth's interior point, or auto (docs/PROJECTION.md)."""
     per_language: bool = False
     """One constraint per memory task and language instead of one per memory task."""
     per_layer: bool = False
@@ -86,6 +90,7 @@ class GemConfig:
 @dataclass
 class MethodConfig:
     name: Literal["naive", "frozen", "mtf", "gem"] = "naive"
+    """naive fine-tuning, frozen bottom layers, multi-task (summed losses) or GEM (projected gradient)."""
     memory: list[Literal["mlm", "xsr"]] = field(default_factory=list)
     """Memory tasks: [] for naive/frozen; [mlm], [xsr] or [mlm, xsr] (Both) for mtf and gem."""
     mlm_languages: Literal["en", "all"] = "all"
@@ -97,6 +102,7 @@ class MethodConfig:
     xsr_layer: int = -1
     """Hidden layer whose masked mean is the sentence embedding (-1 = last; XTREME uses 8 of 12)."""
     memory_batch_size: int = 16
+    """Global batch of every memory task (the paper: 16)."""
     gem: GemConfig = field(default_factory=GemConfig)
 
     def __post_init__(self):
@@ -111,18 +117,25 @@ class MethodConfig:
 @dataclass
 class TrainConfig:
     seed: int = 0
+    """Seeds model initialisation, data order, masking and dropout."""
     steps: int = 1000
+    """Optimizer steps (each runs every task once)."""
     batch_size: int = 16
     """Global batch (every task): micro_batch_size x gradient_accumulation x ranks."""
     gradient_accumulation: int = 1
+    """Micro-batches per rank and step for the task and MLM (XSR batches are never split)."""
     lr: float = 1e-5
+    """AdamW learning rate (the paper: Adam, 1e-5)."""
     weight_decay: float = 0.0
     """L2 via decoupled weight decay (AdamW); the paper's naive baseline."""
     warmup_steps: int = 0
+    """Linear warm-up of the learning rate, then constant."""
     gradient_clipping: float = 0.0
     """0 disables (DeepSpeed's own default of 1.0 would clip the projected gradient)."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    """fp16 uses DeepSpeed's loss scaling (GPU only); the projection is scale-invariant."""
     zero_stage: Literal[0, 1, 2, 3] = 0
+    """DeepSpeed ZeRO stage; GEM works on each rank's gradient partition at every stage."""
     deepspeed_config: str = "configs/deepspeed/zero{stage}.json"
     """DeepSpeed JSON; its "auto" fields are filled from this section (relative paths: cwd, then the repo)."""
 
@@ -140,6 +153,7 @@ class EvalConfig:
     patience: int = 5
     """Stop after this many evaluations without improvement (0 = never stop early)."""
     batch_size: int = 64
+    """Evaluation batch (windows or sentences) per rank."""
     before_training: bool = True
     """Evaluate the backbone first (Table 1's backbone row)."""
     memory: bool = True
@@ -149,9 +163,11 @@ class EvalConfig:
 @dataclass
 class OutputConfig:
     run_dir: str = "runs/default"
+    """Where config.yaml, results.json, steps.jsonl, tensorboard/ and checkpoints/ go."""
     checkpoint_every: int = 0
     """Save a resumable checkpoint every N steps (0 = only the best and the last)."""
     tensorboard: bool = True
+    """Write TensorBoard events (rank 0)."""
     save_predictions: bool = False
     """Write the test sets' word-level predictions to predictions/<lang>.json (export checks)."""
     save_final: bool = False

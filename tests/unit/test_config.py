@@ -87,3 +87,11 @@ def test_resolved_config_round_trips_through_yaml(write):
     config = load_run_config([], ["method.name=gem", "method.memory=[mlm, xsr]", "train.lr=3e-5", "task.targets=[es]"])
     path = write("resolved.yaml", dump_yaml(config))
     assert load_run_config([path]) == config
+
+
+def test_usage_config_reference_is_current():
+    from distgem.config_doc import BEGIN, END, reference
+    from tests.support import ROOT
+
+    text = (ROOT / "docs" / "USAGE.md").read_text()
+    assert text[text.index(BEGIN):text.index(END) + len(END)] == reference(), "run python -m distgem.config_doc"
