@@ -110,6 +110,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="sweep_command", required=True)
     for name, help_text in (("list", "print every run of the grid (index, id, finished?)"),
                             ("size", "print the number of runs"),
+                            ("logs", "print the directory for the array's Slurm logs"),
                             ("sbatch-args", "print sbatch options for the array from the grid's resources")):
         command = sub.add_parser(name, help=help_text)
         command.add_argument("grid")
@@ -124,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
     runs = expand(grid)
     if args.sweep_command == "size":
         print(len(runs))
+    elif args.sweep_command == "logs":
+        print(Path(grid.out) / grid.name / "slurm")
     elif args.sweep_command == "list":
         rows = [{"index": r.index, "run_id": r.run_id, "run_dir": r.run_dir, "finished": finished(r.run_dir),
                  "command": "launch/train.py " + shlex.join(train_arguments(r))} for r in runs]

@@ -17,7 +17,14 @@ else
 fi
 "${launcher[@]}" "$@" &
 pid=$!
-forward() { pkill "-$1" -P "$pid" 2>/dev/null || true; }
+descendants() { local child; for child in $(pgrep -P "$1"); do echo "$child"; descendants "$child"; done; }
+forward() {  # the training ranks only: the launcher processes in between would just die of USR1
+    local p cmd
+    for p in $(descendants "$pid"); do
+        cmd="$(tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null)" || continue
+        case "$cmd" in *deepspeed.launcher*|*bin/deepspeed*) ;; *launch/train.py*) kill "-$1" "$p" 2>/dev/null || true ;; esac
+    done
+}
 trap 'forward USR1' USR1
 trap 'forward TERM' TERM
 while kill -0 "$pid" 2>/dev/null; do

@@ -20,8 +20,7 @@ source scripts/setup.sh
 
 if [ -z "${SLURM_ARRAY_TASK_ID:-}" ]; then
     size="$(distgem sweep size "$GRID")"
-    name="$(basename "$GRID" .yaml)"
-    logs="runs/slurm/$name"
+    logs="$(distgem sweep logs "$GRID")"
     mkdir -p "$logs"                 # sbatch cannot open --output in a missing directory
     read -r -a options <<< "$(distgem sweep sbatch-args "$GRID")"
     job="$(sbatch --parsable --array="0-$((size - 1))${DISTGEM_ARRAY_LIMIT:+%$DISTGEM_ARRAY_LIMIT}" "${options[@]}" \

@@ -1,0 +1,407 @@
+#!/usr/bin/env bash
+# A real one-node Slurm (22.05, Debian 12) for tests and CI, everything under one root directory.
+#
+#   slurm/local/cluster.sh up        install if needed, (re)start munged + slurmctld + slurmd, wait for an idle node
+#   slurm/local/cluster.sh down      cancel jobs, stop the daemons, kill orphaned job processes (idempotent)
+#   slurm/local/cluster.sh status    sinfo / squeue summary
+#   eval "$(slurm/local/cluster.sh env)"   SLURM_CONF etc. for sbatch/srun/squeue/scontrol
+#
+# Environment knobs:
+#   DISTGEM_SLURM_ROOT   root dir (default /tmp/distgem-slurm): conf, munge, state, spool, logs, pids, fake GPUs
+#   SLURM_NODE_CPUS      CPUs the node advertises (default: the real count from `slurmd -C`)
+#   SLURM_FAKE_GPUS      number of fake GPUs (symlinks to /dev/null; default 2)
+#   SLURM_FAKE_GPU_TYPE  optional GPU type (e.g. a100) so typed requests (gpu:a100:1) work
+#   SLURM_CTLD_PORT, SLURMD_PORT   ports (default 6817, 6818)
+#
+# Must run as root. Pitfalls it handles are documented in docs/SLURM.md ("Local one-node Slurm for
+# tests"); numbers in comments refer to /work/shared/notes/slurm-one-node.md.
+set -euo pipefail
+
+ROOT="${DISTGEM_SLURM_ROOT:-/tmp/distgem-slurm}"
+ROOT="${ROOT%/}"
+CONF_DIR="$ROOT/etc"
+CONF="$CONF_DIR/slurm.conf"
+MUNGE_KEY_DIR="$ROOT/munge/etc"
+MUNGE_RUN_DIR="$ROOT/munge/run"
+MUNGE_SOCKET="$MUNGE_RUN_DIR/munge.socket.2"
+STATE_DIR="$ROOT/state"
+SPOOL_DIR="$ROOT/spool"
+LOG_DIR="$ROOT/log"
+PID_DIR="$ROOT/run"
+GPU_DIR="$ROOT/fakegpu"
+NODE=localhost
+CTLD_PORT="${SLURM_CTLD_PORT:-6817}"
+SLURMD_PORT="${SLURMD_PORT:-6818}"
+NGPUS="${SLURM_FAKE_GPUS:-2}"
+GPU_TYPE="${SLURM_FAKE_GPU_TYPE:-}"
+# Markers in /proc/PID/environ: daemons (and what they fork) carry DAEMON_MARK, every job task
+# carries JOB_MARK (injected by the TaskProlog, so even --export=NONE jobs have it). They are not
+# DISTGEM_SLURM_ROOT on purpose: a client shell that eval'd `env` has that one, and `down` must not
+# kill the shell (or pytest) that called it.
+DAEMON_MARK="DISTGEM_SLURM_DAEMON_OF=$ROOT"
+JOB_MARK="DISTGEM_SLURM_JOB_OF=$ROOT"
+UP_TIMEOUT=30
+STOPPED=()  # pids stopped or killed by this invocation
+
+log() { echo "[slurm-local] $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# --- processes -----------------------------------------------------------------------------------
+# alive PID: the process exists and is not a zombie (pitfall 12: PID 1 reaps late, kill -0 lies).
+alive() {
+    local pid="$1" key val _
+    [ -n "$pid" ] && [ -r "/proc/$pid/status" ] || return 1
+    while read -r key val _; do
+        [ "$key" = State: ] || continue
+        case "$val" in Z|X) return 1 ;; *) return 0 ;; esac
+    done < "/proc/$pid/status" 2>/dev/null
+    return 1
+}
+
+pid_from() { [ -s "$1" ] && tr -dc '0-9' < "$1" || true; }
+
+# has_marker PID: one of this root's markers (NAME=value) is in the process's initial environment.
+has_marker() {
+    grep -qzxF -e "$JOB_MARK" -e "$DAEMON_MARK" "/proc/$1/environ" 2>/dev/null
+}
+
+# stop_pid PID NAME: TERM, wait up to 5 s, then KILL; zombies count as stopped.
+stop_pid() {
+    local pid="$1" name="$2" i
+    alive "$pid" || return 0
+    STOPPED+=("$pid")
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 50); do alive "$pid" || return 0; sleep 0.1; done
+    log "$name ($pid) ignored SIGTERM; killing"
+    kill -KILL "$pid" 2>/dev/null || true
+    for i in $(seq 50); do alive "$pid" || return 0; sleep 0.1; done
+    log "warning: $name ($pid) still alive"
+}
+
+# The process ids of this script and its ancestors: never killed by the sweep.
+self_and_ancestors() {
+    local pid=$$
+    while [ -n "$pid" ] && [ "$pid" -gt 1 ]; do
+        echo "$pid"
+        pid="$(awk '/^PPid:/ {print $2; exit}' "/proc/$pid/status" 2>/dev/null || true)"
+    done
+    echo "${BASHPID:-}"
+}
+
+# daemon_of_root PID: the daemon belongs to this root: its command line names it, or its working
+# directory or an open file is under it. slurmstepd blanks its environment and command line for
+# its process title ("slurmstepd: [5.batch]") but keeps slurmd's cwd and log file.
+daemon_of_root() {
+    local link
+    grep -qzF -- "$ROOT/" "/proc/$1/cmdline" 2>/dev/null && return 0
+    for link in "/proc/$1/cwd" "/proc/$1"/fd/*; do
+        case "$(readlink "$link" 2>/dev/null || true)" in "$ROOT"/*|"$ROOT") return 0 ;; esac
+    done
+    return 1
+}
+
+# marked_pids: live processes carrying one of this root's markers, or Slurm/munge daemons of this root
+# (pitfall 11: slurmstepd and tasks outlive slurmd under PID 1).
+marked_pids() {
+    local keep p pid comm
+    keep=" $(self_and_ancestors | tr '\n' ' ') "
+    for p in /proc/[0-9]*; do
+        pid="${p#/proc/}"
+        case "$keep" in *" $pid "*) continue ;; esac
+        alive "$pid" || continue
+        if has_marker "$pid"; then
+            echo "$pid"
+            continue
+        fi
+        comm="$(cat "$p/comm" 2>/dev/null || true)"
+        case "$comm" in
+            slurmctld|slurmd|slurmstepd|munged|slurmscriptd) daemon_of_root "$pid" && echo "$pid" ;;
+        esac
+    done
+}
+
+# wait_reaped: give PID 1 (which reaps late here: pitfall 12) up to 5 s to reap what we stopped,
+# so that `ps` shows no <defunct> daemons after `down`. Cosmetic: zombies hold no resources.
+wait_reaped() {
+    local i pid left
+    for i in $(seq 50); do
+        left=0
+        for pid in "${STOPPED[@]}"; do
+            [ -r "/proc/$pid/status" ] && ! alive "$pid" && left=1 && break
+        done
+        [ "$left" = 1 ] || return 0
+        sleep 0.1
+    done
+}
+
+kill_orphans() {
+    local round pids
+    for round in $(seq 20); do
+        pids="$(marked_pids | tr '\n' ' ')"
+        [ -n "${pids// /}" ] || return 0
+        [ "$round" -gt 1 ] || log "killing leftover processes: $pids"
+        # shellcheck disable=SC2206
+        STOPPED+=($pids)
+        # shellcheck disable=SC2086
+        kill -KILL $pids 2>/dev/null || true
+        sleep 0.2
+    done
+    log "warning: processes still alive: $(marked_pids | tr '\n' ' ')"
+}
+
+# --- install -------------------------------------------------------------------------------------
+ensure_installed() {
+    local b missing=0
+    for b in slurmctld slurmd sbatch munged; do command -v "$b" >/dev/null 2>&1 || missing=1; done
+    [ "$missing" = 1 ] || return 0
+    [ "$(id -u)" = 0 ] || { log "error: Slurm is not installed and installing it needs root"; exit 77; }
+    command -v apt-get >/dev/null 2>&1 || { log "error: Slurm is not installed and there is no apt-get"; exit 77; }
+    log "installing slurmctld slurmd slurm-client munge (apt)"
+    # The packages' service starts fail here (policy-rc.d / no systemd: pitfall 2); harmless.
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get -o DPkg::Lock::Timeout=120 update -qq >"$ROOT/apt.log" 2>&1 \
+        && apt-get -o DPkg::Lock::Timeout=120 install -y -qq --no-install-recommends \
+            slurmctld slurmd slurm-client munge >>"$ROOT/apt.log" 2>&1 \
+        || { tail -n 20 "$ROOT/apt.log" >&2; log "error: apt-get could not install Slurm"; exit 77; }
+    hash -r
+    for b in slurmctld slurmd sbatch munged; do
+        command -v "$b" >/dev/null 2>&1 || { log "error: $b still missing after install"; exit 77; }
+    done
+}
+
+# --- config --------------------------------------------------------------------------------------
+node_topology() {
+    # pitfall 6: copy the topology slurmd detects, or the node is reconfigured/drained.
+    local line cpus real_cpus
+    line="$(slurmd -C 2>/dev/null | head -n 1)"
+    [ -n "$line" ] || die "slurmd -C printed nothing"
+    line="$(tr ' ' '\n' <<<"$line" | grep -E '^(CPUs|Boards|SocketsPerBoard|CoresPerSocket|ThreadsPerCore|RealMemory)=' | tr '\n' ' ')"
+    cpus="${SLURM_NODE_CPUS:-}"
+    real_cpus="$(tr ' ' '\n' <<<"$line" | sed -n 's/^CPUs=//p')"
+    if [ -n "$cpus" ] && [ "$cpus" != "$real_cpus" ]; then
+        [[ "$cpus" =~ ^[1-9][0-9]*$ ]] || die "SLURM_NODE_CPUS must be a positive integer"
+        local mem
+        mem="$(tr ' ' '\n' <<<"$line" | grep '^RealMemory=' || true)"
+        # One socket of N single-thread cores; SlurmdParameters=config_overrides keeps the node up.
+        line="CPUs=$cpus Boards=1 SocketsPerBoard=1 CoresPerSocket=$cpus ThreadsPerCore=1 $mem"
+    fi
+    echo "$line"
+}
+
+write_config() {
+    local topo gres_node="" gres_type="" last
+    topo="$(node_topology)"
+    mkdir -p "$CONF_DIR" "$GPU_DIR"
+    rm -f "$GPU_DIR"/nvidia*
+    if [ "$NGPUS" -gt 0 ]; then
+        # GPUs: File= must be character devices; symlinks to /dev/null work (notes, GPU section).
+        for ((i = 0; i < NGPUS; i++)); do ln -s /dev/null "$GPU_DIR/nvidia$i"; done
+        last=$((NGPUS - 1))
+        [ -z "$GPU_TYPE" ] || gres_type="Type=$GPU_TYPE "
+        gres_node=" Gres=gpu${GPU_TYPE:+:$GPU_TYPE}:$NGPUS"
+        if [ "$last" = 0 ]; then files="$GPU_DIR/nvidia0"; else files="$GPU_DIR/nvidia[0-$last]"; fi
+        echo "AutoDetect=off
+NodeName=$NODE Name=gpu ${gres_type}File=$files" > "$CONF_DIR/gres.conf"
+    else
+        echo "AutoDetect=off" > "$CONF_DIR/gres.conf"
+    fi
+    # pitfall 3: slurmd always loads a cgroup plugin; name v1 explicitly (no autodetection).
+    echo "CgroupPlugin=cgroup/v1
+CgroupAutomount=no" > "$CONF_DIR/cgroup.conf"
+    # Every task gets the orphan marker (pitfall 11), also under --export=NONE.
+    cat > "$CONF_DIR/task_prolog.sh" <<EOF
+#!/bin/sh
+echo "export $JOB_MARK"
+EOF
+    chmod 0755 "$CONF_DIR/task_prolog.sh"
+    cat > "$CONF" <<EOF
+# Generated by slurm/local/cluster.sh: one-node test cluster under $ROOT
+ClusterName=distgem-local
+SlurmctldHost=$NODE(127.0.0.1)
+SlurmctldPort=$CTLD_PORT
+SlurmdPort=$SLURMD_PORT
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket=$MUNGE_SOCKET
+StateSaveLocation=$STATE_DIR
+SlurmdSpoolDir=$SPOOL_DIR/slurmd
+SlurmctldPidFile=$PID_DIR/slurmctld.pid
+SlurmdPidFile=$PID_DIR/slurmd.pid
+SlurmctldLogFile=$LOG_DIR/slurmctld.log
+SlurmdLogFile=$LOG_DIR/slurmd.log
+SlurmctldDebug=info
+SlurmdDebug=info
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+TaskProlog=$CONF_DIR/task_prolog.sh
+SwitchType=switch/none
+MpiDefault=none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=sched/backfill
+SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
+GresTypes=gpu
+SlurmdParameters=config_overrides
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+JobCompType=jobcomp/none
+MailProg=/bin/true
+MinJobAge=600
+ReturnToService=2
+InactiveLimit=0
+KillWait=5
+SlurmdTimeout=300
+Waittime=0
+NodeName=$NODE NodeAddr=127.0.0.1 ${topo}${gres_node} State=UNKNOWN
+PartitionName=debug Nodes=$NODE Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+EOF
+}
+
+# --- daemons -------------------------------------------------------------------------------------
+# start NAME CMD...: detached from our stdio (pitfall 16), in its own session, with the marker.
+start() {
+    local name="$1"; shift
+    env "$DAEMON_MARK" SLURM_CONF="$CONF" setsid "$@" </dev/null >>"$LOG_DIR/$name.stdio" 2>&1 9>&-
+}
+
+start_munged() {
+    # pitfall 1: key dir 0700, key 0600, socket dir o+x.
+    mkdir -p "$MUNGE_KEY_DIR" "$MUNGE_RUN_DIR" "$ROOT/munge/lib"
+    chmod 0700 "$MUNGE_KEY_DIR" "$ROOT/munge/lib"
+    chmod 0755 "$ROOT/munge" "$MUNGE_RUN_DIR"
+    if [ ! -s "$MUNGE_KEY_DIR/munge.key" ]; then
+        (umask 077; dd if=/dev/urandom of="$MUNGE_KEY_DIR/munge.key" bs=1024 count=1 status=none)
+    fi
+    chmod 0600 "$MUNGE_KEY_DIR/munge.key"
+    rm -f "$MUNGE_SOCKET" "$MUNGE_SOCKET.lock"
+    start munged munged --key-file="$MUNGE_KEY_DIR/munge.key" --socket="$MUNGE_SOCKET" \
+        --pid-file="$PID_DIR/munged.pid" --log-file="$LOG_DIR/munged.log" \
+        --seed-file="$ROOT/munge/lib/munged.seed"
+    local i
+    for i in $(seq 100); do [ -S "$MUNGE_SOCKET" ] && return 0; sleep 0.1; done
+    fail_up "munged did not create $MUNGE_SOCKET"
+}
+
+stop_daemons() {
+    stop_pid "$(pid_from "$PID_DIR/slurmd.pid")" slurmd
+    stop_pid "$(pid_from "$PID_DIR/slurmctld.pid")" slurmctld
+    stop_pid "$(pid_from "$PID_DIR/munged.pid")" munged
+    rm -f "$PID_DIR"/*.pid
+}
+
+show_logs() {
+    local f
+    for f in "$LOG_DIR"/*; do
+        [ -s "$f" ] || continue
+        echo "----- $f (tail)" >&2
+        tail -n 25 "$f" >&2
+    done
+}
+
+fail_up() {
+    log "error: $*"
+    show_logs
+    sinfo_cmd -R 2>/dev/null >&2 || true
+    stop_all
+    exit 1
+}
+
+sinfo_cmd() { SLURM_CONF="$CONF" timeout 5 sinfo "$@"; }
+squeue_cmd() { SLURM_CONF="$CONF" timeout 10 squeue "$@"; }
+
+cancel_jobs() {
+    alive "$(pid_from "$PID_DIR/slurmctld.pid")" || return 0
+    local ids i
+    ids="$(squeue_cmd -h -o %A 2>/dev/null | sort -u | tr '\n' ' ' || true)"
+    [ -n "${ids// /}" ] || return 0
+    log "cancelling jobs: $ids"
+    # shellcheck disable=SC2086
+    SLURM_CONF="$CONF" timeout 10 scancel $ids 2>/dev/null || true
+    for i in $(seq 50); do
+        [ -z "$(squeue_cmd -h -o %A 2>/dev/null || echo x)" ] && return 0
+        sleep 0.2
+    done
+}
+
+stop_all() {
+    cancel_jobs
+    stop_daemons
+    kill_orphans
+}
+
+# --- commands ------------------------------------------------------------------------------------
+cmd_up() {
+    local t0 i state
+    t0="$(date +%s.%N)"
+    chmod 0755 "$ROOT"
+    ensure_installed
+    # pitfall 13: never start a second slurmd with the same pidfile: stop everything first.
+    stop_all
+    # pitfall 5: saved DRAIN/INVALID state comes back; start from empty state every time.
+    rm -rf "$STATE_DIR" "$SPOOL_DIR" "$LOG_DIR"
+    mkdir -p "$STATE_DIR" "$SPOOL_DIR/slurmd" "$LOG_DIR" "$PID_DIR"
+    write_config
+    start_munged
+    start slurmctld slurmctld -f "$CONF" -c -i
+    start slurmd slurmd -f "$CONF" -N "$NODE"
+    local started=$SECONDS d
+    while :; do
+        state="$(sinfo_cmd -h -N -n "$NODE" -o %t 2>/dev/null | head -n 1 || true)"
+        case "$state" in
+            idle|mix|alloc) break ;;
+            *drain*|*inval*|*fail*) fail_up "node $NODE is '$state'" ;;
+        esac
+        if [ $((SECONDS - started)) -ge 3 ]; then  # pid files exist by then
+            for d in munged slurmctld slurmd; do
+                alive "$(pid_from "$PID_DIR/$d.pid")" || fail_up "$d is not running"
+            done
+        fi
+        [ $((SECONDS - started)) -lt "$UP_TIMEOUT" ] || fail_up "node $NODE not idle after ${UP_TIMEOUT}s (state '$state')"
+        sleep 0.1
+    done
+    log "up: node $NODE $state ($(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}') s); root $ROOT"
+    log 'clients: eval "$('"$0"' env)"'
+}
+
+cmd_down() {
+    [ -d "$ROOT" ] || { kill_orphans; return 0; }
+    stop_all
+    wait_reaped
+    log "down ($ROOT)"
+}
+
+cmd_env() {
+    printf 'export SLURM_CONF=%q\n' "$CONF"
+    printf 'export DISTGEM_SLURM_ROOT=%q\n' "$ROOT"
+}
+
+cmd_status() {
+    if ! alive "$(pid_from "$PID_DIR/slurmctld.pid")"; then
+        echo "slurmctld: not running (root $ROOT)"
+    else
+        echo "slurmctld: $(pid_from "$PID_DIR/slurmctld.pid")  slurmd: $(pid_from "$PID_DIR/slurmd.pid")  munged: $(pid_from "$PID_DIR/munged.pid")  (root $ROOT)"
+        sinfo_cmd -N -o '%N %P %t %C %G' || true
+        squeue_cmd -o '%.10i %.9P %.20j %.8T %.10M %R' || true
+    fi
+}
+
+main() {
+    local cmd="${1:-}"
+    case "$cmd" in
+        up|down)
+            [ "$(id -u)" = 0 ] || { log "error: the local cluster runs its daemons as root; run as root"; exit 77; }
+            mkdir -p "$ROOT"
+            # One up/down at a time per root.
+            exec 9>"$ROOT/.lock"
+            flock -w 120 9 || die "another up/down holds $ROOT/.lock"
+            "cmd_$cmd"
+            ;;
+        env) cmd_env ;;
+        status) cmd_status ;;
+        *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+    esac
+}
+
+main "$@"
