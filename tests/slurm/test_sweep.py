@@ -98,3 +98,16 @@ def test_preempted_element_checkpoints_requeues_and_finishes(slurm_cluster, micr
     assert "requeueing" in log, log[-3000:]
     assert not (run_dir / "PREEMPTED").exists()
     assert [json.loads(line)["step"] for line in steps.read_text().splitlines()] == list(range(1, 61))
+
+
+def test_srun_started_ranks_train_together(slurm_cluster, micro, tmp_path):
+    """Two tasks started by a real srun find each other through SLURM_PROCID/SLURM_NTASKS."""
+    corpus, backbone = micro
+    overrides = micro_overrides(corpus, backbone, tmp_path / "run", **{"train.steps": 3, "eval.before_training": "false"})
+    command = ["srun", "-n", "2", "--cpus-per-task=1", "--kill-on-bad-exit=1", "python", "launch/train.py",
+               *[a for o in overrides for a in ("--set", o)]]
+    env = {**slurm_cluster, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "MASTER_PORT": "29871"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["run"]["world_size"] == 2 and results["train"]["steps"] == 3
