@@ -154,8 +154,8 @@ def table(r: dict, layer: int) -> str:
     if "control_zero_shot" in r:
         rows.append(f"{'POS acc, random init + FT':<28}" + "".join(f"{r['control_zero_shot'][lang]:8.1f}" for lang in langs))
     rows.append(f"{'majority tag (' + r['majority_tag'] + ')':<28}" + "".join(f"{r['majority'][lang]:8.1f}" for lang in langs))
-    per_layer = "\n".join(f"  layer {k}: before " + " ".join(f"{v:5.1f}" for v in r["before"]["xsr_p1_by_layer"][k].values())
-                          + " | after " + " ".join(f"{v:5.1f}" for v in r["after"]["xsr_p1_by_layer"][k].values())
+    per_layer = "\n".join(f"  layer {k}: before " + " ".join(f"{r['before']['xsr_p1_by_layer'][k][t]:5.1f}" for t in targets)
+                          + " | after " + " ".join(f"{r['after']['xsr_p1_by_layer'][k][t]:5.1f}" for t in targets)
                           for k in r["before"]["xsr_p1_by_layer"])
     return "\n".join(rows) + f"\nXSR P@1 per layer ({' '.join(targets)}):\n{per_layer}"
 

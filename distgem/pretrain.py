@@ -47,6 +47,11 @@ class PretrainPreset:
     """Sequences per MLM step; a TLM step takes half as many (pairs are twice as long)."""
     tlm_fraction: float = 0.5
     """Share of steps that are TLM on parallel pairs (the rest MLM on monolingual lines)."""
+    xsr_fraction: float = 0.0
+    """Share of steps that are translation ranking on parallel pairs (in-batch negatives, both directions)."""
+    xsr_layer: int = -1
+    """Hidden layer whose masked mean is the sentence embedding that translation ranking trains."""
+    xsr_scale: float = 20.0
     lr: float = 1e-3
     warmup: float = 0.06
     weight_decay: float = 0.01
@@ -100,7 +105,7 @@ def pretrain(world_dir: str | os.PathLike, out_dir: str | os.PathLike, preset: s
             "parameters": sum(p.numel() for p in model.parameters()), "vocab_size": len(tokenizer),
             "train": {"mono_lines": sum(map(len, data["mono_train"].values())),
                       "pairs": sum(map(len, data["pairs_train"].values())),
-                      "final_loss_mlm": losses["mlm"], "final_loss_tlm": losses["tlm"]},
+                      **{f"final_loss_{k}": v for k, v in losses.items()}},
             **evaluation,
             "threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - started, 1),
         }
@@ -129,17 +134,20 @@ def load_world_text(world: Path) -> dict:
 
 def train_tokenizer(mono: dict[str, list[str]], pairs: dict[str, list[tuple[str, str]]], vocab_size: int,
                     max_length: int):
-    """A cased WordPiece tokenizer (mBERT's recipe) as a transformers BertTokenizerFast."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
+    """A cased WordPiece tokenizer (mBERT's recipe, learned deterministically) as a transformers BertTokenizerFast."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertTokenizerFast
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=False)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    from distgem import wordpiece
+
+    normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=False)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     texts = [line for lang in sorted(mono) for line in mono[lang]]
     texts += [side for lang in sorted(pairs) for pair in pairs[lang] for side in pair]
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=SPECIALS,
-                                                             show_progress=False))
+    vocab = wordpiece.learn_vocabulary(wordpiece.count_words(texts, normalizer, pre_tokenizer), vocab_size, SPECIALS)
+    tok = Tokenizer(models.WordPiece({piece: i for i, piece in enumerate(vocab)}, unk_token="[UNK]",
+                                     continuing_subword_prefix=wordpiece.PREFIX))
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
@@ -171,7 +179,13 @@ class Batches:
 
     def next(self) -> tuple[str, dict]:
         s = self.settings
-        if self.rng.random() < s.tlm_fraction:
+        draw = self.rng.random()
+        if draw < s.xsr_fraction:
+            chosen = [self.rng.choice(self.pairs) for _ in range(max(2, s.batch_size // 2))]
+            rows = [([self.cls] + en + [self.sep], []) for en, _ in chosen]
+            rows += [([self.cls] + xx + [self.sep], []) for _, xx in chosen]
+            return "xsr", self._pad(rows)
+        if draw < s.xsr_fraction + s.tlm_fraction:
             rows = []
             for _ in range(max(1, s.batch_size // 2)):
                 en, xx = self.rng.choice(self.pairs)
@@ -180,7 +194,7 @@ class Batches:
         rows = [([self.cls] + ids + [self.sep], []) for ids in (self.rng.choice(self.mono) for _ in range(s.batch_size))]
         return "mlm", self._collate(rows)
 
-    def _collate(self, rows: list[tuple[list[int], list[int]]]) -> dict:
+    def _pad(self, rows: list[tuple[list[int], list[int]]]) -> dict:
         import torch
 
         length = max(len(a) + len(b) for a, b in rows)
@@ -193,11 +207,15 @@ class Batches:
             # XLM resets positions at the second sentence: position i of en and of xx line up
             positions[r, :n] = torch.tensor(list(range(len(a))) + list(range(1, len(b) + 1)))
             attention[r, :n] = 1
+        return {"input_ids": ids, "token_type_ids": types, "position_ids": positions, "attention_mask": attention}
+
+    def _collate(self, rows: list[tuple[list[int], list[int]]]) -> dict:
+        batch = self._pad(rows)
+        ids, attention = batch["input_ids"], batch["attention_mask"]
         special = (ids == self.cls) | (ids == self.sep) | (attention == 0)
         input_ids, labels = mask_tokens(ids, special, self.settings.mask_probability, self.mask_id, self.vocab,
                                         self.generator)
-        return {"input_ids": input_ids, "token_type_ids": types, "position_ids": positions, "attention_mask": attention,
-                "labels": labels}
+        return {**batch, "input_ids": input_ids, "labels": labels}
 
 
 def mask_tokens(ids, special, probability: float, mask_id: int, vocab: int, generator):
@@ -223,6 +241,21 @@ def masked_lm_loss(model, batch: dict):
     return F.cross_entropy(logits, batch["labels"][masked], reduction="sum"), int(masked.sum())
 
 
+def translation_ranking_loss(model, batch: dict, layer: int, scale: float, special_ids: tuple[int, int]):
+    """In-batch translation ranking on mean-pooled `layer`: rows [0, n) are English, [n, 2n) their translations."""
+    import torch
+    from torch.nn import functional as F
+
+    ids = batch["input_ids"]
+    hidden = model.bert(input_ids=ids, attention_mask=batch["attention_mask"], output_hidden_states=True).hidden_states[layer]
+    weights = ((batch["attention_mask"] == 1) & (ids != special_ids[0]) & (ids != special_ids[1])).unsqueeze(-1).float()
+    embedding = F.normalize((hidden * weights).sum(1) / weights.sum(1).clamp(min=1), dim=-1)
+    n = len(ids) // 2
+    scores = scale * embedding[:n] @ embedding[n:].T
+    target = torch.arange(n)
+    return (F.cross_entropy(scores, target) + F.cross_entropy(scores.T, target)) / 2
+
+
 def train(model, batches: Batches, settings: PretrainPreset, steps: int, progress: bool) -> dict[str, float]:
     """AdamW with linear warm-up and decay; returns the final (smoothed) MLM and TLM losses."""
     import torch
@@ -235,13 +268,16 @@ def train(model, batches: Batches, settings: PretrainPreset, steps: int, progres
     warmup = max(1, int(settings.warmup * steps))
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: min((step + 1) / warmup, max(0.0, (steps - step) / max(1, steps - warmup))))
-    smoothed = {"mlm": math.nan, "tlm": math.nan}
+    smoothed = {"mlm": math.nan, "tlm": math.nan, "xsr": math.nan}
     model.train()
     bar = tqdm(range(steps), desc="pretrain", unit="step", disable=not progress, dynamic_ncols=True)
     for _ in bar:
         kind, batch = batches.next()
-        nll, count = masked_lm_loss(model, batch)
-        loss = nll / max(count, 1)
+        if kind == "xsr":
+            loss = translation_ranking_loss(model, batch, settings.xsr_layer, settings.xsr_scale, (batches.cls, batches.sep))
+        else:
+            nll, count = masked_lm_loss(model, batch)
+            loss = nll / max(count, 1)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -249,8 +285,8 @@ def train(model, batches: Batches, settings: PretrainPreset, steps: int, progres
         schedule.step()
         value = float(loss.detach())
         smoothed[kind] = value if math.isnan(smoothed[kind]) else 0.95 * smoothed[kind] + 0.05 * value
-        bar.set_postfix(mlm=f"{smoothed['mlm']:.3f}", tlm=f"{smoothed['tlm']:.3f}")
-    return {k: round(v, 4) for k, v in smoothed.items()}
+        bar.set_postfix({k: f"{v:.3f}" for k, v in smoothed.items()})
+    return {k: round(v, 4) for k, v in smoothed.items() if not math.isnan(v)}  # kinds that never ran are left out
 
 
 def evaluate(model, tokenizer, data: dict, batch_size: int = 64) -> dict:

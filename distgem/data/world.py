@@ -61,8 +61,8 @@ PRESETS = {
                          pos_train=1000, pos_eval=500, ner_train_source=6000, ner_train=1000, ner_eval=500,
                          mono=12000, parallel=8000),
     # seconds to write: unit and end-to-end tests only
-    "test": WorldPreset(nouns=60, verbs=24, adjectives=18, adverbs=8, names=40, pos_train_source=40, pos_train=10,
-                        pos_eval=10, ner_train_source=40, ner_train=10, ner_eval=10, mono=60, parallel=60, heldout=20),
+    "test": WorldPreset(nouns=60, verbs=24, adjectives=18, adverbs=8, names=40, ambiguity=0.3, pos_train_source=80, pos_train=30,
+                        pos_eval=30, ner_train_source=40, ner_train=10, ner_eval=10, mono=60, parallel=60, heldout=20),
 }
 
 

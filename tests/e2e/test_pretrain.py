@@ -57,8 +57,6 @@ def test_truncated_pretrain_loads_with_auto_classes(world, tmp_path):
     assert model.config.hidden_dropout_prob == summary["settings"]["dropout"]
 
 
-@pytest.mark.xfail(strict=True, reason="known bug (issue 3 open): tokenizers' WordPieceTrainer breaks count ties in "
-                   "hash-map order, so two trainings on the same text give different vocabularies")
 def test_pretrain_is_deterministic(world, tmp_path):
     from safetensors.torch import load_file
 
