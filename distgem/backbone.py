@@ -18,10 +18,9 @@ def resolve(name: str) -> str:
     return name
 
 
-def load(name: str, dropout: float | None = None):
-    """(tokenizer, model with an MLM head if the checkpoint has one) from a directory or hub name."""
-    import transformers
-    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoTokenizer
+def load_tokenizer(name: str):
+    """(fast tokenizer, model config) without the weights (what `distgem data prepare` needs)."""
+    from transformers import AutoConfig, AutoTokenizer
 
     path = resolve(name)
     try:
@@ -29,17 +28,30 @@ def load(name: str, dropout: float | None = None):
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError) as err:
         raise UserError(_not_found(name, path, err)) from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise UserError(f"{name}: subword alignment needs a fast tokenizer (tokenizer.json)")
+    return tokenizer, config
+
+
+def has_mlm_head(config) -> bool:
+    return any(a.endswith("ForMaskedLM") for a in (config.architectures or []))
+
+
+def load(name: str, dropout: float | None = None):
+    """(tokenizer, model with an MLM head if the checkpoint has one) from a directory or hub name."""
+    import transformers
+    from transformers import AutoModel, AutoModelForMaskedLM
+
+    path = resolve(name)
+    tokenizer, config = load_tokenizer(name)
     if dropout is not None:
         for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             if hasattr(config, key):
                 setattr(config, key, dropout)
-    if not getattr(tokenizer, "is_fast", False):
-        raise UserError(f"{name}: subword alignment needs a fast tokenizer (tokenizer.json)")
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # "some weights were not used": expected for MLM heads
     try:
-        has_head = any(a.endswith("ForMaskedLM") for a in (config.architectures or []))
-        model_class = AutoModelForMaskedLM if has_head else AutoModel
+        model_class = AutoModelForMaskedLM if has_mlm_head(config) else AutoModel
         model = model_class.from_pretrained(path, config=config)
     finally:
         transformers.logging.set_verbosity(verbosity)

@@ -24,13 +24,16 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; user errors print one line and exit with code 2."""
     parser = argparse.ArgumentParser(prog="distgem", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    data = sub.add_parser("data", help="check corpora").add_subparsers(dest="data_command", required=True)
-    check = data.add_parser("check", help="validate a corpus file (or parallel pair) and summarise it")
-    check.add_argument("path")
+    data = sub.add_parser("data", help="check and prepare corpora").add_subparsers(dest="data_command", required=True)
+    check = data.add_parser("check", help="validate a corpus file (or parallel pair, or hf:NAME[/CONFIG]) and summarise it")
+    check.add_argument("path", help="a file, or hf:NAME[/CONFIG] / hf:DIR (a Hugging Face dataset)")
     check.add_argument("path2", nargs="?", help="the second file of a parallel pair")
     check.add_argument("--format", default="auto", choices=("auto", "conllu", "conll", "text", "parallel"))
     check.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     check.set_defaults(handler=_data_check)
+    prepare = data.add_parser("prepare", help="tokenise and cache every corpus a config needs (before a sweep)")
+    _module("distgem.data.prepare").add_arguments(prepare)
+    prepare.set_defaults(handler=lambda args: _module("distgem.data.prepare").run(args))
     argv = sys.argv[1:] if argv is None else argv
     chosen = next((a for a in argv if not a.startswith("-")), None)
     for name, (module, help_text) in COMMANDS.items():

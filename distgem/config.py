@@ -49,10 +49,28 @@ class DataConfig:
     """Last N pairs of every parallel file are held out for XSR evaluation (never used as memory)."""
     mlm_eval_sentences: int = 500
     """Last N sentences of every mono file are held out for perplexity."""
+    mono_sentences: int = 0
+    """Read only the first N sentences of every mono corpus (0 = all; the paper: 1M, 100K of them held out)."""
+    paths: dict[str, str] = field(default_factory=dict)
+    """Per-language paths that win over the templates, keyed `<pos|ner|mono|parallel>.<lang>` (e.g. pos.en: hf:universal_dependencies/en_ewt)."""
+    hub_splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "dev": "validation", "test": "test"})
+    """Split of an hf: dataset read for train, dev and test (mono and parallel read `train`, else the only split)."""
+    cache_dir: str = ""
+    """Tokenised corpora (Arrow, memory-mapped, shared by runs and ranks); empty = $DISTGEM_CACHE/datasets or ~/.cache/distgem/datasets."""
+    num_proc: int = 1
+    """Processes that tokenise a corpus on a cache miss (Dataset.map num_proc)."""
 
     def __post_init__(self):
         require(self.xsr_eval_pairs >= 10, "xsr_eval_pairs", "must be at least 10")
         require(self.mlm_eval_sentences >= 10, "mlm_eval_sentences", "must be at least 10")
+        require(self.mono_sentences == 0 or self.mono_sentences >= 2 * self.mlm_eval_sentences, "mono_sentences",
+                "must be 0 (all) or at least twice mlm_eval_sentences")
+        require(self.num_proc >= 1, "num_proc", "must be >= 1")
+        require(set(self.hub_splits) == {"train", "dev", "test"}, "hub_splits", "needs exactly train, dev and test")
+        for key in self.paths:
+            kind, _, lang = key.partition(".")
+            require(kind in ("pos", "ner", "mono", "parallel") and lang and "." not in lang, "paths",
+                    f"key {key!r} must be <pos|ner|mono|parallel>.<lang>")
 
 
 @dataclass

@@ -7,10 +7,12 @@ whatever the ZeRO stage (0: every parameter's full .grad; 1/2: the optimizer's a
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -234,6 +236,34 @@ def barrier() -> None:
 
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.barrier()
+
+
+_WAIT_GROUP = None
+WAIT_TIMEOUT_HOURS = 12  # tokenising a paper-scale corpus takes minutes to hours; the default group waits 30 min
+
+
+@contextlib.contextmanager
+def rank0_first():
+    """Rank 0 runs the block first (building a shared cache), the other ranks once it is done (reading it).
+
+    If rank 0 fails it still releases the others, which then meet the same error (or build themselves).
+    The wait uses a gloo group of its own with a long timeout, created on first use by every rank.
+    """
+    import torch.distributed as dist
+
+    global _WAIT_GROUP
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        yield
+        return
+    if _WAIT_GROUP is None:
+        _WAIT_GROUP = dist.new_group(backend="gloo", timeout=timedelta(hours=WAIT_TIMEOUT_HOURS))
+    if dist.get_rank() != 0:
+        dist.barrier(group=_WAIT_GROUP)
+    try:
+        yield
+    finally:
+        if dist.get_rank() == 0:
+            dist.barrier(group=_WAIT_GROUP)
 
 
 def shutdown(wait: bool = True) -> None:

@@ -20,14 +20,14 @@ from distgem import distributed as dist
 from distgem import evaluation
 from distgem.checkpoint import Checkpointer
 from distgem.config import RunConfig
-from distgem.data.corpora import load_corpora
+from distgem.data.corpora import load_corpora, needed
 from distgem.errors import ConfigError
 from distgem.data.loader import BatchStream, rank_micro_batches
 from distgem.gem.memory import Layout, MemoryBuffer, combine, memory_dots, partial_gram
 from distgem.log import RunLog
 from distgem.metrics import average_over_targets
 from distgem.model import MultiTaskModel, freeze_bottom, parameter_group
-from distgem.results import build_results, write_json
+from distgem.results import build_results, peak_rss_mb, write_json
 from distgem.tasks.sources import memory_sources, tagging_source
 from distgem.tasks import tagging
 from distgem.tasks.tagging import LABELS
@@ -73,8 +73,10 @@ class Trainer:
         if "mlm" in method.memory and not has_mlm:
             raise ConfigError(f"method.memory: {config.model.backbone} has no masked-LM head; use [xsr]")
         languages = [config.task.source, *config.task.targets]
-        mono = languages if has_mlm else []  # perplexity is reported for every language
-        self.corpora = load_corpora(config.data, config.task, config.model, self.tokenizer, mono, config.task.targets)
+        mono, pairs = needed(config.task, has_mlm)  # perplexity for every language, XSR for every target
+        with dist.rank0_first():  # one rank tokenises into the shared cache, the others open what it wrote
+            self.corpora = load_corpora(config.data, config.task, config.model, self.tokenizer, mono, pairs,
+                                        progress=world.rank == 0)
         self.model = MultiTaskModel(backbone, len(LABELS[config.task.name]), method.xsr_layer,
                                     gather=dist.AutogradGather(world.rank, world.size))
         if method.name == "frozen":
@@ -317,7 +319,8 @@ class Trainer:
             self.checkpoints.load("best", module_only=True)
         test = self.evaluate_tagging(self.corpora.test, save_as="test" if config.output.save_predictions else None)
         after = self.evaluate_memory() if config.eval.before_training else None
-        results = build_results(config, self.world.size, self.state, test, after, train_seconds)
+        rss = dist.all_gather_objects(round(peak_rss_mb(), 1))  # per rank: the data stays memory-mapped
+        results = build_results(config, self.world.size, self.state, test, after, train_seconds, rss)
         if self.world.rank == 0:
             write_json(self.run_dir / "results.json", results)
             log.scalars(self.state["step"], _flatten("test", {lang: m["score"] for lang, m in test.items()}))

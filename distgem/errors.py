@@ -18,6 +18,9 @@ class InputError(UserError):
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {reason}")
 
+    def __reduce__(self):  # picklable, so that it survives a worker process (Dataset.map with num_proc > 1)
+        return type(self), (self.path, self.line, self.reason)
+
 
 class ConfigError(UserError):
     """A bad configuration key or value: the message names the full dotted key and its source."""

@@ -10,7 +10,8 @@ from distgem.metrics import average_over_targets
 from distgem.yamlconf import to_dict
 
 
-def build_results(config, world_size: int, state: dict, test: dict, after: dict | None, train_seconds: float) -> dict:
+def build_results(config, world_size: int, state: dict, test: dict, after: dict | None, train_seconds: float,
+                  peak_rss_mb: list[float] | None = None) -> dict:
     source = config.task.source
     gem = state["gem"]
     return {
@@ -24,10 +25,18 @@ def build_results(config, world_size: int, state: dict, test: dict, after: dict 
         "backbone": state["backbone"],
         "after": after,
         "train": {"steps": state["step"], "seconds": train_seconds,
-                  "gem_violated_share": gem["violated_steps"] / gem["steps"] if gem["steps"] else None},
+                  "gem_violated_share": gem["violated_steps"] / gem["steps"] if gem["steps"] else None,
+                  "peak_rss_mb": peak_rss_mb},
         "config": to_dict(config),
         "versions": versions(),
     }
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set so far (Linux reports KiB), memory-mapped pages it touched included."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def versions() -> dict:

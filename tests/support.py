@@ -96,6 +96,7 @@ def micro_overrides(corpus: Path, backbone: Path, run_dir: Path, **extra) -> lis
         "model.dropout": 0.0, "task.targets": "[es, el]", "train.steps": 4, "train.batch_size": 8, "train.lr": 1e-3,
         "method.memory_batch_size": 4, "data.xsr_eval_pairs": 16, "data.mlm_eval_sentences": 16,
         "eval.every": 2, "eval.batch_size": 16, "output.run_dir": str(run_dir), "output.tensorboard": "false",
+        "data.cache_dir": str(corpus.parent / "datasets"),  # shared by the session's runs, never ~/.cache
     }
     values.update(extra)
     return [f"{k}={v}" for k, v in values.items()]

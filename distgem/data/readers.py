@@ -41,7 +41,13 @@ def detect_format(path: str | os.PathLike, second: str | os.PathLike | None = No
 
 
 def summarise(path: str | os.PathLike, second: str | os.PathLike | None = None, fmt: str = "auto") -> dict:
-    """Read a whole file (or pair) and return its summary; raises InputError on the first problem."""
+    """Read a whole file (or pair, or hf: dataset) and return its summary; raises InputError on the first problem."""
+    if isinstance(path, str) and path.startswith("hf:"):
+        if second is not None or fmt != "auto":
+            raise UserError(f"{path}: a Hugging Face dataset takes no second path and no --format")
+        from distgem.data.hub import summarise as summarise_hub
+
+        return summarise_hub(path)
     if fmt == "auto":
         fmt = detect_format(path, second)
     if fmt not in READERS:
@@ -82,6 +88,9 @@ def _is_tsv(path) -> bool:
 def format_summary(summary: dict) -> str:
     """A short human-readable rendering of `summarise`'s result."""
     fmt = summary["format"]
+    if fmt == "hf":
+        return "\n".join([f"{summary['path']}: Hugging Face dataset, {len(summary['splits'])} splits",
+                          *(_format_split(name, info) for name, info in summary["splits"].items())])
     where = summary["path"] + (f" + {summary['second_path']}" if summary.get("second_path") else "")
     if fmt == "parallel":
         head = f"{where}: parallel, {summary['pairs']} pairs, {summary['source_tokens']} + {summary['target_tokens']} tokens"
@@ -95,3 +104,14 @@ def format_summary(summary: dict) -> str:
         labels = ", ".join(f"{tag} {n}" for tag, n in sorted(summary["labels"].items(), key=lambda kv: -kv[1]))
         head += f"\n  labels ({len(summary['labels'])}): {labels}"
     return head
+
+
+def _format_split(name: str, info: dict) -> str:
+    line = f"  {name}: {info['rows']} rows"
+    if "tokens" in info:
+        line += f", {info['tokens']} tokens"
+    if "sentences" in info:
+        line += f", {info['sentences']} sentences"
+    for column, labels in info.get("tags", {}).items():
+        line += f"\n    {column} ({len(labels)}): " + ", ".join(f"{t} {n}" for t, n in sorted(labels.items(), key=lambda kv: -kv[1]))
+    return line

@@ -6,23 +6,16 @@ from collections.abc import Sequence
 
 import torch
 
+from distgem.data.encode import mono_windows
 from distgem.data.text import read_text
 
 IGNORE = -100
 
 
 def load_mono(path: str, tokenizer, max_length: int, limit: slice | None = None) -> list[list[int]]:
-    """Token ids with special tokens; a line longer than the window becomes several examples."""
-    prefix, suffix = _template(tokenizer)
-    budget = max_length - len(prefix) - len(suffix)
+    """In memory: token ids with special tokens (the cached path, distgem.data.corpora, gives the same rows)."""
     lines = [line.text for line in read_text(path)]
-    lines = lines[limit] if limit is not None else lines
-    examples = []
-    encoded = tokenizer(lines, add_special_tokens=False)["input_ids"] if lines else []
-    for ids in encoded:
-        for start in range(0, max(len(ids), 1), budget):
-            examples.append(prefix + ids[start:start + budget] + suffix)
-    return examples
+    return mono_windows(lines[limit] if limit is not None else lines, tokenizer, max_length)
 
 
 def mask(examples: Sequence[Sequence[int]], keys: Sequence[int], seed: int, tokenizer,
@@ -57,9 +50,3 @@ def units(batch: dict[str, torch.Tensor]) -> int:
 
 def _mix(seed: int, key: int) -> int:
     return zlib.crc32(f"{seed}:{key}".encode())
-
-
-def _template(tokenizer) -> tuple[list[int], list[int]]:
-    from distgem.data.align import special_template
-
-    return special_template(tokenizer)

@@ -1,7 +1,8 @@
 """Task sources: what one training task draws each step (examples, batch builder, the loss's unit).
 
 The fine-tuning task and every memory constraint are sources; per-language constraints are one
-source per (memory task, language). The engine treats them all alike.
+source per (memory task, language). The engine treats them all alike. Memory examples are lazy
+sequences over the memory-mapped cache: a batch reads only its own rows.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from distgem.data.rows import ConcatRows
 from distgem.tasks import mlm, tagging, xsr
 
 
@@ -29,7 +31,7 @@ def tagging_source(name: str, corpus: tagging.TaggedCorpus, pad_id: int) -> Sour
                   lambda b: int((b["labels"] != tagging.IGNORE).sum()))
 
 
-def mlm_source(name: str, examples: list[list[int]], tokenizer, seed: int) -> Source:
+def mlm_source(name: str, examples: Sequence[list[int]], tokenizer, seed: int) -> Source:
     def batch(idx, step):
         # keys unique per (step, example): a new mask whenever an example comes back
         return mlm.mask([examples[i] for i in idx], [step * len(examples) + i for i in idx], seed, tokenizer)
@@ -37,7 +39,7 @@ def mlm_source(name: str, examples: list[list[int]], tokenizer, seed: int) -> So
     return Source(name, "mlm", len(examples), batch, mlm.units)
 
 
-def xsr_source(name: str, pairs: list, tokenizer) -> Source:
+def xsr_source(name: str, pairs: Sequence[tuple], tokenizer) -> Source:
     return Source(name, "xsr", len(pairs), lambda idx, step: xsr.collate([pairs[i] for i in idx], tokenizer),
                   lambda b: b["input_ids"].shape[0] // 2)
 
@@ -50,11 +52,11 @@ def memory_sources(method, corpora, tokenizer, seed: int) -> list[Source]:
         if task == "mlm":
             groups = {lang: [lang] for lang in corpora.mono_train} if per_language else {"": list(corpora.mono_train)}
             for suffix, langs in groups.items():
-                examples = [e for lang in langs for e in corpora.mono_train[lang]]
+                examples = ConcatRows([corpora.mono_train[lang] for lang in langs])  # views, not copies
                 sources.append(mlm_source("mlm" + (f".{suffix}" if suffix else ""), examples, tokenizer, seed))
         else:
             groups = {lang: [lang] for lang in corpora.pairs_train} if per_language else {"": list(corpora.pairs_train)}
             for suffix, langs in groups.items():
-                pairs = [p for lang in langs for p in corpora.pairs_train[lang]]
+                pairs = ConcatRows([corpora.pairs_train[lang] for lang in langs])
                 sources.append(xsr_source("xsr" + (f".{suffix}" if suffix else ""), pairs, tokenizer))
     return sources

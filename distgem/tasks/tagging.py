@@ -46,6 +46,18 @@ def load_tagged(path: str, task: str, tokenizer, max_length: int, stride: int) -
     return TaggedCorpus(str(path), words, tags, windows)
 
 
+def corpus_from_rows(path: str, rows) -> TaggedCorpus:
+    """A corpus from cached rows (words, tags and per-window ids, word ids, labels, spans; distgem.data.corpora)."""
+    words, tags, windows = [], [], []
+    for row in rows:
+        words.append(tuple(row["words"]))
+        tags.append(tuple(row["tags"]))
+        windows.append([Window(ids, word_ids, labels, span[0], span[1], (span[2], span[3]))
+                        for ids, word_ids, labels, span in zip(row["input_ids"], row["word_ids"], row["labels"],
+                                                              row["spans"])])
+    return TaggedCorpus(str(path), words, tags, windows)
+
+
 def collate(windows: Sequence[Window], pad_id: int) -> dict[str, torch.Tensor]:
     """Pad windows into a batch: input_ids, attention_mask, labels (-100 where no label)."""
     length = max(len(w.input_ids) for w in windows)

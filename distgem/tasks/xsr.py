@@ -5,14 +5,14 @@ from collections.abc import Sequence
 
 import torch
 
+from distgem.data.encode import pair_ids
 from distgem.data.text import read_parallel
 
 
 def load_pairs(source: str, target: str, tokenizer, max_length: int) -> list[tuple[list[int], list[int]]]:
-    """Encoded (source, target) pairs; sentences longer than the window are truncated for the embedding."""
+    """In memory: encoded (source, target) pairs (the cached path, distgem.data.corpora, gives the same rows)."""
     pairs = list(read_parallel(source, target))
-    encode = lambda texts: tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]  # noqa: E731
-    return list(zip(encode([p.source for p in pairs]), encode([p.target for p in pairs])))
+    return list(zip(*pair_ids([p.source for p in pairs], [p.target for p in pairs], tokenizer, max_length)))
 
 
 def collate(pairs: Sequence[tuple[list[int], list[int]]], tokenizer) -> dict[str, torch.Tensor]:

@@ -1,0 +1,89 @@
+"""Per-rank sharding and order: disjoint and complete shards for 1-4 ranks, seeded order, exact resume."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distgem.data.loader import BatchStream, rank_micro_batches
+
+SIZE, BATCH = 53, 24  # an epoch that is no multiple of the batch: global batches straddle epoch ends
+
+
+def _epochs(world: int, accumulation: int, epochs: int = 3, seed: int = 0) -> dict[int, list[list[int]]]:
+    """epoch -> per-rank list of the example indices each rank read, following positions in the stream."""
+    stream = BatchStream(SIZE, BATCH, seed, "mlm")
+    read: dict[int, list[list[int]]] = {}
+    position = 0
+    while position < epochs * SIZE:
+        batch = stream.next()
+        # a rank's slice is contiguous in the global batch: position of its first example
+        for rank in range(world):
+            offset = position + rank * (BATCH // world)
+            for micro in rank_micro_batches(batch, rank, world, accumulation):
+                for index in micro:
+                    read.setdefault(offset // SIZE, [[] for _ in range(world)])[rank].append(index)
+                    offset += 1
+        position += BATCH
+    return {e: ranks for e, ranks in read.items() if e < epochs}
+
+
+@pytest.mark.parametrize("world, accumulation", [(1, 1), (2, 1), (2, 2), (3, 1), (3, 2), (4, 1), (4, 2)])
+def test_rank_shards_are_disjoint_and_their_union_is_the_epoch(world, accumulation):
+    for epoch, ranks in _epochs(world, accumulation).items():
+        seen = [i for rank in ranks for i in rank]
+        assert sorted(seen) == list(range(SIZE)), f"epoch {epoch}: not every example exactly once"
+        for a in range(world):
+            for b in range(a + 1, world):
+                assert not set(ranks[a]) & set(ranks[b]), f"epoch {epoch}: ranks {a} and {b} overlap"
+        assert all(ranks), "a rank read nothing"
+
+
+def test_n_ranks_read_the_global_batch_one_rank_reads():
+    for world in (2, 3, 4):
+        one, many = BatchStream(SIZE, BATCH, 3, "pos"), BatchStream(SIZE, BATCH, 3, "pos")
+        for _ in range(20):
+            batch = many.next()
+            joined = [i for r in range(world) for micro in rank_micro_batches(batch, r, world, 1) for i in micro]
+            assert joined == one.next()
+
+
+def test_order_depends_only_on_seed_task_and_epoch():
+    a, b = BatchStream(SIZE, BATCH, 7, "mlm"), BatchStream(SIZE, BATCH, 7, "mlm")
+    assert [a.next() for _ in range(30)] == [b.next() for _ in range(30)]
+    assert a.order(0).tolist() == BatchStream(SIZE, 8, 7, "mlm").order(0).tolist()  # not on the batch size
+    assert a.order(0).tolist() != a.order(1).tolist()
+    assert a.order(0).tolist() != BatchStream(SIZE, BATCH, 8, "mlm").order(0).tolist()
+    assert a.order(0).tolist() != BatchStream(SIZE, BATCH, 7, "xsr").order(0).tolist()
+    assert sorted(a.order(2).tolist()) == list(range(SIZE))
+
+
+@pytest.mark.parametrize("stop_after", [1, 2, 3, 5])  # 2 batches = 48 < 53: the 3rd crosses the epoch end
+def test_resume_mid_epoch_reads_exactly_the_remaining_examples(stop_after):
+    uninterrupted = BatchStream(SIZE, BATCH, 1, "xsr")
+    expected = [uninterrupted.next() for _ in range(20)]
+    first = BatchStream(SIZE, BATCH, 1, "xsr")
+    before = [first.next() for _ in range(stop_after)]
+    state = json.loads(json.dumps(first.state_dict()))  # as the checkpoint stores it
+    resumed = BatchStream(SIZE, BATCH, 1, "xsr")
+    resumed.load_state_dict(state)
+    after = [resumed.next() for _ in range(20 - stop_after)]
+    assert before + after == expected
+    # the epoch the run stopped in: what was read before plus what is read after is that epoch, once each
+    flat = [i for batch in before + after for i in batch]
+    epoch = state["epoch"]
+    assert sorted(flat[epoch * SIZE:(epoch + 1) * SIZE]) == list(range(SIZE))
+    assert flat[epoch * SIZE:(epoch + 1) * SIZE] == uninterrupted.order(epoch).tolist()
+
+
+def test_rank_slices_refuse_a_batch_that_does_not_divide():
+    with pytest.raises(ValueError, match="does not divide"):
+        rank_micro_batches(list(range(10)), 0, 4, 1)
+
+
+def test_resume_refuses_a_checkpoint_of_another_corpus():
+    stream = BatchStream(SIZE, BATCH, 0, "mlm")
+    stream.next()
+    other = BatchStream(SIZE + 1, BATCH, 0, "mlm")
+    with pytest.raises(ValueError, match="written for 53 examples"):
+        other.load_state_dict(stream.state_dict())
