@@ -64,6 +64,15 @@ def write_micro_corpus(root: Path, seed: int = 0, sentences: int = 64) -> Path:
     return root
 
 
+def write_mono(path: Path, lang: str, sentences: int, seed: int = 0) -> Path:
+    """A one-sentence-per-line file in the micro corpus's words (bench/data.py: millions of lines)."""
+    rng = random.Random(seed)
+    with path.open("w", encoding="utf-8") as handle:
+        for _ in range(sentences):
+            handle.write(" ".join(_sentence(rng, lang)[0]) + "\n")
+    return path
+
+
 def write_micro_backbone(directory: Path, corpus: Path, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
     """A WordPiece tokenizer trained on the corpus and a randomly initialised BertForMaskedLM, saved as HF."""
     import torch

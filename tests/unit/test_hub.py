@@ -124,3 +124,19 @@ def test_not_a_saved_dataset_is_a_user_error(tmp_path):
 def test_a_saved_single_dataset_is_its_train_split(tmp_path):
     Dataset.from_dict({"text": ["One. Two."]}).save_to_disk(str(tmp_path / "one"))
     assert [r["text"] for r in records.mono_records(f"hf:{tmp_path / 'one'}")] == ["One.", "Two."]
+
+
+def test_the_hub_example_config_names_a_dataset_for_every_corpus():
+    from distgem.config import LANGUAGES, load_run_config
+    from distgem.data.corpora import path_of
+    from tests.support import ROOT
+
+    data = load_run_config([ROOT / "configs" / "base.yaml", ROOT / "configs" / "data" / "hub.yaml"]).data
+    for lang in LANGUAGES:  # resolved without touching the network (or the embedded world)
+        assert hub.is_hub(path_of(data, "pos", lang, split="train"))
+        assert hub.is_hub(path_of(data, "ner", lang, split="train"))
+        assert path_of(data, "mono", lang) == f"hf:wikimedia/wikipedia/20231101.{lang}"
+        if lang != "en":
+            assert path_of(data, "parallel", lang, side=lang).startswith("hf:xtreme/tatoeba.")
+    assert path_of(data, "ner", "de", split="train") == "hf:xtreme/PAN-X.de"
+    assert path_of(data, "pos", "ru", split="dev") == "hf:universal_dependencies/ru_syntagrus"
