@@ -77,7 +77,9 @@ class Tagger(nn.Module):
         return self.head(self.dropout(self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state))
 
 
-def fine_tune(model, tokenizer, train: list[dict], steps: int, lr: float, batch_size: int, seed: int) -> Tagger:
+def fine_tune(model, tokenizer, train: list[dict], steps: int, lr: float, batch_size: int, seed: int,
+              probe: dict[str, list[dict]] | None = None, every: int = 50) -> Tagger:
+    """Adam on English POS; with `probe`, prints zero-shot accuracy on those sets every `every` steps."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
     tagger = Tagger(model.bert, model.config.hidden_size)
@@ -92,6 +94,12 @@ def fine_tune(model, tokenizer, train: list[dict], steps: int, lr: float, batch_
         optimizer.step()
         if step % 100 == 0 or step == steps - 1:
             print(f"  step {step:4d} loss {loss.item():.3f}", file=sys.stderr)
+        if probe and (step + 1) % every == 0:
+            tagger.eval()
+            scores = {lang: accuracy(tagger, tokenizer, examples) for lang, examples in probe.items()}
+            tagger.train()
+            print(f"  step {step + 1:4d} zero-shot dev " + " ".join(f"{k} {v:.1f}" for k, v in scores.items())
+                  + f" | avg {sum(scores.values()) / len(scores):.1f}", file=sys.stderr)
     tagger.eval()
     return tagger
 
@@ -131,7 +139,8 @@ def measure(model_dir: Path, world: Path, args) -> dict:
         runs["random_init"] = AutoModelForMaskedLM.from_config(model.config)
     for name, net in runs.items():
         print(f"[world_check] fine-tuning {name} on English POS: {args.steps} steps, lr {args.lr}", file=sys.stderr)
-        tagger = fine_tune(net, tokenizer, train, args.steps, args.lr, args.batch_size, args.seed)
+        probe = {lang: encode(tokenizer, read_conllu(world / "pos" / f"{lang}-dev.conllu")[:100]) for lang in langs[1:]}
+        tagger = fine_tune(net, tokenizer, train, args.steps, args.lr, args.batch_size, args.seed, probe)
         result["zero_shot" if name == "pretrained" else "control_zero_shot"] = {
             lang: round(accuracy(tagger, tokenizer, encode(tokenizer, s)), 2) for lang, s in tests.items()}
         net.eval()
