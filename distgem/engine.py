@@ -72,6 +72,10 @@ class Trainer:
         has_mlm = any(a.endswith("ForMaskedLM") for a in (backbone.config.architectures or []))
         if "mlm" in method.memory and not has_mlm:
             raise ConfigError(f"method.memory: {config.model.backbone} has no masked-LM head; use [xsr]")
+        layers = getattr(backbone.config, "num_hidden_layers", None)
+        if layers is not None and not -(layers + 1) <= method.xsr_layer <= layers:
+            raise ConfigError(f"method.xsr_layer: {method.xsr_layer} is not a layer of {config.model.backbone} "
+                              f"({layers} layers: 0 = embeddings .. {layers}, or -1 for the last)")
         languages = [config.task.source, *config.task.targets]
         mono, pairs = needed(config.task, has_mlm)  # perplexity for every language, XSR for every target
         with dist.rank0_first():  # one rank tokenises into the shared cache, the others open what it wrote

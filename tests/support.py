@@ -103,7 +103,7 @@ def micro_overrides(corpus: Path, backbone: Path, run_dir: Path, **extra) -> lis
     values = {
         "model.backbone": str(backbone), "data.root": str(corpus), "model.max_length": 16, "model.stride": 4,
         "model.dropout": 0.0, "task.targets": "[es, el]", "train.steps": 4, "train.batch_size": 8, "train.lr": 1e-3,
-        "method.memory_batch_size": 4, "data.xsr_eval_pairs": 16, "data.mlm_eval_sentences": 16,
+        "method.memory_batch_size": 4, "method.xsr_layer": -1, "data.xsr_eval_pairs": 16, "data.mlm_eval_sentences": 16,
         "eval.every": 2, "eval.batch_size": 16, "output.run_dir": str(run_dir), "output.tensorboard": "false",
         "data.cache_dir": str(corpus.parent / "datasets"),  # shared by the session's runs, never ~/.cache
     }

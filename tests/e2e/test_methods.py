@@ -55,3 +55,10 @@ def test_frozen_layers_do_not_move(micro, tmp_path):
              and not bool((after[k] == before[k.replace("encoder.", "bert.", 1)]).all())}
     assert moved and not any("embeddings" in k or ".layer.0." in k for k in moved)
     assert any(".layer.1." in k for k in moved)
+
+
+def test_a_retrieval_layer_the_backbone_lacks_is_a_one_line_config_error(micro, tmp_path):
+    result = run_training(micro, tmp_path, 1, {"method.xsr_layer": 9}, check=False,
+                          args=("--config", str(ROOT / "configs" / "methods" / "gem-xsr.yaml")))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "method.xsr_layer: 9 is not a layer of" in result.stderr.strip().splitlines()[-1]
