@@ -66,8 +66,9 @@ class PretrainPreset:
 
 PRESETS = {
     "tiny": PretrainPreset(),
-    "small": PretrainPreset(world="small", vocab_size=12000, hidden=192, layers=4, heads=4, intermediate=768,
-                            steps=4000, lr=7e-4),
+    # the experiments' backbone (configs/sweep_paper.yaml): twice the vocabulary and data, 1.6x the width
+    "small": PretrainPreset(world="small", vocab_size=8000, hidden=160, layers=4, heads=4, intermediate=640,
+                            steps=3000, lr=8e-4),
     # seconds: end-to-end tests only
     "test": PretrainPreset(world="test", vocab_size=600, hidden=32, layers=2, heads=2, intermediate=64, steps=20, xsr_layer=2,
                            batch_size=16),
@@ -302,7 +303,7 @@ def train(model, batches: Batches, settings: PretrainPreset, steps: int, progres
         schedule.step()
         value = float(loss.detach())
         smoothed[kind] = value if math.isnan(smoothed[kind]) else 0.95 * smoothed[kind] + 0.05 * value
-        bar.set_postfix({k: f"{v:.3f}" for k, v in smoothed.items()})
+        bar.set_postfix({k: f"{v:.3f}" for k, v in smoothed.items() if not math.isnan(v)})
     return {k: round(v, 4) for k, v in smoothed.items() if not math.isnan(v)}  # kinds that never ran are left out
 
 
