@@ -148,6 +148,9 @@ class TrainConfig:
     """L2 via decoupled weight decay (AdamW); the paper's naive baseline."""
     warmup_steps: int = 0
     """Linear warm-up of the learning rate, then constant."""
+    group_by_length: bool = False
+    """Batch examples of similar length (each epoch still a permutation of seed and epoch): less padding,
+    up to 2x faster steps on CPU; off reproduces uniformly random batches."""
     gradient_clipping: float = 0.0
     """0 disables (DeepSpeed's own default of 1.0 would clip the projected gradient)."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -173,7 +176,9 @@ class EvalConfig:
     batch_size: int = 64
     """Evaluation batch (windows or sentences) per rank."""
     before_training: bool = True
-    """Evaluate the backbone first (Table 1's backbone row)."""
+    """Evaluate the backbone first (Table 1's backbone row; the same for every run of one backbone)."""
+    after_training: bool = True
+    """Measure MLM perplexity and XSR P@k after training (Table 1's method rows)."""
     memory: bool = True
     """Also measure MLM perplexity and XSR P@k at every dev evaluation (forgetting curves)."""
 

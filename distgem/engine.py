@@ -23,13 +23,14 @@ from distgem.config import RunConfig
 from distgem.data.corpora import load_corpora, needed
 from distgem.errors import ConfigError
 from distgem.data.loader import BatchStream, rank_micro_batches
-from distgem.gem.memory import Layout, MemoryBuffer, combine, memory_dots, partial_gram
+from distgem.gem import memory
 from distgem.log import RunLog
 from distgem.metrics import average_over_targets
 from distgem.model import MultiTaskModel, freeze_bottom, parameter_group
 from distgem.results import build_results, peak_rss_mb, write_json
 from distgem.tasks.sources import memory_sources, tagging_source
 from distgem.tasks import tagging
+from distgem.timer import PhaseTimer
 from distgem.tasks.tagging import LABELS
 
 
@@ -94,10 +95,12 @@ class Trainer:
         self.corpora.mono_train = mlm_train
         self.memories = memory_sources(method, self.corpora, self.tokenizer, train.seed) if method.memory else []
         self.streams = {s.name: BatchStream(s.size, train.batch_size if s is self.main else method.memory_batch_size,
-                                            train.seed, s.name) for s in [self.main, *self.memories]}
-        self.buffer: MemoryBuffer | None = None
-        self.task_buffer: MemoryBuffer | None = None
-        self.layout: Layout | None = None
+                                            train.seed, s.name, s.lengths() if train.group_by_length else None)
+                        for s in [self.main, *self.memories]}
+        self.buffer: memory.MemoryBuffer | None = None
+        self.task_buffer: memory.MemoryBuffer | None = None
+        self.layout: memory.Layout | None = None
+        self.timer = PhaseTimer(world.device)  # off unless DISTGEM_PROFILE=1 (bench/)
         self.state = {"step": 0, "best": None, "best_step": None, "bad_evals": 0, "history": [], "backbone": None,
                       "gem": {"violated_steps": 0, "steps": 0, "fallbacks": 0}}
         self._trace_started = False
@@ -143,23 +146,35 @@ class Trainer:
             for i, source in enumerate(self.memories):
                 losses[i] = self._backward(source, step, row=i)
         losses[k] = self._backward(self.main, step, row=None)
-        pieces = self.partition.pieces()
+        pieces = self.partition.pieces()  # stage 0: untouched parameters get zero gradients, in every method
+        grads = memory.runs(pieces, self.layout) if self.buffer is not None or self.task_buffer is not None else []
         if self.task_buffer is not None:  # micro-batches were accumulated outside the optimizer's partition
-            for piece, view in zip(pieces, self.task_buffer.views(0)):
-                piece.copy_(view)
+            self.task_buffer.restore(0, grads)
+        check = None
         if method.name == "mtf":
             weights = torch.tensor([[method.mtf_weights[s.name.split(".")[0]] for s in self.memories]])
-            combine(pieces, self.buffer.data, weights, self.layout)
+            with self.timer.phase("update"):
+                memory.combine(grads, self.buffer.data, weights)
         elif method.name == "gem":
-            stats.update(self._project(pieces))
-        self.engine.step()
-        # one small all-reduce per step: the losses for the log and whether any rank was asked to stop
+            check = self._project(grads, stats)
+        with self.timer.phase("optimizer"):
+            self.engine.step()
+        # one small all-reduce per step: the losses for the log, whether any rank was asked to stop, and
+        # (GEM, ZeRO 1-3) this rank's part of the post-projection check, so that the check costs no collective
         losses[k + 1] = float(PREEMPTION.requested)
-        reduced = dist.all_reduce_sum(losses).tolist()
-        self.stop_requested = reduced[k + 1] > 0
+        partial = check is not None and check["partial"] is not None
+        with self.timer.phase("reduce_losses"):
+            reduced = dist.all_reduce_sum(torch.cat([losses, check["partial"].flatten()]) if partial else losses)
+        values = reduced.tolist()
+        self.stop_requested = values[k + 1] > 0
         stats.update({f"loss/{s.name}": v / self.world.size
-                      for s, v in zip([*self.memories, self.main], reduced) if refresh or s is self.main})
+                      for s, v in zip([*self.memories, self.main], values) if refresh or s is self.main})
+        if check is not None:
+            after = reduced[k + 2:].view_as(check["scale"]) if partial else check["after"]
+            # after the update, on the gradient actually written: >= -tol means no constraint is violated
+            stats["gem/min_constraint_after"] = float((after / check["scale"]).min())
         stats["lr"] = self.engine.get_lr()[0]
+        stats.update(self.timer.take())
         return stats
 
     def _backward(self, source, step: int, row: int | None) -> float:
@@ -172,17 +187,22 @@ class Trainer:
         micro_batches = rank_micro_batches(batch, self.world.rank, self.world.size, accumulation)
         total = 0.0
         for j, indices in enumerate(micro_batches):
-            self.partition.zero()
-            inputs = {key: value.to(self.world.device) for key, value in source.batch(indices, step).items()}
-            loss = self.engine(task=source.kind, scale=scale, **inputs)["loss"]
-            self.engine.backward(loss)
-            total += loss.detach().item()
+            with self.timer.phase("zero"):
+                self.partition.zero()
+            with self.timer.phase("forward_backward"):  # DeepSpeed reduces the gradient inside backward
+                inputs = {key: value.to(self.world.device) for key, value in source.batch(indices, step).items()}
+                loss = self.engine(task=source.kind, scale=scale, **inputs)["loss"]
+                self.engine.backward(loss)
+                total += loss.detach().item()
             pieces = self.partition.pieces()
             self._ensure_buffers(pieces)
-            if row is not None:
-                self.buffer.capture(row, pieces, accumulate=j > 0)
-            elif self.task_buffer is not None:
-                self.task_buffer.capture(0, pieces, accumulate=j > 0)
+            if row is not None or self.task_buffer is not None:
+                with self.timer.phase("capture"):
+                    grads = memory.runs(pieces, self.layout)
+                    if row is not None:
+                        self.buffer.capture(row, grads, accumulate=j > 0)
+                    else:
+                        self.task_buffer.capture(0, grads, accumulate=j > 0)
         return total
 
     def _ensure_buffers(self, pieces) -> None:
@@ -190,52 +210,64 @@ class Trainer:
             return
         per_layer = self.config.method.name == "gem" and self.config.method.gem.per_layer
         names = [parameter_group(n) if n else "padding" for n in self.partition.piece_names()] if per_layer else None
-        self.layout = Layout.of(pieces, names)
+        self.layout = memory.Layout.of(pieces, names)
         if self.memories:
-            self.buffer = MemoryBuffer(len(self.memories), self.layout, self.world.device)
+            self.buffer = memory.MemoryBuffer(len(self.memories), self.layout, self.world.device)
         if self.config.train.gradient_accumulation > 1:
-            self.task_buffer = MemoryBuffer(1, self.layout, self.world.device)
+            self.task_buffer = memory.MemoryBuffer(1, self.layout, self.world.device)
 
-    def _project(self, pieces) -> dict[str, float]:
-        """GEM: Gram of [memories; task] (partial per rank, summed), the dual QP on every rank, g += M^T v."""
+    def _project(self, grads, stats: dict) -> dict | None:
+        """GEM: Gram of [memories; task] (partial per rank, summed), the dual QP on every rank, g += M^T v.
+
+        Returns what the post-projection check needs: `scale` (|g_i||g| per group and memory), and either
+        the global <g_i, g~> (`after`) or this rank's partial sums of it (`partial`), which the step adds
+        to its one per-step all-reduce.
+        """
         from distgem.gem import projection
 
-        gem, memories = self.config.method.gem, self.buffer.data
+        gem, memories, timer = self.config.method.gem, self.buffer.data, self.timer
+        sharded = self.partition.stage > 0  # stage 0: every rank holds the whole (already averaged) gradient
         started = time.perf_counter()
-        gram = partial_gram(memories, pieces, self.layout)
-        if self.partition.stage > 0:  # stage 0: every rank holds the whole (already averaged) gradient
-            dist.all_reduce_sum(gram)
+        with timer.phase("gram"):
+            gram = memory.partial_gram(memories, grads, len(self.layout.group_names))
         k = memories.shape[0]
-        if not bool(torch.isfinite(gram).all()):
+        local_dots = gram[:, :k, k].clone() if sharded else None
+        if sharded:
+            with timer.phase("all_reduce"):
+                dist.all_reduce_sum(gram)
+        with timer.phase("qp"):
+            finite = bool(torch.isfinite(gram).all())
+            if finite:
+                mem_gram, dots, task_norm2 = gram[:, :k, :k], gram[:, :k, k], gram[:, k, k]
+                violated = (dots < 0).any(dim=1)
+                v = torch.zeros_like(dots)
+                if bool(violated.any()):
+                    v = projection.solve_dual(mem_gram, dots, gem.memory_strength, gem.solver)
+                    v = torch.where(violated.unsqueeze(1), v, torch.zeros_like(v))
+        if not finite:
             # an fp16 overflow: DeepSpeed skips this step and lowers the loss scale; nothing to project
             self.state["gem"]["nonfinite_steps"] = self.state["gem"].get("nonfinite_steps", 0) + 1
-            return {"gem/nonfinite": 1.0}
-        mem_gram, dots, task_norm2 = gram[:, :k, :k], gram[:, :k, k], gram[:, k, k]
-        violated = (dots < 0).any(dim=1)
-        v = torch.zeros_like(dots)
+            stats["gem/nonfinite"] = 1.0
+            return None
+        after = dots
         if bool(violated.any()):
-            v = projection.solve_dual(mem_gram, dots, gem.memory_strength, gem.solver)
-            v = torch.where(violated.unsqueeze(1), v, torch.zeros_like(v))
-            combine(pieces, memories, v, self.layout)
+            with timer.phase("update"):  # the check <g_i, g~> is taken in the same pass as the update
+                after = memory.combine(grads, memories, v, check=True)
+            local_dots = after if sharded else None
         elapsed = time.perf_counter() - started
-        after = memory_dots(memories, pieces, self.layout)
-        if self.partition.stage > 0:
-            dist.all_reduce_sum(after)
         scale = (mem_gram.diagonal(dim1=1, dim2=2).sqrt() * task_norm2.sqrt().unsqueeze(1)).clamp(min=1e-30)
         new_norm2 = task_norm2 + 2 * (v * dots).sum(1) + torch.einsum("gi,gij,gj->g", v, mem_gram, v)
         self.state["gem"]["steps"] += 1
         self.state["gem"]["violated_steps"] += int(bool(violated.any()))
-        stats = {
+        stats.update({
             "gem/violated": float(violated.any()),
             "gem/projection_ms": 1000 * elapsed,
             "gem/norm_ratio": float(new_norm2.sum().clamp(min=0).sqrt() / task_norm2.sum().sqrt().clamp(min=1e-30)),
-            # after the update, on the gradient actually written: >= -tol means no constraint is violated
-            "gem/min_constraint_after": float((after / scale).min()),
-        }
+        })
         for i, source in enumerate(self.memories):
             stats[f"gem/cosine/{source.name}"] = float((dots[:, i] / scale[:, i]).mean())
             stats[f"gem/dual/{source.name}"] = float(v[:, i].mean())
-        return stats
+        return {"scale": scale, "after": after, "partial": local_dots}
 
     # --- evaluation ---------------------------------------------------------------------------
     def _forward(self, task: str, batch: dict) -> dict:
@@ -322,7 +354,7 @@ class Trainer:
         if self.state["best_step"] is not None:
             self.checkpoints.load("best", module_only=True)
         test = self.evaluate_tagging(self.corpora.test, save_as="test" if config.output.save_predictions else None)
-        after = self.evaluate_memory() if config.eval.before_training else None
+        after = self.evaluate_memory() if config.eval.after_training else None
         rss = dist.all_gather_objects(round(peak_rss_mb(), 1))  # per rank: the data stays memory-mapped
         results = build_results(config, self.world.size, self.state, test, after, train_seconds, rss)
         if self.world.rank == 0:

@@ -9,6 +9,7 @@ import bisect
 from collections.abc import Iterator, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 
 class ArrowRows(Sequence):
@@ -41,6 +42,16 @@ class ArrowRows(Sequence):
         return values[0] if len(values) == 1 else tuple(values)
 
 
+    def lengths(self):
+        """Token count of every row (the longest column of a pair), read from the Arrow offsets: no row is decoded."""
+        import numpy as np
+        import torch
+
+        per_column = [pc.list_value_length(column.slice(self.start, len(self))).to_numpy(zero_copy_only=False)
+                      for column in self._columns]
+        return torch.from_numpy(np.maximum.reduce(per_column).astype(np.int64))
+
+
 class ConcatRows(Sequence):
     """Several row sequences end to end (MLM over all languages) without copying any of them."""
 
@@ -64,6 +75,21 @@ class ConcatRows(Sequence):
             raise IndexError(f"row {index} of {len(self)}")
         part = bisect.bisect_right(self.ends, index)
         return self.parts[part][index - (self.ends[part - 1] if part else 0)]
+
+
+    def lengths(self):
+        import torch
+
+        return torch.cat([lengths_of(part) for part in self.parts]) if self.parts else torch.zeros(0, dtype=torch.long)
+
+
+def lengths_of(rows: Sequence):
+    """Token counts of a row sequence: Arrow views read their offsets, in-memory rows are measured."""
+    import torch
+
+    if hasattr(rows, "lengths"):
+        return rows.lengths()
+    return torch.tensor([max(map(len, r)) if isinstance(r, tuple) else len(r) for r in rows], dtype=torch.long)
 
 
 def iter_rows(dataset, columns: Sequence[str] | None = None, batch_size: int = 1000) -> Iterator[dict]:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from distgem.data.rows import ConcatRows
+from distgem.data.rows import ConcatRows, lengths_of
 from distgem.tasks import mlm, tagging, xsr
 
 
@@ -22,13 +22,15 @@ class Source:
     size: int
     batch: Callable[[Sequence[int], int], dict[str, torch.Tensor]]  # (example indices, step) -> tensors
     units: Callable[[dict[str, torch.Tensor]], int]  # what the loss averages over (tokens, masked tokens, pairs)
+    lengths: Callable[[], torch.Tensor]  # tokens per example, for batches grouped by length (computed on demand)
 
 
 def tagging_source(name: str, corpus: tagging.TaggedCorpus, pad_id: int) -> Source:
     examples = corpus.examples
     return Source(name, "tag", len(examples),
                   lambda idx, step: tagging.collate([examples[i] for i in idx], pad_id),
-                  lambda b: int((b["labels"] != tagging.IGNORE).sum()))
+                  lambda b: int((b["labels"] != tagging.IGNORE).sum()),
+                  lambda: torch.tensor([len(w.input_ids) for w in examples], dtype=torch.long))
 
 
 def mlm_source(name: str, examples: Sequence[list[int]], tokenizer, seed: int) -> Source:
@@ -36,12 +38,12 @@ def mlm_source(name: str, examples: Sequence[list[int]], tokenizer, seed: int) -
         # keys unique per (step, example): a new mask whenever an example comes back
         return mlm.mask([examples[i] for i in idx], [step * len(examples) + i for i in idx], seed, tokenizer)
 
-    return Source(name, "mlm", len(examples), batch, mlm.units)
+    return Source(name, "mlm", len(examples), batch, mlm.units, lambda: lengths_of(examples))
 
 
 def xsr_source(name: str, pairs: Sequence[tuple], tokenizer) -> Source:
     return Source(name, "xsr", len(pairs), lambda idx, step: xsr.collate([pairs[i] for i in idx], tokenizer),
-                  lambda b: b["input_ids"].shape[0] // 2)
+                  lambda b: b["input_ids"].shape[0] // 2, lambda: lengths_of(pairs))
 
 
 def memory_sources(method, corpora, tokenizer, seed: int) -> list[Source]:

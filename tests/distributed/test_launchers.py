@@ -15,7 +15,7 @@ import pytest
 
 from tests.support import ROOT, free_port, micro_overrides, read_steps, read_weights, run_training
 
-SETTINGS = {"train.steps": 6, "eval.before_training": "false", "output.save_final": "true", "train.zero_stage": 2,
+SETTINGS = {"train.steps": 6, "eval.before_training": "false", "eval.after_training": "false", "output.save_final": "true", "train.zero_stage": 2,
             "method.name": "mtf", "method.memory": "[mlm, xsr]"}
 TRAIN = str(ROOT / "launch" / "train.py")
 

@@ -16,7 +16,7 @@ from tests.unit.test_readers import CONLLU
 def exported(micro, tmp_path_factory):
     base = tmp_path_factory.mktemp("export")
     run_training(micro, base / "run", 2, {"train.steps": 4, "eval.every": 2, "train.zero_stage": 3,
-                                          "output.save_predictions": "true", "eval.before_training": "false"})
+                                          "output.save_predictions": "true", "eval.before_training": "false", "eval.after_training": "false"})
     assert main(["export", str(base / "run"), "--out", str(base / "model")]) == 0
     return base / "run", base / "model"
 

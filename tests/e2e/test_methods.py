@@ -47,7 +47,7 @@ def test_frozen_layers_do_not_move(micro, tmp_path):
     from safetensors.torch import load_file
 
     run_training(micro, tmp_path, 1, {"train.steps": 3, "method.name": "frozen", "method.frozen_layers": 1,
-                                      "output.save_final": "true", "eval.before_training": "false"})
+                                      "output.save_final": "true", "eval.before_training": "false", "eval.after_training": "false"})
     _, backbone = micro
     before = load_file(str(backbone / "model.safetensors"))
     after = load_file(str(tmp_path / "final.safetensors"))

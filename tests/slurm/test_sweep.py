@@ -103,7 +103,8 @@ def test_preempted_element_checkpoints_requeues_and_finishes(slurm_cluster, micr
 def test_srun_started_ranks_train_together(slurm_cluster, micro, tmp_path):
     """Two tasks started by a real srun find each other through SLURM_PROCID/SLURM_NTASKS."""
     corpus, backbone = micro
-    overrides = micro_overrides(corpus, backbone, tmp_path / "run", **{"train.steps": 3, "eval.before_training": "false"})
+    overrides = micro_overrides(corpus, backbone, tmp_path / "run",
+                                **{"train.steps": 3, "eval.before_training": "false", "eval.after_training": "false"})
     command = ["srun", "-n", "2", "--cpus-per-task=1", "--kill-on-bad-exit=1", "python", "launch/train.py",
                *[a for o in overrides for a in ("--set", o)]]
     env = {**slurm_cluster, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "MASTER_PORT": "29871"}
