@@ -24,9 +24,11 @@ ALPHA = 0.01
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", help="directory searched (recursively) for results.json")
+    parser.add_argument("runs", help="directory searched (recursively) for results.json, or a runs.jsonl summary")
     parser.add_argument("--out", required=True, help="where the tables and plots go")
     parser.add_argument("--no-plots", action="store_true")
+    parser.add_argument("--results-md", help="also write a results page (set-up, the paper's claims, tables, plots)")
+    parser.add_argument("--discussion", help="hand-written Markdown appended to the results page")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,15 +37,34 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_outputs(report, out)
+    if not Path(args.runs).is_file():  # the summary that regenerates every table without the run directories
+        (out / "runs.jsonl").write_text("".join(json.dumps(summary(r), sort_keys=True) + "\n" for r in runs))
     if not args.no_plots:
         plot(report, runs, out)
-    print(f"{len(runs)} runs -> {out}/report.md")
+    if args.results_md:
+        from distgem.results_doc import write_results
+
+        command = f"distgem report {args.runs} --out {args.out} --results-md {args.results_md}"
+        command += f" --discussion {args.discussion}" if args.discussion else ""
+        write_results(report, runs, Path(args.results_md), out, command,
+                      Path(args.discussion) if args.discussion else None)
+    print(f"{len(runs)} runs -> {out}/report.md" + (f", {args.results_md}" if args.results_md else ""))
     return 0
 
 
+SUMMARY_KEYS = ("run", "test", "backbone", "after", "train", "config", "versions")
+
+
+def summary(run: dict) -> dict:
+    """What the tables need of one run (no dev history), keyed by its directory name."""
+    return {"run_id": Path(run["run_dir"]).name, **{k: run.get(k) for k in SUMMARY_KEYS}}
+
+
 def load_runs(root: Path) -> list[dict]:
+    if root.is_file():
+        return _load_summary(root)
     if not root.is_dir():
-        raise UserError(f"{root}: no such directory")
+        raise UserError(f"{root}: no such directory or runs.jsonl")
     runs = []
     for path in sorted(root.rglob("results.json")):
         try:
@@ -51,11 +72,35 @@ def load_runs(root: Path) -> list[dict]:
         except json.JSONDecodeError as err:
             raise UserError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
         data["run_dir"] = str(path.parent)
-        data["label"] = label(data)
-        runs.append(data)
+        runs.append(_labelled(data, f"{path}: not a distgem results.json"))
     if not runs:
         raise UserError(f"{root}: no results.json found")
     return runs
+
+
+def _load_summary(path: Path) -> list[dict]:
+    runs = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        try:
+            data = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{path}:{number}: not valid JSON ({err.msg})") from None
+        data["run_dir"] = str(path.parent / (data.get("run_id") or f"run{number}") if isinstance(data, dict) else path)
+        runs.append(_labelled(data, f"{path}:{number}: not a run summary"))
+    if not runs:
+        raise UserError(f"{path}: no runs")
+    return runs
+
+
+def _labelled(data, where: str) -> dict:
+    """The run with its table label; a run without the fields the tables read is the user's error."""
+    try:
+        data["label"] = label(data)
+        for section, key in (("run", "task"), ("test", "per_language"), ("test", "average")):
+            data[section][key]  # noqa: B018 (the tables read these)
+    except (KeyError, TypeError) as err:
+        raise UserError(f"{where} (missing {err})") from None
+    return data
 
 
 def label(results: dict) -> str:
@@ -186,19 +231,10 @@ def _fmt(cell, latex: bool = False) -> str:
 
 
 def write_outputs(report: dict, out: Path) -> None:
-    marks = {(t["task"], t["method"]) for t in report["ttests"]}
-    beats_all = {key for key in marks if all(t["significant"] for t in report["ttests"] if (t["task"], t["method"]) == key)}
+    beats_all = beating_every_baseline(report)
     markdown, latex = ["# distgem report", ""], []
     for key, table in report["tables"].items():
-        task = key.split("_", 1)[1] if key.startswith("table2_") else None
-        rows = []
-        for row in table["rows"]:
-            cells = [_fmt(c) for c in row]
-            if task and (task, row[0]) in beats_all:
-                cells[-1] += " †"
-            rows.append(cells)
-        markdown += [f"## {table['title']}", "", "| " + " | ".join(table["columns"]) + " |",
-                     "|" + "---|" * len(table["columns"])] + ["| " + " | ".join(r) + " |" for r in rows] + [""]
+        markdown += [f"## {table['title']}", "", *table_markdown(key, table, beats_all), ""]
         _write_csv(out / f"{key}.csv", table)
         latex += [f"% {table['title']}", "\\begin{tabular}{" + "l" * len(table["columns"]) + "}", "\\hline",
                   " & ".join(table["columns"]).replace("_", "\\_").replace("@", "@") + " \\\\", "\\hline"]
@@ -216,6 +252,25 @@ def write_outputs(report: dict, out: Path) -> None:
     (out / "report.md").write_text("\n".join(markdown) + "\n")
     (out / "tables.tex").write_text("\n".join(latex))
     (out / "report.json").write_text(json.dumps(report, indent=1, default=list))
+
+
+def beating_every_baseline(report: dict) -> set[tuple[str, str]]:
+    """(task, method) pairs better than every baseline they were tested against (p < ALPHA)."""
+    marks = {(t["task"], t["method"]) for t in report["ttests"]}
+    return {key for key in marks if all(t["significant"] for t in report["ttests"] if (t["task"], t["method"]) == key)}
+
+
+def table_markdown(key: str, table: dict, beats_all: set, keep=lambda column: True) -> list[str]:
+    """A table as Markdown lines; a Table 2 row better than every baseline gets a dagger on its average."""
+    task = key.split("_", 1)[1] if key.startswith("table2_") else None
+    kept = [i for i, column in enumerate(table["columns"]) if keep(column)]
+    lines = ["| " + " | ".join(table["columns"][i] for i in kept) + " |", "|" + "---|" * len(kept)]
+    for row in table["rows"]:
+        cells = [_fmt(c) for c in row]
+        if task and (task, row[0]) in beats_all:
+            cells[-1] += " †"
+        lines.append("| " + " | ".join(cells[i] for i in kept) + " |")
+    return lines
 
 
 def _write_csv(path: Path, table: dict) -> None:
