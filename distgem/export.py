@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from pathlib import Path
 
@@ -114,6 +115,13 @@ def export(run_dir: Path, out: Path, which: str = "best") -> Path:
     tokenizer, _ = _tokenizer(source)
     tokenizer.save_pretrained(out)
     (out / "README.md").write_text(_card(run_dir, config, tag))
+    # transformers writes the weights through a private temporary file (mode 0600): a model directory is
+    # for sharing, so give every file the permissions the user's umask gives new files
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in out.iterdir():
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
     return out
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -27,6 +28,10 @@ def test_export_loads_in_a_fresh_process_and_matches_engine_predictions(micro, e
     config = json.loads((model_dir / "config.json").read_text())
     assert config["id2label"]["0"] == "ADJ" and config["label2id"]["VERB"] == 15
     assert (model_dir / "model.safetensors").is_file() and "ZeRO stage 3 on 2 rank(s)" in (model_dir / "README.md").read_text()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {p.name: p.stat().st_mode & 0o777 for p in model_dir.iterdir()} == {
+        p.name: 0o666 & ~umask for p in model_dir.iterdir()}  # shareable: no private 0600 weights
     script = f"""
 import json, sys
 from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
