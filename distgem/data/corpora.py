@@ -59,16 +59,23 @@ def resolve_root(root: str) -> str:
     return root
 
 
+# {lang3} and {side3} in a template: the ISO 639-3 code, as Tatoeba and LASER name their files (spa-eng)
+ISO_639_3 = {"en": "eng", "es": "spa", "fr": "fra", "el": "ell", "ru": "rus", "de": "deu", "nl": "nld", "it": "ita",
+             "pt": "por", "ar": "ara", "zh": "cmn", "ja": "jpn", "ko": "kor", "hi": "hin", "tr": "tur", "fi": "fin",
+             "pl": "pol", "sv": "swe", "bg": "bul", "cs": "ces"}
+
+
 def path_of(data, key: str, lang: str, **fields) -> str:
     """The file (or hf: spec) of `data.<key>` for one language; `data.paths["<key>.<lang>"]` wins over the template."""
     name = f"paths.{key}.{lang}" if f"{key}.{lang}" in data.paths else key
     template = data.paths.get(f"{key}.{lang}", getattr(data, key))
     try:
         root = resolve_root(data.root) if "{root}" in template else data.root
-        path = template.format(root=root, lang=lang, **fields)
+        codes = {f"{k}3": ISO_639_3.get(v, v) for k, v in {"lang": lang, **fields}.items() if k in ("lang", "side")}
+        path = template.format(root=root, lang=lang, **fields, **codes)
     except (KeyError, IndexError, ValueError) as err:
-        raise UserError(f"data.{name}: bad template {template!r} ({err!r}; placeholders: root, lang, "
-                        f"{', '.join(fields) or '-'})") from None
+        known = ["root", "lang", "lang3", *fields, *(["side3"] if "side" in fields else [])]
+        raise UserError(f"data.{name}: bad template {template!r} ({err!r}; placeholders: {', '.join(known)})") from None
     if not hub.is_hub(path) and not Path(path).is_file():
         raise UserError(f"data.{name}: {path}: no such file (template {template!r})")
     return path

@@ -140,3 +140,22 @@ def test_the_hub_example_config_names_a_dataset_for_every_corpus():
             assert path_of(data, "parallel", lang, side=lang).startswith("hf:xtreme/tatoeba.")
     assert path_of(data, "ner", "de", split="train") == "hf:xtreme/PAN-X.de"
     assert path_of(data, "pos", "ru", split="dev") == "hf:universal_dependencies/ru_syntagrus"
+
+
+def test_iso_639_3_placeholders_name_tatoeba_style_files(tmp_path):
+    from distgem.config import load_run_config
+    from distgem.data.corpora import path_of
+    from distgem.errors import UserError
+    from tests.support import ROOT
+
+    for side in ("spa", "eng"):
+        (tmp_path / "tatoeba").mkdir(exist_ok=True)
+        (tmp_path / "tatoeba" / f"tatoeba.spa-eng.{side}").write_text("x\n")
+    data = load_run_config([ROOT / "configs" / "real" / "me5-pos.yaml"], [f"data.root={tmp_path}"]).data
+    assert path_of(data, "parallel", "es", side="es") == f"{tmp_path}/tatoeba/tatoeba.spa-eng.spa"
+    assert path_of(data, "parallel", "es", side="en") == f"{tmp_path}/tatoeba/tatoeba.spa-eng.eng"
+    with pytest.raises(UserError, match="no such file"):  # el has no pairs here: named, not guessed
+        path_of(data, "parallel", "el", side="el")
+    data.parallel = "{root}/{language}.txt"
+    with pytest.raises(UserError, match=r"data.parallel: bad template .*placeholders: root, lang, lang3, side, side3"):
+        path_of(data, "parallel", "es", side="es")
