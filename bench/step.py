@@ -1,9 +1,13 @@
-"""Step time of every method side by side, in one run, on the same data and model (CPU ranks here).
+"""Step time of every method side by side, in one process per rank count, steps interleaved.
 
-    python bench/step.py [--quick] [--ranks 1 2] [--steps 30] [--set model.backbone=DIR ...]
+    python bench/step.py [--quick] [--ranks 1 2] [--steps 20] [--methods ...] [--set section.key=value ...]
 
-Per method: median step time (from steps.jsonl, first steps excluded), its ratio to naive, the
-forward-backward floor k+1, and GEM's projection time (Gram + all-reduce + QP + update).
+One Trainer per method is built in the same process(es) (torchrun for N > 1) and their steps alternate
+(A B C ... then ... C B A, so no method always runs first), each between two barriers; medians over the
+steps after --warmup. With DISTGEM_PROFILE=1 the engine times its phases; GEM's overhead outside
+forward/backward is capture + Gram + all-reduce + QP + update, set against its floor: the values it
+must move on each step (bench/common.py) at the copy bandwidth measured once per round in the same run.
+Prints one markdown table per rank count.
 """
 from __future__ import annotations
 
@@ -16,53 +20,140 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, Bandwidth, environment, floor_ms, floor_values, load_average
+
 METHODS = {
-    "naive": (0, ["method.name=naive"]),
-    "mtf-both": (2, ["method.name=mtf", "method.memory=[mlm,xsr]"]),
-    "gem-mlm": (1, ["method.name=gem", "method.memory=[mlm]"]),
-    "gem-xsr": (1, ["method.name=gem", "method.memory=[xsr]"]),
-    "gem-both": (2, ["method.name=gem", "method.memory=[mlm,xsr]"]),
-    "gem-per-language": (None, ["method.name=gem", "method.memory=[mlm,xsr]", "method.gem.per_language=true"]),
-    "gem-both-R4": (2, ["method.name=gem", "method.memory=[mlm,xsr]", "method.gem.refresh_every=4"]),
+    "naive": ["method.name=naive"],
+    "mtf-both": ["method.name=mtf", "method.memory=[mlm,xsr]"],
+    "gem-mlm": ["method.name=gem", "method.memory=[mlm]"],
+    "gem-xsr": ["method.name=gem", "method.memory=[xsr]"],
+    "gem-both": ["method.name=gem", "method.memory=[mlm,xsr]"],
+    "gem-per-language": ["method.name=gem", "method.memory=[mlm,xsr]", "method.gem.per_language=true"],
+    "gem-both-R4": ["method.name=gem", "method.memory=[mlm,xsr]", "method.gem.refresh_every=4"],
+    "gem-per-layer": ["method.name=gem", "method.memory=[mlm,xsr]", "method.gem.per_layer=true"],
+    "gem-mlm-en": ["method.name=gem", "method.memory=[mlm]", "method.mlm_languages=en"],
 }
+OVERHEAD = ("capture", "gram", "all_reduce", "qp", "update")
+COMMON = ["eval.before_training=false", "eval.memory=false", "output.tensorboard=false"]
 
 
-def run(method: str, ranks: int, steps: int, overrides: list[str], workdir: Path) -> dict:
-    run_dir = workdir / f"{method}-{ranks}"
-    settings = [f"output.run_dir={run_dir}", f"train.steps={steps}", "eval.every=100000", "eval.before_training=false",
-                "eval.memory=false", "output.tensorboard=false", *METHODS[method][1], *overrides]
-    launcher = [sys.executable] if ranks == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
-                                                   str(ranks), "--master_port", "29733"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    result = subprocess.run([*launcher, str(ROOT / "launch" / "train.py"), *[a for s in settings for a in ("--set", s)]],
-                            capture_output=True, text=True, env=env, cwd=ROOT)
-    if result.returncode:
-        raise SystemExit(f"{method} on {ranks} rank(s) failed:\n{result.stderr[-3000:]}")
-    records = [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()][3:]
-    batch = json.loads((run_dir / "results.json").read_text())["config"]["train"]["batch_size"]
-    k = sum(1 for key in records[0] if key.startswith("loss/")) - 1
-    return {"step_ms": statistics.median(1000 * batch / r["samples_per_s"] for r in records),
-            "projection_ms": statistics.median(r.get("gem/projection_ms", 0.0) for r in records), "k": k}
+def worker(args) -> None:
+    """Runs inside every rank: build the trainers, interleave their steps, rank 0 writes the records."""
+    from distgem import distributed as dist
+    from distgem.config import load_run_config
+    from distgem.engine import Trainer
+
+    os.environ["DISTGEM_PROFILE"] = "1"
+    world = dist.init()
+    trainers = {}
+    for name in args.methods:
+        config = load_run_config([], [*COMMON, f"output.run_dir={args.workdir}/{name}", *METHODS[name], *args.overrides])
+        trainers[name] = Trainer(config, world)
+        trainers[name].engine.train()  # what Trainer.train does first (from_pretrained returns eval mode)
+    bandwidth = Bandwidth(world.device)
+    records: dict[str, list] = {name: [] for name in args.methods}
+    for step in range(args.warmup + args.steps):
+        bandwidth.measure()
+        for name in args.methods if step % 2 == 0 else args.methods[::-1]:
+            trainer = trainers[name]
+            dist.barrier()
+            stats = _timed_step(trainer, step, world.device)
+            if step >= args.warmup:
+                records[name].append({**stats, "p": trainer.layout.numel, "k": len(trainer.memories),
+                                      "refreshed": trainer.buffer is not None and (
+                                          step % trainer.config.method.gem.refresh_every == 0
+                                          or trainer.config.method.name != "gem")})
+    if world.rank == 0:
+        Path(args.out).write_text(json.dumps({"records": records, "bandwidth": bandwidth.samples,
+                                              "environment": environment(world.device)}))
+    dist.shutdown()
+    dist.exit_process(0)
+
+
+def _timed_step(trainer, step: int, device) -> dict:
+    import time
+
+    from distgem import distributed as dist
+    from common import sync
+
+    sync(device)
+    start = time.perf_counter()
+    stats = trainer.step(step)
+    sync(device)
+    dist.barrier()
+    return {**stats, "step_ms": 1000 * (time.perf_counter() - start)}
+
+
+def summarise(records: list[dict], bandwidth: float) -> dict:
+    """Medians of step and phase times; the overhead against the floor summed over the same steps."""
+    med = lambda key: statistics.median(r.get(f"time/{key}_ms", 0.0) for r in records)  # noqa: E731
+    k, p = records[0]["k"], records[0]["p"]
+    gem = "gem/violated" in records[0]
+    overhead = [sum(r.get(f"time/{t}_ms", 0.0) for t in OVERHEAD) for r in records]
+    floors = [floor_ms(floor_values(k, p, r["refreshed"], bool(r.get("gem/violated", 0))), bandwidth)
+              for r in records] if gem else None
+    passes = [(k + 1 if r["refreshed"] else 1) for r in records]
+    return {
+        "k": k, "p": p, "step": statistics.median(r["step_ms"] for r in records),
+        "fb_per_pass": statistics.median(r.get("time/forward_backward_ms", 0.0) / n for r, n in zip(records, passes)),
+        "overhead": statistics.median(overhead), "floor": statistics.median(floors) if gem else None,
+        "ratio": sum(overhead) / sum(floors) if gem else None,
+        "violated": statistics.mean(r.get("gem/violated", 0.0) for r in records) if gem else None,
+        **{t: med(t) for t in (*OVERHEAD, "zero", "optimizer")},
+    }
+
+
+def report(n: int, result: dict, steps: int, loads: tuple[str, str]) -> None:
+    bandwidth = statistics.median(result["bandwidth"])
+    rows = {m: summarise(r, bandwidth) for m, r in result["records"].items()}
+    base = rows["naive"]["step"] if "naive" in rows else None
+    print(f"\n{n} rank(s), {steps} interleaved steps each; {result['environment']}; load before / after: "
+          f"{loads[0]} | {loads[1]}; copy bandwidth {bandwidth:.1f} GB/s per rank (read + write)")
+    print("| method | k | p (values/rank) | step ms | / naive | k+1 | fwd-bwd ms/pass | overhead ms | floor ms "
+          "| overhead / floor | capture | Gram | all-reduce | QP | update | zero | optimizer | violated |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for m, r in rows.items():
+        gem = r["floor"] is not None
+        cells = [m, r["k"], f"{r['p'] / 1e6:.2f}M", f"{r['step']:.1f}", f"{r['step'] / base:.2f}" if base else "",
+                 r["k"] + 1, f"{r['fb_per_pass']:.1f}", f"{r['overhead']:.2f}", f"{r['floor']:.2f}" if gem else "",
+                 f"{r['ratio']:.2f}" if gem else "", *(f"{r[t]:.2f}" for t in (*OVERHEAD, "zero", "optimizer")),
+                 f"{r['violated']:.2f}" if gem else ""]
+        print("| " + " | ".join(str(c) for c in cells) + " |")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="naive and gem-both, 8 steps, 1 rank")
+    parser.add_argument("--quick", action="store_true", help="naive and gem-both, 1 rank, 3 steps")
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--methods", nargs="+", default=[m for m in METHODS if m not in ("gem-mlm-en",)],
+                        choices=list(METHODS))
     parser.add_argument("--set", action="append", default=[], dest="overrides")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    methods = ["naive", "gem-both"] if args.quick else list(METHODS)
-    ranks, steps = ([1], 8) if args.quick else (args.ranks, args.steps)
-    with tempfile.TemporaryDirectory() as tmp:
-        for n in ranks:
-            rows = {m: run(m, n, steps, args.overrides, Path(tmp)) for m in methods}
-            base = rows["naive"]["step_ms"]
-            print(f"\n{n} rank(s), {steps} steps, median step time")
-            print(f"{'method':18s} {'k':>3s} {'step ms':>9s} {'/naive':>7s} {'k+1':>4s} {'projection ms':>14s}")
-            for m, r in rows.items():
-                print(f"{m:18s} {r['k']:3d} {r['step_ms']:9.1f} {r['step_ms'] / base:7.2f} {r['k'] + 1:4d} {r['projection_ms']:14.2f}")
+    if args.worker:
+        worker(args)
+        return 0
+    if args.quick:
+        args.methods, args.ranks, args.steps, args.warmup = ["naive", "gem-both"], [1], 3, 1
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "DS_ACCELERATOR":
+           os.environ.get("DS_ACCELERATOR", "cpu"), "PYTHONPATH": str(ROOT)}
+    for n in args.ranks:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "records.json"
+            launcher = [sys.executable] if n == 1 else [sys.executable, "-m", "torch.distributed.run",
+                                                        "--nproc_per_node", str(n), "--master_port", "29741"]
+            command = [*launcher, __file__, "--worker", "--workdir", tmp, "--out", str(out), "--steps", str(args.steps),
+                       "--warmup", str(args.warmup), "--methods", *args.methods,
+                       *[a for s in args.overrides for a in ("--set", s)]]
+            before = load_average()
+            done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+            if done.returncode:
+                raise SystemExit(f"{n} rank(s) failed:\n{done.stderr[-4000:]}")
+            report(n, json.loads(out.read_text()), args.steps, (before, load_average()))
     return 0
 
 

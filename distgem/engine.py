@@ -163,14 +163,15 @@ class Trainer:
         # (GEM, ZeRO 1-3) this rank's part of the post-projection check, so that the check costs no collective
         losses[k + 1] = float(PREEMPTION.requested)
         partial = check is not None and check["partial"] is not None
-        with self.timer.phase("reduce_losses"):
-            reduced = dist.all_reduce_sum(torch.cat([losses, check["partial"].flatten()]) if partial else losses)
+        with self.timer.phase("reduce_losses"):  # on the device: NCCL reduces no host tensor
+            vector = losses.to(self.world.device)
+            reduced = dist.all_reduce_sum(torch.cat([vector, check["partial"].flatten()]) if partial else vector).cpu()
         values = reduced.tolist()
         self.stop_requested = values[k + 1] > 0
         stats.update({f"loss/{s.name}": v / self.world.size
                       for s, v in zip([*self.memories, self.main], values) if refresh or s is self.main})
         if check is not None:
-            after = reduced[k + 2:].view_as(check["scale"]) if partial else check["after"]
+            after = reduced[k + 2:].view_as(check["scale"]) if partial else check["after"].cpu()
             # after the update, on the gradient actually written: >= -tol means no constraint is violated
             stats["gem/min_constraint_after"] = float((after / check["scale"]).min())
         stats["lr"] = self.engine.get_lr()[0]
@@ -235,39 +236,41 @@ class Trainer:
         if sharded:
             with timer.phase("all_reduce"):
                 dist.all_reduce_sum(gram)
-        with timer.phase("qp"):
-            finite = bool(torch.isfinite(gram).all())
+        with timer.phase("qp"):  # (k+1)^2 numbers per group: on the host, in numpy (one copy from a GPU)
+            host = gram.cpu().numpy()
+            finite = bool(np.isfinite(host).all())
             if finite:
-                mem_gram, dots, task_norm2 = gram[:, :k, :k], gram[:, :k, k], gram[:, k, k]
-                violated = (dots < 0).any(dim=1)
-                v = torch.zeros_like(dots)
-                if bool(violated.any()):
-                    v = projection.solve_dual(mem_gram, dots, gem.memory_strength, gem.solver)
-                    v = torch.where(violated.unsqueeze(1), v, torch.zeros_like(v))
+                mem_gram, dots, task_norm2 = host[:, :k, :k], host[:, :k, k], host[:, k, k]
+                violated = (dots < 0).any(1)
+                v = np.zeros_like(dots)
+                if violated.any():
+                    v = projection.solve_dual(torch.from_numpy(mem_gram), torch.from_numpy(dots),
+                                              gem.memory_strength, gem.solver).numpy()
+                    v = np.where(violated[:, None], v, 0.0)
         if not finite:
             # an fp16 overflow: DeepSpeed skips this step and lowers the loss scale; nothing to project
             self.state["gem"]["nonfinite_steps"] = self.state["gem"].get("nonfinite_steps", 0) + 1
             stats["gem/nonfinite"] = 1.0
             return None
-        after = dots
-        if bool(violated.any()):
+        after = torch.from_numpy(dots)
+        if violated.any():
             with timer.phase("update"):  # the check <g_i, g~> is taken in the same pass as the update
-                after = memory.combine(grads, memories, v, check=True)
+                after = memory.combine(grads, memories, torch.from_numpy(v), check=True)
             local_dots = after if sharded else None
         elapsed = time.perf_counter() - started
-        scale = (mem_gram.diagonal(dim1=1, dim2=2).sqrt() * task_norm2.sqrt().unsqueeze(1)).clamp(min=1e-30)
-        new_norm2 = task_norm2 + 2 * (v * dots).sum(1) + torch.einsum("gi,gij,gj->g", v, mem_gram, v)
+        scale = np.maximum(np.sqrt(np.diagonal(mem_gram, axis1=1, axis2=2) * task_norm2[:, None]), 1e-30)
+        new_norm2 = task_norm2 + 2 * (v * dots).sum(1) + np.einsum("gi,gij,gj->g", v, mem_gram, v)
         self.state["gem"]["steps"] += 1
-        self.state["gem"]["violated_steps"] += int(bool(violated.any()))
+        self.state["gem"]["violated_steps"] += int(violated.any())
         stats.update({
             "gem/violated": float(violated.any()),
             "gem/projection_ms": 1000 * elapsed,
-            "gem/norm_ratio": float(new_norm2.sum().clamp(min=0).sqrt() / task_norm2.sum().sqrt().clamp(min=1e-30)),
+            "gem/norm_ratio": float(np.sqrt(max(new_norm2.sum(), 0)) / max(np.sqrt(task_norm2.sum()), 1e-30)),
         })
         for i, source in enumerate(self.memories):
             stats[f"gem/cosine/{source.name}"] = float((dots[:, i] / scale[:, i]).mean())
             stats[f"gem/dual/{source.name}"] = float(v[:, i].mean())
-        return {"scale": scale, "after": after, "partial": local_dots}
+        return {"scale": torch.from_numpy(scale), "after": after, "partial": local_dots}
 
     # --- evaluation ---------------------------------------------------------------------------
     def _forward(self, task: str, batch: dict) -> dict:

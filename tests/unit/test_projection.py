@@ -261,3 +261,20 @@ def test_cuda_matches_cpu(solver):
     new = project(grad.cuda(), memories.cuda(), 0.0, solver)
     assert new.device.type == "cuda" and new.dtype == torch.float32
     torch.testing.assert_close(new.cpu(), project(grad, memories, 0.0, solver), rtol=1e-5, atol=1e-6)
+
+
+@settings(max_examples=150, deadline=None)
+@given(instances(max_k=8, degenerate=False), st.sampled_from([0.0, 0.5]))
+def test_host_exact_solver_equals_the_torch_one(instance, gamma):
+    """Small problems are solved in numpy (HOST_MAX_SYSTEMS): the same supports, the same v. (Degenerate
+    instances can have several optimal v; test_projection_is_feasible_and_optimal checks those.)"""
+    grad, memories = instance
+    G, d = memories @ memories.T, memories @ grad
+    host = solve_dual(G, d, gamma, "exact")
+    limit = projection.HOST_MAX_SYSTEMS
+    try:
+        projection.HOST_MAX_SYSTEMS = 0
+        device = solve_dual(G, d, gamma, "exact")
+    finally:
+        projection.HOST_MAX_SYSTEMS = limit
+    torch.testing.assert_close(host, device, rtol=1e-9, atol=1e-12 * float(device.abs().max().clamp(min=1)))

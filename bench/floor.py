@@ -1,0 +1,114 @@
+"""GEM's overhead terms against its bandwidth floor, per partition p = P/N and number of memories k.
+
+    python bench/floor.py [--quick] [--device cpu|cuda] [--models tiny small mbert] [--ranks 1 8 64] [--ks 1 2 4 8]
+
+For each (model, N, k), this rank's work on a flat partition of p = ceil(P/N) fp32 values (as ZeRO 1-3
+hold it), through the engine's own functions (distgem.gem.memory): capture (k copies into the buffer),
+the Gram, the QP, the update + check on a violated instance, and the zeroing between tasks. The floor is
+(4k+3) x 4p bytes at the bandwidth of a large copy measured between the terms (each repetition: copy,
+terms, copy, ...; medians). N > 1 is simulated on one device: a rank's terms depend only on p; the
+all-reduce of (k+1)^2 scalars needs real ranks and is measured by bench/step.py. `--design bf16` repeats
+the terms with bf16 memories. `--plot FILE` draws overhead / floor against k.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+
+import torch
+
+from common import (Bandwidth, environment, floor_ms, floor_values, parameter_count, timed_ms)
+from distgem.gem import kernels, memory, projection
+
+TERMS = ("capture", "gram", "qp", "update", "zero")
+
+
+def violated(k: int, p: int, device, seed: int = 0):
+    """A partition (what a backward leaves), the task gradient against the memories' mean, k memory rows."""
+    gen = torch.Generator(device=device).manual_seed(seed)
+    partition = torch.randn(p, generator=gen, device=device)
+    grad = torch.randn(p, generator=gen, device=device) - 0.5 * math.sqrt(k) * partition
+    return partition, grad
+
+
+def measure(k: int, p: int, device, repeats: int, bandwidth: Bandwidth, memory_dtype=torch.float32) -> dict:
+    """Median ms of every term, interleaved with copy-bandwidth samples."""
+    partition, grad = violated(k, p, device)
+    layout = memory.Layout.of([grad])
+    buffer = memory.MemoryBuffer(k, layout, device, memory_dtype)  # the engine's is fp32
+    rows = buffer.data
+    grads, source = memory.runs([grad], layout), memory.runs([partition], layout)
+    times: dict[str, list[float]] = {t: [] for t in TERMS}
+    state = {}
+
+    def capture():
+        for i in range(k):
+            buffer.capture(i, source)
+
+    def gram():
+        state["gram"] = memory.partial_gram(rows, grads, 1)
+
+    def qp():
+        g = state["gram"]
+        state["v"] = projection.solve_dual(g[:, :k, :k], g[:, :k, k])
+
+    def update():
+        memory.combine(grads, rows, state["v"], check=True)
+
+    for _ in range(repeats + 1):  # the first round warms caches and builds the kernels
+        bandwidth.measure()
+        for name, fn in (("capture", capture), ("gram", gram), ("qp", qp), ("update", update),
+                         ("zero", partition.zero_)):
+            times[name].append(timed_ms(fn, device))
+        partition.normal_()
+    return {t: statistics.median(v[1:]) for t, v in times.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny only, N = 1 and 8, k = 1 and 2, 2 repeats")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--models", nargs="+", default=["tiny", "small", "mbert"])
+    parser.add_argument("--ranks", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--design", choices=["fp32", "bf16"], default="fp32", help="dtype of the memory buffer")
+    parser.add_argument("--json", help="also write the rows here (bench/growth.py --plot reads them)")
+    args = parser.parse_args()
+    if args.quick:
+        args.models, args.ranks, args.ks, args.repeats = ["tiny"], [1, 8], [1, 2], 2
+    device = torch.device(args.device)
+    memory_dtype = torch.bfloat16 if args.design == "bf16" else torch.float32
+    bandwidth = Bandwidth(device)
+    print(f"# GEM overhead terms vs floor, {environment(device)}")
+    print(f"# fused CPU kernels: {'yes' if kernels.library() is not None and device.type == 'cpu' else 'no (torch path)'}; "
+          f"memories {args.design}; median of {args.repeats}")
+    print("\n| model | P | N | p = P/N | k | capture ms | Gram ms | QP ms | update ms | overhead ms | floor ms "
+          "| overhead / floor | zero ms |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
+    for model in args.models:
+        P = parameter_count(model)
+        for n in args.ranks:
+            p = -(-P // n)
+            for k in args.ks:
+                t = measure(k, p, device, args.repeats, bandwidth, memory_dtype)
+                overhead = t["capture"] + t["gram"] + t["qp"] + t["update"]
+                floor = floor_ms(floor_values(k, p), bandwidth.median)
+                rows.append({"model": model, "P": P, "N": n, "p": p, "k": k, **t, "overhead": overhead, "floor": floor,
+                             "bandwidth": bandwidth.median})
+                print(f"| {model} | {P / 1e6:.1f}M | {n} | {p / 1e6:.2f}M | {k} | {t['capture']:.2f} | {t['gram']:.2f} "
+                      f"| {t['qp']:.2f} | {t['update']:.2f} | {overhead:.2f} | {floor:.2f} | {overhead / floor:.2f} "
+                      f"| {t['zero']:.2f} |", flush=True)
+    print(f"\ncopy bandwidth (read + write): median {bandwidth.median:.1f} GB/s over {len(bandwidth.samples)} copies "
+          f"of {bandwidth.src.numel() * 4 >> 20} MiB (min {min(bandwidth.samples):.1f}, max {max(bandwidth.samples):.1f})")
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump({"environment": environment(device), "design": args.design, "rows": rows}, handle, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
