@@ -1,7 +1,7 @@
 """The `datasets` cache at scale: preparation time, reuse, disk, and per-rank memory of a 2-rank run.
 
-    python bench/data.py prepare [--sentences 1000000] [--procs 1 2]
-    python bench/data.py rss [--sentences 2000000] [--small 10000] [--steps 8]
+    python bench/data.py prepare [--sentences 1000000] [--procs 1 2] [--quick]
+    python bench/data.py rss [--sentences 2000000] [--small 10000] [--steps 8] [--quick]
 
 prepare: a generated corpus (Zipf-distributed synthetic words, 5-25 per sentence) and a WordPiece
 tokenizer (16K) trained on part of it. Times, each in a fresh process (as a job of a sweep would):
@@ -84,7 +84,7 @@ def measure(mode: str, root: str, tokenizer: str, cache: str, procs: int) -> dic
         rows = mono_examples(store, data, "en", tok, 128)
         built, size = store.entries[0].built, store.entries[0].bytes
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "rows": len(rows), "row_12345": list(rows[12345]), "built": built, "bytes": size,
+    return {"seconds": seconds, "rows": len(rows), "row_probe": list(rows[len(rows) * 5 // 8]), "built": built, "bytes": size,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -113,7 +113,7 @@ def bench_prepare(sentences: int, procs: list[int], work: Path) -> None:
         first = _measure_in_child("cached", work, work / "tokenizer", cache, n)
         second = _measure_in_child("cached", work, work / "tokenizer", cache, n)
         assert first["built"] and not second["built"], (first, second)
-        assert first["rows"] == second["rows"] == plain["rows"] and first["row_12345"] == plain["row_12345"]
+        assert first["rows"] == second["rows"] == plain["rows"] and first["row_probe"] == plain["row_probe"]
         print(f"| `datasets` cache | {n} | {first['seconds']:.1f} | {first['seconds'] / plain['seconds']:.2f} | "
               f"{second['seconds']:.3f} | {100 * second['seconds'] / first['seconds']:.2f}% | "
               f"{first['bytes'] / 2**20:.1f} MiB | {first['peak_rss_mb']:.0f} / {second['peak_rss_mb']:.0f} |")
@@ -168,12 +168,18 @@ def main() -> int:
     prepare = sub.add_parser("prepare")
     prepare.add_argument("--sentences", type=int, default=1_000_000)
     prepare.add_argument("--procs", type=int, nargs="+", default=[1, 2])
+    prepare.add_argument("--quick", action="store_true", help="2,000 sentences, num_proc 1 (CI: it still runs)")
     rss = sub.add_parser("rss")
     rss.add_argument("--sentences", type=int, default=2_000_000)
     rss.add_argument("--small", type=int, default=10_000)
     rss.add_argument("--steps", type=int, default=8)
+    rss.add_argument("--quick", action="store_true", help="200 and 2,000 sentences, 2 steps (CI: it still runs)")
     parser.add_argument("--workdir", help="keep the corpora and caches here (default: a temporary directory)")
     args = parser.parse_args()
+    if args.quick and args.bench == "prepare":
+        args.sentences, args.procs = 2_000, [1]
+    elif args.quick:
+        args.small, args.sentences, args.steps = 200, 2_000, 2
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         if args.bench == "prepare":
