@@ -74,3 +74,8 @@ def test_comm_quick(micro, tmp_path):
 def test_data_quick(mode, tmp_path):
     output = bench("data.py", "--workdir", str(tmp_path), mode, "--quick")
     assert rows(output), output[-2000:]
+
+
+def test_hf_trainer_quick(micro, tmp_path):
+    table = rows(bench("hf_trainer.py", "--quick", *sets(micro, tmp_path)))
+    assert len(table) == 1 and table[0][:2] == ["1", "2"] and all(numeric(c) for c in table[0]), table
