@@ -181,6 +181,15 @@ class EvalConfig:
     """Measure MLM perplexity and XSR P@k after training (Table 1's method rows)."""
     memory: bool = True
     """Also measure MLM perplexity and XSR P@k at every dev evaluation (forgetting curves)."""
+    memory_loss_examples: int = 64
+    """At every dev evaluation, each memory constraint's loss on this many fixed held-out examples
+    (`memory_loss/<constraint>`: does the constraint protect anything?); 0 disables."""
+    predicted_change: bool = False
+    """Every step, each memory loss's first-order predicted change <g_i, theta_after - theta_before> for
+    the step actually taken (`gem/predicted_change/<constraint>`); costs two copies of the partition."""
+
+    def __post_init__(self):
+        require(self.memory_loss_examples >= 0, "memory_loss_examples", "must be >= 0")
 
 
 @dataclass

@@ -176,6 +176,15 @@ class GradientPartition:
         groups = self.engine.optimizer.averaged_gradients
         return [t.view(-1) for i in sorted(groups) for t in groups[i]]
 
+    def values(self) -> list[torch.Tensor]:
+        """This rank's trainable values laid out as `pieces()` (ZeRO 1-3: the fp32 master partition the
+        optimizer updates, one flat tensor per group, padding included)."""
+        if self.stage == 0:
+            return [p.detach().view(-1) for p in self._trainable()]
+        optimizer = self.engine.optimizer
+        flat = optimizer.fp32_partitioned_groups_flat if self.stage == 3 else optimizer.single_partition_of_fp32_groups
+        return [t.detach().view(-1) for t in flat]
+
     def piece_names(self) -> list[str]:
         """The parameter name of every piece (for per-layer grouping); padding pieces are named ''."""
         if self._layout is None:

@@ -11,6 +11,7 @@ import math
 import random
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -94,6 +95,11 @@ class Trainer:
                      if lang in self.corpora.mono_train}
         self.corpora.mono_train = mlm_train
         self.memories = memory_sources(method, self.corpora, self.tokenizer, train.seed) if method.memory else []
+        # the same constraints over the held-out memory data (fixed batches: memory_loss/<name> at dev evaluations)
+        held_out = SimpleNamespace(mono_train={lang: self.corpora.mono_eval[lang] for lang in mlm_train
+                                               if lang in self.corpora.mono_eval}, pairs_train=self.corpora.pairs_eval)
+        self.held_out = memory_sources(method, held_out, self.tokenizer, train.seed) \
+            if method.memory and config.eval.memory_loss_examples else []
         self.streams = {s.name: BatchStream(s.size, train.batch_size if s is self.main else method.memory_batch_size,
                                             train.seed, s.name, s.lengths() if train.group_by_length else None)
                         for s in [self.main, *self.memories]}
@@ -157,26 +163,46 @@ class Trainer:
                 memory.combine(grads, self.buffer.data, weights)
         elif method.name == "gem":
             check = self._project(grads, stats)
+        before = self._values() if self.config.eval.predicted_change and self.buffer is not None else None
         with self.timer.phase("optimizer"):
             self.engine.step()
         # one small all-reduce per step: the losses for the log, whether any rank was asked to stop, and
-        # (GEM, ZeRO 1-3) this rank's part of the post-projection check, so that the check costs no collective
+        # (GEM, ZeRO 1-3) this rank's part of the post-projection check and of the predicted changes, so
+        # that neither costs a collective of its own
         losses[k + 1] = float(PREEMPTION.requested)
         partial = check is not None and check["partial"] is not None
-        with self.timer.phase("reduce_losses"):  # on the device: NCCL reduces no host tensor
-            vector = losses.to(self.world.device)
-            reduced = dist.all_reduce_sum(torch.cat([vector, check["partial"].flatten()]) if partial else vector).cpu()
+        parts = [losses.to(self.world.device)]  # on the device: NCCL reduces no host tensor
+        if partial:
+            parts.append(check["partial"].flatten())
+        if before is not None:
+            # first order: L_i(theta + delta) - L_i(theta) ~ <g_i, delta> for the step actually taken
+            # (after the optimizer, weight decay included); stage 0 holds the whole vector on every rank
+            delta = self._values().sub_(before)
+            parts.append((self.buffer.data @ delta).double() / (1 if self.partition.stage else self.world.size))
+        with self.timer.phase("reduce_losses"):
+            reduced = dist.all_reduce_sum(torch.cat(parts) if len(parts) > 1 else parts[0]).cpu()
         values = reduced.tolist()
         self.stop_requested = values[k + 1] > 0
         stats.update({f"loss/{s.name}": v / self.world.size
                       for s, v in zip([*self.memories, self.main], values) if refresh or s is self.main})
+        if before is not None:
+            stats.update({f"gem/predicted_change/{s.name}": v for s, v in zip(self.memories, values[-k:])})
         if check is not None:
-            after = reduced[k + 2:].view_as(check["scale"]) if partial else check["after"].cpu()
+            after = reduced[k + 2:k + 2 + check["scale"].numel()].view_as(check["scale"]) if partial \
+                else check["after"].cpu()
             # after the update, on the gradient actually written: >= -tol means no constraint is violated
             stats["gem/min_constraint_after"] = float((after / check["scale"]).min())
         stats["lr"] = self.engine.get_lr()[0]
         stats.update(self.timer.take())
         return stats
+
+    def _values(self) -> torch.Tensor:
+        """A float32 copy of this rank's trainable values in the memory buffer's layout."""
+        values = torch.cat([t.float() for t in self.partition.values()])
+        if values.numel() != self.layout.numel:
+            raise ConfigError(f"eval.predicted_change: the optimizer's partition holds {values.numel()} values but "
+                              f"the gradient's {self.layout.numel} (this DeepSpeed version lays them out differently)")
+        return values
 
     def _backward(self, source, step: int, row: int | None) -> float:
         """Forward and backward of one task over this rank's micro-batches; the loss is scaled so that
@@ -313,6 +339,27 @@ class Trainer:
             self.engine.train()
         return {"mlm_perplexity": ppl, "xsr": xsr}
 
+    def evaluate_memory_losses(self) -> dict[str, float]:
+        """Each constraint's loss on its first `eval.memory_loss_examples` held-out examples (the same
+        examples and MLM masks every time, no dropout), split over the ranks as a training batch is."""
+        size, rank = self.world.size, self.world.rank
+        losses = torch.zeros(len(self.held_out), dtype=torch.float64)
+        self.engine.eval()
+        try:
+            for i, source in enumerate(self.held_out):
+                indices = list(range(min(self.config.eval.memory_loss_examples, source.size) // size * size))
+                if not indices:
+                    continue
+                scale = size / max(source.units(source.batch(indices, 0)), 1)
+                mine = rank_micro_batches(indices, rank, size, 1)[0]
+                with torch.no_grad():
+                    inputs = {k: v.to(self.world.device) for k, v in source.batch(mine, 0).items()}
+                    losses[i] = float(self.engine(task=source.kind, scale=scale, **inputs)["loss"])
+        finally:
+            self.engine.train()
+        reduced = dist.all_reduce_sum(losses.to(self.world.device)).cpu() / size
+        return {s.name: float(v) for s, v in zip(self.held_out, reduced)}
+
     # --- the run ------------------------------------------------------------------------------
     def train(self, resume: bool = False) -> dict:
         config = self.config
@@ -377,6 +424,10 @@ class Trainer:
         average = average_over_targets(scores, self.config.task.source)
         self.state["history"].append({"step": step, "scores": scores, "average": average})
         log.scalars(step, {**{f"dev/{lang}": s for lang, s in scores.items()}, "dev/average": average})
+        if self.held_out:
+            held = self.evaluate_memory_losses()
+            self.state["history"][-1]["memory_loss"] = held
+            log.scalars(step, {f"memory_loss/{name}": v for name, v in held.items()})
         if self.config.eval.memory:
             memory = self.evaluate_memory()
             self.state["history"][-1]["memory"] = memory

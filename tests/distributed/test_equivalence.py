@@ -1,8 +1,10 @@
 """N ranks reproduce one process on the same global batch, for every ZeRO stage and method (DESIGN 3).
 
 Each 2-rank run is compared with a single-process run of the same global batch: the losses of
-every task at every step and the final parameters agree to float tolerance. GEM runs also show,
-at every step, that the gradient actually written violates no constraint.
+every task at every step and the final parameters agree to float tolerance, and so do the logged
+first-order predicted changes of the memory losses (each rank's share of <g_i, delta theta>, summed)
+and the held-out memory losses. GEM runs also show, at every step, that the gradient actually written
+violates no constraint.
 """
 from __future__ import annotations
 
@@ -24,10 +26,11 @@ METHODS = {
 }
 STEPS = 20
 COMMON = {"train.steps": STEPS, "eval.every": 100, "eval.before_training": "false", "eval.after_training": "false",
-          "output.save_final": "true"}
+          "output.save_final": "true", "eval.predicted_change": "true", "eval.memory_loss_examples": 8}
 LOSS_TOL = 5e-6   # measured: <= 9e-7
 PARAM_TOL = 2e-4  # measured: <= 3e-5 after 20 Adam steps at lr 1e-3 (Adam amplifies rounding near zero)
 CONSTRAINT_TOL = 1e-5
+PREDICTED_TOL = 1e-6  # <g_i, delta theta>: delta ~ lr = 1e-3 per value, rounding of a 33K-value dot
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +73,17 @@ def test_two_ranks_equal_one_process(references, two_ranks, method, stage):
     for a, b in zip(one, two):
         for key in loss_keys:
             assert b[key] == pytest.approx(a[key], abs=LOSS_TOL), (a["step"], key)
+    predicted = [k for k in one[0] if k.startswith("gem/predicted_change/")]
+    assert len(predicted) == len(loss_keys) - 1
+    for a, b in zip(one, two):
+        for key in predicted:
+            assert b[key] == pytest.approx(a[key], rel=1e-3, abs=PREDICTED_TOL), (a["step"], key)
+    assert any(abs(s[key]) > 10 * PREDICTED_TOL for s in one for key in predicted) or not predicted
+    held = [json.loads((d / "results.json").read_text())["dev"]["history"][-1].get("memory_loss", {})
+            for d in (references[method], run_dir)]
+    assert len(held[0]) == len(loss_keys) - 1 and held[0].keys() == held[1].keys()
+    for key in held[0]:
+        assert held[1][key] == pytest.approx(held[0][key], abs=LOSS_TOL), key
     w1, w2 = read_weights(references[method]), read_weights(run_dir)
     assert w1.keys() == w2.keys()
     worst = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
