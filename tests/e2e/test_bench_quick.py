@@ -79,3 +79,9 @@ def test_data_quick(mode, tmp_path):
 def test_hf_trainer_quick(micro, tmp_path):
     table = rows(bench("hf_trainer.py", "--quick", *sets(micro, tmp_path)))
     assert len(table) == 1 and table[0][:2] == ["1", "2"] and all(numeric(c) for c in table[0]), table
+
+
+def test_memory_quick(micro, tmp_path):
+    table = rows(bench("memory.py", "--quick", *sets(micro, tmp_path)))
+    assert len(table) == 1 and table[0][0] == "2", table
+    assert all(numeric(c.lstrip("+")) for c in table[0][2:]), table
