@@ -213,7 +213,8 @@ def _ablation(by_task) -> dict:
             groups = {task: g for (task, lang), g in pairs[base].items() if lang == which}
             if not groups:
                 continue
-            any_group = next(iter(groups.values()))
+            # perplexity from the task whose runs measured it (NER sweeps often skip the memory metrics)
+            any_group = next((g for g in groups.values() if any(r.get("after") for r in g)), next(iter(groups.values())))
             ppl = [statistics.fmean(g["after"]["mlm_perplexity"].values()) for g in any_group if g.get("after")]
             row = [base, f"MLM({which})", len(any_group), mean_std(ppl) if ppl else None]
             row += [mean_std([g["test"]["average"] for g in groups[task]]) if task in groups else None for task in sorted(by_task)]

@@ -112,3 +112,21 @@ def test_a_broken_summary_line_is_a_one_line_error(tmp_path, capsys):
     assert main(["report", str(bad), "--out", str(tmp_path / "o")]) == 2
     error = capsys.readouterr().err
     assert f"{bad}:2: not a run summary (missing 'method')" in error and len(error.strip().splitlines()) == 1
+
+
+def test_ablation_takes_perplexity_from_the_task_that_measured_it():
+    """A NER sweep without memory metrics listed first must not blank the ablation's perplexity."""
+    from distgem.report import _ablation
+
+    by_task = {"ner": {}, "pos": {}}
+    for task in ("ner", "pos"):
+        for lang in ("en", "all"):
+            group = [_run("gem", ("mlm",), s, task=task, mlm_languages=lang) for s in range(3)]
+            if task == "ner":
+                for r in group:
+                    r["after"] = None
+            by_task[task][group[0]["label"]] = group
+    rows = {(r[0], r[1]): r for r in _ablation(by_task)["rows"]}
+    ppl_en, ppl_all = rows["gem-mlm", "MLM(en)"][3], rows["gem-mlm", "MLM(all)"][3]
+    assert ppl_en is not None and ppl_all is not None
+    assert ppl_en[0] == pytest.approx(1.5 * ppl_all[0], rel=0.05)  # TRUTH: MLM(en) has 1.5x the perplexity
