@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from distgem.gem import kernels
+from distgem.gem import kernels, projection
 
 
 @dataclass
@@ -129,15 +129,8 @@ def _chunk(device: torch.device) -> int:
 
 
 def _gram_chunks(out: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor) -> None:
-    k, n = rows.shape
-    step = _chunk(rows.device)
-    block = torch.empty(k + 1, min(step, n), dtype=torch.float64, device=rows.device)
-    for start in range(0, n, step):
-        stop = min(start + step, n)
-        part = block[:, :stop - start]
-        part[:k].copy_(rows[:, start:stop])
-        part[k].copy_(grad[start:stop])
-        out.addmm_(part, part.T)
+    for block in projection.stacked_blocks(rows, grad, _chunk(rows.device)):
+        out.addmm_(block, block.T)
 
 
 def _update_chunks(rows: torch.Tensor, grad: torch.Tensor, weights: torch.Tensor, dots: torch.Tensor | None) -> None:

@@ -109,7 +109,7 @@ def project(grad: torch.Tensor, memories: torch.Tensor, memory_strength: float =
         raise ValueError(f"want grad (P,) and memories (k, P), got {tuple(grad.shape)} and {tuple(memories.shape)}")
     if grad.numel() == 0:
         return grad
-    gram = gram_from_pieces(_stacked(memories, grad))
+    gram = gram_from_pieces(stacked_blocks(memories, grad))
     mem_gram, dots = split_gram(gram)
     if not bool((dots < 0).any()) or not bool(torch.isfinite(gram).all()):
         return grad
@@ -289,12 +289,13 @@ def _solve_host(G: np.ndarray, d: np.ndarray, gamma: float) -> np.ndarray:
 
 # --- helpers -------------------------------------------------------------------------------------
 
-def _stacked(memories: torch.Tensor, grad: torch.Tensor) -> Iterator[torch.Tensor]:
-    """Column chunks of [memories; grad] as float64 (k+1, n) blocks, without stacking the whole vectors."""
+def stacked_blocks(memories: torch.Tensor, grad: torch.Tensor, chunk: int = CHUNK) -> Iterator[torch.Tensor]:
+    """Column chunks of [memories; grad] as float64 (k+1, n) blocks, without stacking the whole vectors
+    (one reused buffer: consume each block before taking the next)."""
     k, P = memories.shape
-    buffer = torch.empty(k + 1, min(CHUNK, P), dtype=torch.float64, device=grad.device)
-    for start in range(0, P, CHUNK):
-        stop = min(start + CHUNK, P)
+    buffer = torch.empty(k + 1, min(chunk, P), dtype=torch.float64, device=grad.device)
+    for start in range(0, P, chunk):
+        stop = min(start + chunk, P)
         block = buffer[:, : stop - start]
         block[:k].copy_(memories[:, start:stop])
         block[k].copy_(grad[start:stop])
