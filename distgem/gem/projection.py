@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -41,6 +42,9 @@ SUBSET_BLOCK = 1 << 22
 HOST_MAX_SYSTEMS = 512
 """`exact` runs in numpy on the host while batch x 2^k stays under this: the same algorithm, without
 torch's per-op cost (~70 ops x 5-10 us on CPU, one kernel launch each on GPU: 0.5 ms for a 2 x 2 QP)."""
+SCALAR_MAX_K = 3
+"""`exact` on one QP with k <= this runs in plain Python floats (`_solve_scalar`, ~10-30 us): the same
+algorithm again, without numpy's per-call cost (~60 small array ops, ~0.2-0.3 ms for a 2 x 2 QP)."""
 SOLVERS = ("auto", "exact", "qpth")
 COUNTERS = {"qpth_fallbacks": 0}
 """Batch elements that qpth got wrong (inaccurate, NaN, KKT violated) and the exact solver re-solved."""
@@ -71,6 +75,12 @@ def solve(gram: torch.Tensor, dots: torch.Tensor, memory_strength: float = 0.0, 
         raise ValueError(f"gram {tuple(gram.shape)} does not match dots {tuple(dots.shape)}: "
                          "want (..., k, k) and (..., k)")
     batch = torch.broadcast_shapes(gram.shape[:-2], dots.shape[:-1])
+    if 0 < k <= SCALAR_MAX_K and solver in ("auto", "exact") and gram.numel() == k * k and dots.numel() == k:
+        d_list = dots.detach().reshape(k).tolist()
+        v_list = _solve_scalar(gram.detach().reshape(k, k).tolist(), d_list, memory_strength)
+        if v_list is not None:
+            return Projection(torch.tensor(v_list, dtype=torch.float64, device=gram.device).reshape(*batch, k),
+                              torch.tensor(any(x < 0 for x in d_list), device=gram.device).reshape(batch), "exact")
     G = gram.detach().to(torch.float64).expand(*batch, k, k).reshape(-1, k, k)
     d = dots.detach().to(torch.float64).expand(*batch, k).reshape(-1, k)
     violated = (d < 0).any(-1)
@@ -285,6 +295,68 @@ def _solve_host(G: np.ndarray, d: np.ndarray, gamma: float) -> np.ndarray:
     best = np.where(kkt.any(0), np.where(kkt, f, np.inf).argmin(0), f.argmin(0))
     v = (lower + w[best, np.arange(B)]) * (c / norms)
     return np.where((finite & np.isfinite(v).all(-1))[:, None], v, 0.0)
+
+
+def _solve_scalar(G: list, d: list, gamma: float) -> list | None:
+    """`_solve_host` for one QP with small k, in Python floats: every support S solved by Gaussian
+    elimination, the same KKT-then-objective choice. None where a support is singular (the numpy
+    and torch solvers then decide)."""
+    k = len(d)
+    if not all(math.isfinite(x) for row in G for x in row) or not all(math.isfinite(x) for x in d):
+        return [0.0] * k
+    diag = [G[i][i] for i in range(k)]
+    norms = [math.sqrt(x) if x > 0 else 0.0 for x in diag]
+    largest = max(norms)
+    norms = [n if x > 0 else (largest if largest > 0 else 1.0) for n, x in zip(norms, diag)]
+    C = [[0.5 * (G[i][j] + G[j][i]) / (norms[i] * norms[j]) + (RIDGE if i == j else 0.0) for j in range(k)]
+         for i in range(k)]
+    cosine_dots = [x / n for x, n in zip(d, norms)]
+    c = max(max(abs(x) for x in cosine_dots), gamma * max(norms))
+    c = c if c > 0 else 1.0
+    p, lower = [x / c for x in cosine_dots], [gamma * n / c for n in norms]
+    q = [sum(C[i][j] * lower[j] for j in range(k)) + p[i] for i in range(k)]
+    best = None  # (not kkt, objective, w): lexicographic, the first support on ties (np.argmin)
+    for mask in range(2**k):
+        S = [i for i in range(k) if mask >> i & 1]
+        ws = _gauss([[C[i][j] for j in S] for i in S], [-q[i] for i in S])
+        if ws is None:
+            return None
+        w = [0.0] * k
+        for i, x in zip(S, ws):
+            w[i] = x
+        scale = 1 + max(abs(x) for x in w)
+        if not all(math.isfinite(x) and x >= -KKT_TOL * scale for x in w):
+            continue  # not ok: the numpy solver gives it objective inf, never chosen over an ok support
+        w = [max(x, 0.0) for x in w]
+        Cw = [sum(C[i][j] * w[j] for j in range(k)) for i in range(k)]
+        r = [a + b for a, b in zip(Cw, q)]
+        kkt = max(abs(min(a, b)) for a, b in zip(w, r)) / (1 + max(w)) <= KKT_TOL
+        f = sum(0.5 * a * b + qi * a for a, b, qi in zip(w, Cw, q))
+        key = (not kkt, f)
+        if best is None or key < best[0]:
+            best = (key, w)
+    w = best[1] if best is not None else [0.0] * k  # the empty support is always ok
+    v = [(lo + x) * (c / n) for lo, x, n in zip(lower, w, norms)]
+    return v if all(math.isfinite(x) for x in v) else [0.0] * k
+
+
+def _gauss(A: list, b: list) -> list | None:
+    """x with A x = b for a small dense A (Gaussian elimination, partial pivoting); None if singular."""
+    n = len(b)
+    A = [row[:] + [rhs] for row, rhs in zip(A, b)]
+    for col in range(n):
+        pivot = max(range(col, n), key=lambda r: abs(A[r][col]))
+        if A[pivot][col] == 0:
+            return None
+        A[col], A[pivot] = A[pivot], A[col]
+        for r in range(col + 1, n):
+            factor = A[r][col] / A[col][col]
+            for j in range(col, n + 1):
+                A[r][j] -= factor * A[col][j]
+    x = [0.0] * n
+    for r in range(n - 1, -1, -1):
+        x[r] = (A[r][n] - sum(A[r][j] * x[j] for j in range(r + 1, n))) / A[r][r]
+    return x
 
 
 # --- helpers -------------------------------------------------------------------------------------

@@ -263,18 +263,47 @@ def test_cuda_matches_cpu(solver):
     torch.testing.assert_close(new.cpu(), project(grad, memories, 0.0, solver), rtol=1e-5, atol=1e-6)
 
 
+def _solve_on(path, G, d, gamma):
+    """solve_dual(..., "exact") forced onto one of its three implementations of the same algorithm."""
+    limits = {"SCALAR_MAX_K": projection.SCALAR_MAX_K, "HOST_MAX_SYSTEMS": projection.HOST_MAX_SYSTEMS}
+    try:
+        if path != "scalar":
+            projection.SCALAR_MAX_K = 0
+        if path == "torch":
+            projection.HOST_MAX_SYSTEMS = 0
+        return solve_dual(G, d, gamma, "exact")
+    finally:
+        for name, value in limits.items():
+            setattr(projection, name, value)
+
+
 @settings(max_examples=150, deadline=None)
 @given(instances(max_k=8, degenerate=False), st.sampled_from([0.0, 0.5]))
 def test_host_exact_solver_equals_the_torch_one(instance, gamma):
-    """Small problems are solved in numpy (HOST_MAX_SYSTEMS): the same supports, the same v. (Degenerate
-    instances can have several optimal v; test_projection_is_feasible_and_optimal checks those.)"""
+    """Small problems are solved in Python floats (k <= SCALAR_MAX_K) or numpy (HOST_MAX_SYSTEMS): the
+    same supports, the same v as the torch solver. (Degenerate instances can have several optimal v;
+    test_projection_is_feasible_and_optimal checks those, through the scalar path for k <= 3.)"""
     grad, memories = instance
     G, d = memories @ memories.T, memories @ grad
-    host = solve_dual(G, d, gamma, "exact")
-    limit = projection.HOST_MAX_SYSTEMS
+    device = _solve_on("torch", G, d, gamma)
+    tol = {"rtol": 1e-9, "atol": 1e-12 * float(device.abs().max().clamp(min=1))}
+    torch.testing.assert_close(_solve_on("host", G, d, gamma), device, **tol)
+    torch.testing.assert_close(_solve_on("scalar", G, d, gamma), device, **tol)
+
+
+def test_scalar_path_handles_only_one_small_qp():
+    """Batched QPs and k > SCALAR_MAX_K take the array solvers; the scalar one answers one small QP."""
+    calls = []
+    original = projection._solve_scalar
     try:
-        projection.HOST_MAX_SYSTEMS = 0
-        device = solve_dual(G, d, gamma, "exact")
+        projection._solve_scalar = lambda *a: calls.append(len(a[1])) or original(*a)
+        G, d = torch.eye(4, dtype=F64), -torch.ones(4, dtype=F64)
+        for k in (1, 3, 4):
+            solve_dual(G[:k, :k], d[:k], 0.0, "auto")
+        solve_dual(G[:2, :2].expand(3, 2, 2), d[:2].expand(3, 2), 0.0, "exact")
+        solve_dual(G[:2, :2], d[:2], 0.0, "qpth")
     finally:
-        projection.HOST_MAX_SYSTEMS = limit
-    torch.testing.assert_close(host, device, rtol=1e-9, atol=1e-12 * float(device.abs().max().clamp(min=1)))
+        projection._solve_scalar = original
+    assert calls == [1, 3]
+    # identity Gram, all dots -1: each constraint independently needs v_i = 1
+    torch.testing.assert_close(solve_dual(G[:3, :3], d[:3]), torch.ones(3, dtype=F64))
