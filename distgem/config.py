@@ -99,6 +99,10 @@ class GemConfig:
     """One QP per parameter group (embeddings, each layer, heads) instead of one over all parameters."""
     refresh_every: int = 1
     """Recompute memory gradients every R steps (1 = every step, the paper)."""
+    target: Literal["gradient", "update"] = "gradient"
+    """What is projected: the gradient before the optimizer (the paper), or the step the optimizer
+    actually takes (AdamW's update, weight decay and clipping included), so that the first-order
+    change <g_i, delta theta> of every memory loss is <= 0 for the step taken."""
 
     def __post_init__(self):
         require(self.memory_strength >= 0, "memory_strength", "must be >= 0")

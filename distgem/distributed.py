@@ -185,6 +185,21 @@ class GradientPartition:
         flat = optimizer.fp32_partitioned_groups_flat if self.stage == 3 else optimizer.single_partition_of_fp32_groups
         return [t.detach().view(-1) for t in flat]
 
+    def publish_values(self) -> None:
+        """After `values()` were edited in place: make the model's weights match them (ZeRO 1-2: copy this
+        rank's partition to the low-precision weights and gather them; ZeRO 3: refresh the partitioned
+        weights and re-gather the persistent ones). Every rank must call it."""
+        optimizer = self.engine.optimizer
+        if self.stage in (1, 2):
+            optimizer.update_lp_params()
+        elif self.stage == 3:
+            optimizer._partition_all_parameters()  # persistent weights stay gathered: release, then re-gather
+            for group in range(len(optimizer.fp16_groups)):
+                optimizer._reassign_or_swap_out_partitioned_parameters(group)
+            if optimizer.persistent_parameters:
+                optimizer.persistent_parameters[0].all_gather(optimizer.persistent_parameters)
+            optimizer.invalidate_secondary_tensor()
+
     def piece_names(self) -> list[str]:
         """The parameter name of every piece (for per-layer grouping); padding pieces are named ''."""
         if self._layout is None:

@@ -87,6 +87,10 @@ class Trainer:
                                     gather=dist.AutogradGather(world.rank, world.size))
         if method.name == "frozen":
             freeze_bottom(self.model, method.frozen_layers)
+        if method.name == "gem" and method.gem.target == "update" and train.zero_stage == 0 \
+                and train.precision != "fp32":
+            raise ConfigError(f"method.gem.target: update edits the optimizer's master weights, which ZeRO 0 "
+                              f"keeps out of reach in {train.precision}; use train.zero_stage >= 1 or fp32")
         self.names = {id(p): n for n, p in self.model.named_parameters()}
         self.engine = dist.build_engine(self.model, *self._optimizer(), self._deepspeed_config())
         self.partition = dist.GradientPartition(self.engine, self.names)
@@ -161,11 +165,17 @@ class Trainer:
             weights = torch.tensor([[method.mtf_weights[s.name.split(".")[0]] for s in self.memories]])
             with self.timer.phase("update"):
                 memory.combine(grads, self.buffer.data, weights)
-        elif method.name == "gem":
+        project_update = method.name == "gem" and method.gem.target == "update"
+        if method.name == "gem" and not project_update:
             check = self._project(grads, stats)
-        before = self._values() if self.config.eval.predicted_change and self.buffer is not None else None
+        before = self._values() if self.buffer is not None and (self.config.eval.predicted_change or project_update) \
+            else None
         with self.timer.phase("optimizer"):
             self.engine.step()
+        if project_update:
+            check = self._project_update(before, stats)
+        if not self.config.eval.predicted_change:
+            before = None
         # one small all-reduce per step: the losses for the log, whether any rank was asked to stop, and
         # (GEM, ZeRO 1-3) this rank's part of the post-projection check and of the predicted changes, so
         # that neither costs a collective of its own
@@ -203,6 +213,24 @@ class Trainer:
             raise ConfigError(f"eval.predicted_change: the optimizer's partition holds {values.numel()} values but "
                               f"the gradient's {self.layout.numel} (this DeepSpeed version lays them out differently)")
         return values
+
+    def _project_update(self, before: torch.Tensor, stats: dict) -> dict | None:
+        """GEM on the step the optimizer took: u = theta_before - theta_after (AdamW's update, weight decay
+        included) is projected like a gradient, u~ = u + M^T v with <g_i, u~> >= 0, and the master weights
+        are rewritten to theta_before - u~ (then copied to the model's weights, gathered under ZeRO 1-2)."""
+        values = self.partition.values()  # flat tensors laid end to end as the gradient's pieces
+        starts = np.cumsum([0] + [v.numel() for v in values[:-1]]).tolist()
+        update = before.clone()
+        for flat, start in zip(values, starts):
+            update[start:start + flat.numel()].sub_(flat)
+        runs = memory.runs([update[o:o + n] for o, n in zip(self.layout.offsets, self.layout.sizes)], self.layout)
+        check = self._project(runs, stats)
+        if stats.get("gem/violated"):
+            with self.timer.phase("update"):
+                for flat, start in zip(values, starts):
+                    torch.sub(before[start:start + flat.numel()], update[start:start + flat.numel()], out=flat)
+                self.partition.publish_values()
+        return check
 
     def _backward(self, source, step: int, row: int | None) -> float:
         """Forward and backward of one task over this rank's micro-batches; the loss is scaled so that

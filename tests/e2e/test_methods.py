@@ -62,3 +62,10 @@ def test_a_retrieval_layer_the_backbone_lacks_is_a_one_line_config_error(micro, 
                           args=("--config", str(ROOT / "configs" / "methods" / "gem-xsr.yaml")))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "method.xsr_layer: 9 is not a layer of" in result.stderr.strip().splitlines()[-1]
+
+
+def test_projecting_the_update_at_zero_stage_0_needs_fp32(micro, tmp_path):
+    result = run_training(micro, tmp_path, 1, {"method.gem.target": "update", "train.precision": "bf16"}, check=False,
+                          args=("--config", str(ROOT / "configs" / "methods" / "gem-xsr.yaml")))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "method.gem.target: update" in result.stderr.strip().splitlines()[-1]
