@@ -75,7 +75,7 @@ def load_runs(root: Path) -> list[dict]:
         runs.append(_labelled(data, f"{path}: not a distgem results.json"))
     if not runs:
         raise UserError(f"{root}: no results.json found")
-    return runs
+    return _mark_varied(runs)
 
 
 def _load_summary(path: Path) -> list[dict]:
@@ -89,6 +89,24 @@ def _load_summary(path: Path) -> list[dict]:
         runs.append(_labelled(data, f"{path}:{number}: not a run summary"))
     if not runs:
         raise UserError(f"{path}: no runs")
+    return _mark_varied(runs)
+
+
+VARIED = (("memory_batch_size", "+batch{}"), ("xsr_layer", "+layer{}"))
+
+
+def _mark_varied(runs: list[dict]) -> list[dict]:
+    """Knobs without a label of their own (memory batch, retrieval layer) join the label of the runs whose
+    value differs from the most common one among the report's memory runs (a knob sweep), not otherwise."""
+    memory_runs = [r for r in runs if r["config"]["method"]["memory"]]
+    for key, suffix in VARIED:
+        values = [r["config"]["method"].get(key) for r in memory_runs]
+        if len(set(values)) < 2:
+            continue
+        usual = max(set(values), key=values.count)
+        for run in memory_runs:
+            if run["config"]["method"].get(key) != usual:
+                run["label"] += suffix.format(run["config"]["method"].get(key))
     return runs
 
 

@@ -102,3 +102,22 @@ def test_report_errors_are_user_errors(tmp_path, capsys):
     (bad / "results.json").write_text("{not json")
     assert main(["report", str(tmp_path / "b"), "--out", str(tmp_path / "o")]) == 2
     assert "results.json:1: not valid JSON" in capsys.readouterr().err
+
+
+def test_knob_sweep_labels_name_each_knob_and_leave_the_usual_value_unmarked(tmp_path):
+    from distgem.report import load_runs
+
+    knobs = {"plain": {}, "gamma": {"gem.memory_strength": 0.5}, "update": {"gem.target": "update"},
+             "batch": {"memory_batch_size": 64}, "layer": {"xsr_layer": 6}}
+    for name, knob in knobs.items():
+        data = _results("gem", ["xsr"], 0, {"en": 90, "es": 80, "fr": 81})
+        method = data["config"]["method"]
+        method.update(memory_batch_size=16, xsr_layer=-1)
+        for key, value in knob.items():
+            section, _, field = key.rpartition(".")
+            (method[section] if section else method)[field] = value
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps(data))
+    labels = {r["run_dir"].rsplit("/", 1)[-1]: r["label"] for r in load_runs(tmp_path)}
+    assert labels == {"plain": "gem-xsr", "gamma": "gem-xsr+gamma0.5", "update": "gem-xsr+update",
+                      "batch": "gem-xsr+batch64", "layer": "gem-xsr+layer6"}
