@@ -103,10 +103,18 @@ class GemConfig:
     """What is projected: the gradient before the optimizer (the paper), or the step the optimizer
     actually takes (AdamW's update, weight decay and clipping included), so that the first-order
     change <g_i, delta theta> of every memory loss is <= 0 for the step taken."""
+    anchor: Literal["previous", "pretrained"] = "previous"
+    """What a memory loss may not exceed: its value before the step (the paper), or the pre-trained
+    model's on the same batch (needs target: update; the step taken then removes, to first order, any
+    excess over the pre-trained loss: one more forward per memory task and step, on a frozen copy)."""
 
     def __post_init__(self):
         require(self.memory_strength >= 0, "memory_strength", "must be >= 0")
         require(self.refresh_every >= 1, "refresh_every", "must be >= 1")
+        if self.anchor == "pretrained":
+            require(self.target == "update", "anchor", "pretrained needs target: update (the step it constrains)")
+            require(self.refresh_every == 1, "anchor", "pretrained needs refresh_every: 1 (fresh losses every step)")
+            require(not self.per_layer, "anchor", "pretrained constrains whole losses, not per_layer shares of them")
 
 
 @dataclass

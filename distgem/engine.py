@@ -6,6 +6,7 @@ then the optimizer step. Every gradient lives on this rank's ZeRO partition only
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import random
@@ -91,6 +92,10 @@ class Trainer:
                 and train.precision != "fp32":
             raise ConfigError(f"method.gem.target: update edits the optimizer's master weights, which ZeRO 0 "
                               f"keeps out of reach in {train.precision}; use train.zero_stage >= 1 or fp32")
+        # gem.anchor: pretrained: a frozen copy of the pre-trained model gives each memory batch's reference loss
+        self.reference = None
+        if method.name == "gem" and method.gem.anchor == "pretrained":
+            self.reference = copy.deepcopy(self.model).requires_grad_(False).to(world.device)
         self.names = {id(p): n for n, p in self.model.named_parameters()}
         self.engine = dist.build_engine(self.model, *self._optimizer(), self._deepspeed_config())
         self.partition = dist.GradientPartition(self.engine, self.names)
@@ -152,9 +157,10 @@ class Trainer:
         stats: dict[str, float] = {}
         refresh = k and (self.buffer is None or step % method.gem.refresh_every == 0 or method.name != "gem")
         losses = torch.zeros(k + 2, dtype=torch.float64)  # k+1 losses, then the preemption flag
+        excess = torch.zeros(k, dtype=torch.float64) if self.reference is not None else None
         if refresh:
             for i, source in enumerate(self.memories):
-                losses[i] = self._backward(source, step, row=i)
+                losses[i] = self._backward(source, step, row=i, excess=excess)
         losses[k] = self._backward(self.main, step, row=None)
         pieces = self.partition.pieces()  # stage 0: untouched parameters get zero gradients, in every method
         grads = memory.runs(pieces, self.layout) if self.buffer is not None or self.task_buffer is not None else []
@@ -173,7 +179,10 @@ class Trainer:
         with self.timer.phase("optimizer"):
             self.engine.step()
         if project_update:
-            check = self._project_update(before, stats)
+            if excess is not None:  # L_i(theta) - L_i(theta_0) on this step's memory batches, global mean
+                excess = dist.all_reduce_sum(excess.to(self.world.device)).cpu() / self.world.size
+                stats.update({f"gem/excess/{s.name}": float(e) for s, e in zip(self.memories, excess)})
+            check = self._project_update(before, stats, excess)
         if not self.config.eval.predicted_change:
             before = None
         # one small all-reduce per step: the losses for the log, whether any rank was asked to stop, and
@@ -201,7 +210,7 @@ class Trainer:
             after = reduced[k + 2:k + 2 + check["scale"].numel()].view_as(check["scale"]) if partial \
                 else check["after"].cpu()
             # after the update, on the gradient actually written: >= -tol means no constraint is violated
-            stats["gem/min_constraint_after"] = float((after / check["scale"]).min())
+            stats["gem/min_constraint_after"] = float(((after - check["offset"]) / check["scale"]).min())
         stats["lr"] = self.engine.get_lr()[0]
         stats.update(self.timer.take())
         return stats
@@ -214,17 +223,20 @@ class Trainer:
                               f"the gradient's {self.layout.numel} (this DeepSpeed version lays them out differently)")
         return values
 
-    def _project_update(self, before: torch.Tensor, stats: dict) -> dict | None:
+    def _project_update(self, before: torch.Tensor, stats: dict, excess: torch.Tensor | None) -> dict | None:
         """GEM on the step the optimizer took: u = theta_before - theta_after (AdamW's update, weight decay
         included) is projected like a gradient, u~ = u + M^T v with <g_i, u~> >= 0, and the master weights
-        are rewritten to theta_before - u~ (then copied to the model's weights, gathered under ZeRO 1-2)."""
+        are rewritten to theta_before - u~ (then copied to the model's weights, gathered under ZeRO 1-2).
+
+        With `excess` e_i = L_i(theta) - L_i(theta_0) (gem.anchor: pretrained) the constraints are
+        <g_i, u~> >= e_i: to first order, the step leaves no memory loss above the pre-trained model's."""
         values = self.partition.values()  # flat tensors laid end to end as the gradient's pieces
         starts = np.cumsum([0] + [v.numel() for v in values[:-1]]).tolist()
         update = before.clone()
         for flat, start in zip(values, starts):
             update[start:start + flat.numel()].sub_(flat)
         runs = memory.runs([update[o:o + n] for o, n in zip(self.layout.offsets, self.layout.sizes)], self.layout)
-        check = self._project(runs, stats)
+        check = self._project(runs, stats, excess)
         if stats.get("gem/violated"):
             with self.timer.phase("update"):
                 for flat, start in zip(values, starts):
@@ -232,7 +244,7 @@ class Trainer:
                 self.partition.publish_values()
         return check
 
-    def _backward(self, source, step: int, row: int | None) -> float:
+    def _backward(self, source, step: int, row: int | None, excess: torch.Tensor | None = None) -> float:
         """Forward and backward of one task over this rank's micro-batches; the loss is scaled so that
         summing over micro-batches and averaging over ranks gives the global batch's mean."""
         batch = self.streams[source.name].next()
@@ -249,6 +261,11 @@ class Trainer:
                 loss = self.engine(task=source.kind, scale=scale, **inputs)["loss"]
                 self.engine.backward(loss)
                 total += loss.detach().item()
+            if excess is not None and row is not None:  # the pre-trained model's loss on the same batch
+                with torch.no_grad():
+                    self.reference.train(self.model.training)
+                    reference = self.reference(task=source.kind, scale=scale, **inputs)["loss"]
+                excess[row] += loss.detach().item() - reference.item()
             pieces = self.partition.pieces()
             self._ensure_buffers(pieces)
             if row is not None or self.task_buffer is not None:
@@ -271,7 +288,7 @@ class Trainer:
         if self.config.train.gradient_accumulation > 1:
             self.task_buffer = memory.MemoryBuffer(1, self.layout, self.world.device)
 
-    def _project(self, grads, stats: dict) -> dict | None:
+    def _project(self, grads, stats: dict, offset: torch.Tensor | None = None) -> dict | None:
         """GEM: Gram of [memories; task] (partial per rank, summed), the dual QP on every rank, g += M^T v.
 
         Returns what the post-projection check needs: `scale` (|g_i||g| per group and memory), and either
@@ -295,10 +312,11 @@ class Trainer:
             finite = bool(np.isfinite(host).all())
             if finite:
                 mem_gram, dots, task_norm2 = host[:, :k, :k], host[:, :k, k], host[:, k, k]
-                violated = (dots < 0).any(1)
+                margin = np.zeros_like(dots) if offset is None else offset.numpy()[None, :]  # <g_i, g~> >= margin_i
+                violated = (dots < margin).any(1)
                 v = np.zeros_like(dots)
                 if violated.any():
-                    v = projection.solve_dual(torch.from_numpy(mem_gram), torch.from_numpy(dots),
+                    v = projection.solve_dual(torch.from_numpy(mem_gram), torch.from_numpy(dots - margin),
                                               gem.memory_strength, gem.solver).numpy()
                     v = np.where(violated[:, None], v, 0.0)
         if not finite:
@@ -324,7 +342,8 @@ class Trainer:
         for i, source in enumerate(self.memories):
             stats[f"gem/cosine/{source.name}"] = float((dots[:, i] / scale[:, i]).mean())
             stats[f"gem/dual/{source.name}"] = float(v[:, i].mean())
-        return {"scale": torch.from_numpy(scale), "after": after, "partial": local_dots}
+        return {"scale": torch.from_numpy(scale), "after": after, "partial": local_dots,
+                "offset": torch.from_numpy(margin)}
 
     # --- evaluation ---------------------------------------------------------------------------
     def _forward(self, task: str, batch: dict) -> dict:

@@ -137,6 +137,8 @@ def label(results: dict) -> str:
                                          (f"+gamma{gem['memory_strength']:g}", gem["memory_strength"] > 0)) if on)
         if gem.get("target", "gradient") != "gradient":
             name += f"+{gem['target']}"
+        if gem.get("anchor", "previous") != "previous":
+            name += f"+anchor-{gem['anchor']}"
     return name
 
 

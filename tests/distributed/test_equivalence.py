@@ -157,3 +157,26 @@ def test_bf16_projection_holds_to_bf16_precision(micro, tmp_path, stage):
     assert any(s["gem/violated"] for s in steps)
     assert all(s["gem/min_constraint_after"] >= -2 ** -7 for s in steps)
     assert all(s["loss/pos"] == s["loss/pos"] for s in steps)  # no NaN
+
+
+def test_anchor_to_the_pretrained_model_removes_the_excess_on_every_rank(micro, tmp_path):
+    """gem.anchor: pretrained: each step's memory loss minus the frozen pre-trained model's on the same
+    batch (0 at the first step) is the margin the step taken must remove to first order,
+    <g_i, delta theta> <= -(L_i - L_i(theta_0)); 2 ranks under ZeRO 2 reproduce one process."""
+    anchor = {**COMMON, **METHODS["gem-update"], "method.gem.anchor": "pretrained", "train.lr": 3e-3}
+    run_training(micro, tmp_path / "one", 1, anchor)
+    run_training(micro, tmp_path / "two", 2, {**anchor, "train.zero_stage": 2})
+    one, two = read_steps(tmp_path / "one"), read_steps(tmp_path / "two")
+    names = [k.split("/", 2)[2] for k in one[0] if k.startswith("gem/excess/")]
+    assert sorted(names) == ["mlm", "xsr"]
+    assert all(abs(one[0][f"gem/excess/{n}"]) < 1e-6 for n in names), "step 1 starts from the pre-trained model"
+    assert any(s[f"gem/excess/{n}"] > 1e-3 for s in one for n in names), "the losses never left theta_0's"
+    for a, b in zip(one, two):
+        assert b["gem/violated"] == a["gem/violated"]
+        for n in names:
+            assert b[f"gem/excess/{n}"] == pytest.approx(a[f"gem/excess/{n}"], abs=LOSS_TOL)
+            for s in (a, b):
+                assert s[f"gem/predicted_change/{n}"] <= -s[f"gem/excess/{n}"] + PREDICTED_TOL, (s["step"], n)
+        assert b["gem/min_constraint_after"] >= -CONSTRAINT_TOL
+    w1, w2 = read_weights(tmp_path / "one"), read_weights(tmp_path / "two")
+    assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < PARAM_TOL

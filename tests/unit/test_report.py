@@ -108,6 +108,7 @@ def test_knob_sweep_labels_name_each_knob_and_leave_the_usual_value_unmarked(tmp
     from distgem.report import load_runs
 
     knobs = {"plain": {}, "gamma": {"gem.memory_strength": 0.5}, "update": {"gem.target": "update"},
+             "anchor": {"gem.target": "update", "gem.anchor": "pretrained"},
              "batch": {"memory_batch_size": 64}, "layer": {"xsr_layer": 6}}
     for name, knob in knobs.items():
         data = _results("gem", ["xsr"], 0, {"en": 90, "es": 80, "fr": 81})
@@ -120,4 +121,5 @@ def test_knob_sweep_labels_name_each_knob_and_leave_the_usual_value_unmarked(tmp
         (tmp_path / name / "results.json").write_text(json.dumps(data))
     labels = {r["run_dir"].rsplit("/", 1)[-1]: r["label"] for r in load_runs(tmp_path)}
     assert labels == {"plain": "gem-xsr", "gamma": "gem-xsr+gamma0.5", "update": "gem-xsr+update",
+                      "anchor": "gem-xsr+update+anchor-pretrained",
                       "batch": "gem-xsr+batch64", "layer": "gem-xsr+layer6"}
