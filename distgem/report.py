@@ -195,7 +195,24 @@ def build_report(runs: list[dict]) -> dict:
     source_task = "pos" if "pos" in by_task else next(iter(by_task))
     report["tables"]["table1"] = _table1(by_task[source_task], source_task)
     report["tables"]["ablation"] = _ablation(by_task)
+    report["tables"]["cost"] = _cost(by_task)
     return report
+
+
+def _cost(by_task) -> dict:
+    """What each method cost: wall seconds per step (evaluations included), share of steps GEM projected, peak RSS of the largest rank."""
+    rows = []
+    for task, methods in sorted(by_task.items()):
+        for name in sorted(methods, key=_sort_key):
+            train = [g["train"] for g in methods[name] if g.get("train") and g["train"].get("steps")]
+            if not train:
+                continue
+            shares = [100 * t["gem_violated_share"] for t in train if t.get("gem_violated_share") is not None]
+            rss = [max(t["peak_rss_mb"]) for t in train if t.get("peak_rss_mb")]
+            rows.append([task, name, len(train), mean_std([t["seconds"] / t["steps"] for t in train]),
+                         mean_std(shares) if shares else None, mean_std(rss) if rss else None])
+    return {"title": "Cost: wall seconds per step (dev evaluations included), steps projected (%), peak RSS (MB)",
+            "columns": ["task", "method", "seeds", "s/step", "projected %", "peak RSS MB"], "rows": rows}
 
 
 def _table1(methods: dict[str, list[dict]], task: str) -> dict:
