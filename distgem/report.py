@@ -194,8 +194,9 @@ def build_report(runs: list[dict]) -> dict:
                                          "significant": bool(p == p and p < ALPHA and statistics.fmean(a) > statistics.fmean(b))})
     source_task = "pos" if "pos" in by_task else next(iter(by_task))
     report["tables"]["table1"] = _table1(by_task[source_task], source_task)
-    report["tables"]["ablation"] = _ablation(by_task)
-    report["tables"]["cost"] = _cost(by_task)
+    for key, table in (("ablation", _ablation(by_task)), ("cost", _cost(by_task))):
+        if table["rows"]:  # no MLM runs (an encoder without an MLM head): no ablation
+            report["tables"][key] = table
     return report
 
 
