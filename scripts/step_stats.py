@@ -1,0 +1,53 @@
+"""Per-step GEM statistics of finished runs, from their steps.jsonl (docs/RESULTS.md, "Real model").
+
+    python scripts/step_stats.py runs/real-me5/seed0-*
+
+For each run: steps, the share GEM projected, and per memory constraint the share of steps whose
+first-order predicted change <g_i, delta theta> for the step actually taken was positive (the
+constraint did not hold for the step, only for the gradient), its mean, and (gem.anchor: pretrained)
+the mean excess over the pre-trained model's memory loss; then the median projection time.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+
+def stats(run_dir: Path) -> dict:
+    path = run_dir / "steps.jsonl"
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, json.JSONDecodeError) as err:
+        print(f"{path}: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    out = {"run": run_dir.name, "steps": len(rows)}
+    if any("gem/violated" in r for r in rows):
+        out["projected %"] = 100 * statistics.fmean(r.get("gem/violated", 0.0) for r in rows)
+    for key in sorted({k for r in rows for k in r if k.startswith("gem/predicted_change/")}):
+        name = key.rsplit("/", 1)[1]
+        values = [r[key] for r in rows if key in r]
+        out[f"{name}: raised %"] = 100 * sum(v > 0 for v in values) / len(values)
+        out[f"{name}: mean change"] = statistics.fmean(values)
+        excess = [r[f"gem/excess/{name}"] for r in rows if f"gem/excess/{name}" in r]
+        if excess:
+            out[f"{name}: mean excess"] = statistics.fmean(excess)
+    times = [r["gem/projection_ms"] for r in rows if "gem/projection_ms" in r]
+    if times:
+        out["projection ms (median)"] = statistics.median(times)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    if not argv:
+        print(__doc__.strip().splitlines()[2].strip(), file=sys.stderr)
+        return 2
+    for run_dir in argv:
+        row = stats(Path(run_dir))
+        print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
