@@ -32,6 +32,9 @@ METHODS = {
     "gem-both-R4": ["method.name=gem", "method.memory=[mlm,xsr]", "method.gem.refresh_every=4"],
     "gem-per-layer": ["method.name=gem", "method.memory=[mlm,xsr]", "method.gem.per_layer=true"],
     "gem-mlm-en": ["method.name=gem", "method.memory=[mlm]", "method.mlm_languages=en"],
+    "gem-both-update": ["method.name=gem", "method.memory=[mlm,xsr]", "method.gem.target=update"],
+    "gem-both-anchor": ["method.name=gem", "method.memory=[mlm,xsr]", "method.gem.target=update",
+                        "method.gem.anchor=pretrained"],
 }
 OVERHEAD = ("capture", "gram", "all_reduce", "qp", "update")
 COMMON = ["eval.before_training=false", "eval.memory=false", "output.tensorboard=false"]

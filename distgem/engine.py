@@ -262,7 +262,7 @@ class Trainer:
                 self.engine.backward(loss)
                 total += loss.detach().item()
             if excess is not None and row is not None:  # the pre-trained model's loss on the same batch
-                with torch.no_grad():
+                with torch.no_grad(), self.timer.phase("reference"):
                     self.reference.train(self.model.training)
                     reference = self.reference(task=source.kind, scale=scale, **inputs)["loss"]
                 excess[row] += loss.detach().item() - reference.item()
