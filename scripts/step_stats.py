@@ -4,9 +4,9 @@
 
 For each run: steps, the share GEM projected, and per memory constraint the share of steps whose
 first-order predicted change <g_i, delta theta> for the step actually taken was positive (by more
-than 1% of the median |change| of the steps GEM left alone; smaller is float32 rounding: the constraint held for the gradient,
-not for the step), its mean, and (gem.anchor: pretrained)
-the mean excess over the pre-trained model's memory loss; then the median projection time.
+than 1% of the median |change| of the steps GEM left alone; less is float32 rounding of rewritten
+weights): the constraint held for the gradient, not for the step. Then its mean, the mean excess
+over the pre-trained model's memory loss (gem.anchor: pretrained) and the median projection time.
 """
 from __future__ import annotations
 
