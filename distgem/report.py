@@ -24,7 +24,8 @@ ALPHA = 0.01
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", help="directory searched (recursively) for results.json, or a runs.jsonl summary")
+    parser.add_argument("runs", nargs="+", help="directories searched (recursively) for results.json, or runs.jsonl "
+                        "summaries; a run id found again in a later one replaces the earlier")
     parser.add_argument("--out", required=True, help="where the tables and plots go")
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--results-md", help="also write a results page (set-up, the paper's claims, tables, plots)")
@@ -32,19 +33,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    runs = load_runs(Path(args.runs))
+    sources = [Path(source) for source in args.runs]
+    runs = load_runs(*sources)
     report = build_report(runs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_outputs(report, out)
-    if not Path(args.runs).is_file():  # the summary that regenerates every table without the run directories
+    if not all(source.is_file() for source in sources):  # the summary that regenerates every table without the run directories
         (out / "runs.jsonl").write_text("".join(json.dumps(summary(r), sort_keys=True) + "\n" for r in runs))
     if not args.no_plots:
         plot(report, runs, out)
     if args.results_md:
         from distgem.results_doc import write_results
 
-        command = f"distgem report {args.runs} --out {args.out} --results-md {args.results_md}"
+        command = f"distgem report {' '.join(args.runs)} --out {args.out} --results-md {args.results_md}"
         command += f" --discussion {args.discussion}" if args.discussion else ""
         write_results(report, runs, Path(args.results_md), out, command,
                       Path(args.discussion) if args.discussion else None)
@@ -60,9 +62,17 @@ def summary(run: dict) -> dict:
     return {"run_id": Path(run["run_dir"]).name, **{k: run.get(k) for k in SUMMARY_KEYS}}
 
 
-def load_runs(root: Path) -> list[dict]:
-    if root.is_file():
-        return _load_summary(root)
+def load_runs(*sources: Path) -> list[dict]:
+    """Every run of the sources (directories of run directories, runs.jsonl summaries), one per run id: a
+    later source's run replaces an earlier one of the same id (new runs over a committed summary)."""
+    by_id = {}
+    for source in sources:
+        for run in _load_summary(source) if source.is_file() else _load_directory(source):
+            by_id[Path(run["run_dir"]).name] = run
+    return _mark_varied(list(by_id.values()))
+
+
+def _load_directory(root: Path) -> list[dict]:
     if not root.is_dir():
         raise UserError(f"{root}: no such directory or runs.jsonl")
     runs = []
@@ -75,7 +85,7 @@ def load_runs(root: Path) -> list[dict]:
         runs.append(_labelled(data, f"{path}: not a distgem results.json"))
     if not runs:
         raise UserError(f"{root}: no results.json found")
-    return _mark_varied(runs)
+    return runs
 
 
 def _load_summary(path: Path) -> list[dict]:
@@ -89,7 +99,7 @@ def _load_summary(path: Path) -> list[dict]:
         runs.append(_labelled(data, f"{path}:{number}: not a run summary"))
     if not runs:
         raise UserError(f"{path}: no runs")
-    return _mark_varied(runs)
+    return runs
 
 
 VARIED = (("memory_batch_size", "+batch{}"), ("xsr_layer", "+layer{}"))

@@ -123,3 +123,24 @@ def test_knob_sweep_labels_name_each_knob_and_leave_the_usual_value_unmarked(tmp
     assert labels == {"plain": "gem-xsr", "gamma": "gem-xsr+gamma0.5", "update": "gem-xsr+update",
                       "anchor": "gem-xsr+update+anchor-pretrained",
                       "batch": "gem-xsr+batch64", "layer": "gem-xsr+layer6"}
+
+
+def test_new_run_directories_join_a_committed_summary_and_replace_its_runs_of_the_same_id(runs, tmp_path):
+    first = tmp_path / "first"
+    assert main(["report", str(runs), "--out", str(first), "--no-plots"]) == 0
+    # a later session: the run directories are gone, one run is redone with another score, one is new
+    redone = tmp_path / "new" / "naive--seed0"
+    redone.mkdir(parents=True)
+    (redone / "results.json").write_text(json.dumps(_results("naive", [], 0, {"en": 90, "es": 60, "fr": 62})))
+    extra = tmp_path / "new" / "mtf-mlm-seed2"
+    extra.mkdir()
+    (extra / "results.json").write_text(json.dumps(_results("mtf", ["mlm"], 2, {"en": 93, "es": 66, "fr": 65})))
+    merged = tmp_path / "merged"
+    assert main(["report", str(first / "runs.jsonl"), str(tmp_path / "new"), "--out", str(merged), "--no-plots"]) == 0
+    rows = {r["method"]: r for r in _csv(merged / "table2_pos.csv")}
+    naive = [{"en": 90, "es": 60, "fr": 62}] + SEEDS["naive", ()][1:]
+    assert float(rows["naive"]["es_mean"]) == pytest.approx(statistics.fmean(s["es"] for s in naive))
+    mtf = SEEDS["mtf", ("mlm",)] + [{"en": 93, "es": 66, "fr": 65}]
+    assert float(rows["mtf-mlm"]["fr_mean"]) == pytest.approx(statistics.fmean(s["fr"] for s in mtf))
+    ids = [json.loads(line)["run_id"] for line in (merged / "runs.jsonl").read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 9  # 8 summarised, one replaced, one added
