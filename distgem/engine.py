@@ -26,6 +26,7 @@ from distgem.data.corpora import load_corpora, needed
 from distgem.errors import ConfigError
 from distgem.data.loader import BatchStream, rank_micro_batches
 from distgem.gem import memory
+from distgem.gem.step import Projector
 from distgem.log import RunLog
 from distgem.metrics import average_over_targets
 from distgem.model import MultiTaskModel, freeze_bottom, parameter_group
@@ -116,6 +117,7 @@ class Trainer:
         self.task_buffer: memory.MemoryBuffer | None = None
         self.layout: memory.Layout | None = None
         self.timer = PhaseTimer(world.device)  # off unless DISTGEM_PROFILE=1 (bench/)
+        self.projector = Projector(method.gem, [s.name for s in self.memories], self.partition, self.timer)
         self.state = {"step": 0, "best": None, "best_step": None, "bad_evals": 0, "history": [], "backbone": None,
                       "gem": {"violated_steps": 0, "steps": 0, "fallbacks": 0}}
         self._trace_started = False
@@ -173,18 +175,18 @@ class Trainer:
                 memory.combine(grads, self.buffer.data, weights)
         project_update = method.name == "gem" and method.gem.target == "update"
         if method.name == "gem" and not project_update:
-            check = self._project(grads, stats)
-        before = self._values() if self.buffer is not None and (self.config.eval.predicted_change or project_update) \
-            else None
+            check = self.projector.gradient(grads, self.buffer.data, len(self.layout.group_names),
+                                            self.state["gem"], stats)
+        predict = self.config.eval.predicted_change and self.buffer is not None
+        before = self._values() if predict or project_update else None
         with self.timer.phase("optimizer"):
             self.engine.step()
         if project_update:
             if excess is not None:  # L_i(theta) - L_i(theta_0) on this step's memory batches, global mean
                 excess = dist.all_reduce_sum(excess.to(self.world.device)).cpu() / self.world.size
                 stats.update({f"gem/excess/{s.name}": float(e) for s, e in zip(self.memories, excess)})
-            check = self._project_update(before, stats, excess)
-        if not self.config.eval.predicted_change:
-            before = None
+            check = self.projector.update(before, self._values(), self.layout, self.buffer.data, self.state["gem"],
+                                          stats, excess)
         # one small all-reduce per step: the losses for the log, whether any rank was asked to stop, and
         # (GEM, ZeRO 1-3) this rank's part of the post-projection check and of the predicted changes, so
         # that neither costs a collective of its own
@@ -193,7 +195,7 @@ class Trainer:
         parts = [losses.to(self.world.device)]  # on the device: NCCL reduces no host tensor
         if partial:
             parts.append(check["partial"].flatten())
-        if before is not None:
+        if predict:
             # first order: L_i(theta + delta) - L_i(theta) ~ <g_i, delta> for the step actually taken
             # (after the optimizer, weight decay included); stage 0 holds the whole vector on every rank
             delta = self._values().sub_(before)
@@ -204,7 +206,7 @@ class Trainer:
         self.stop_requested = values[k + 1] > 0
         stats.update({f"loss/{s.name}": v / self.world.size
                       for s, v in zip([*self.memories, self.main], values) if refresh or s is self.main})
-        if before is not None:
+        if predict:
             stats.update({f"gem/predicted_change/{s.name}": v for s, v in zip(self.memories, values[-k:])})
         if check is not None:
             after = reduced[k + 2:k + 2 + check["scale"].numel()].view_as(check["scale"]) if partial \
@@ -219,30 +221,10 @@ class Trainer:
         """A float32 copy of this rank's trainable values in the memory buffer's layout."""
         values = torch.cat([t.float() for t in self.partition.values()])
         if values.numel() != self.layout.numel:
-            raise ConfigError(f"eval.predicted_change: the optimizer's partition holds {values.numel()} values but "
-                              f"the gradient's {self.layout.numel} (this DeepSpeed version lays them out differently)")
+            raise ConfigError(f"eval.predicted_change / method.gem.target: update: the optimizer's partition holds "
+                              f"{values.numel()} values but the gradient's {self.layout.numel} (this DeepSpeed "
+                              f"version lays them out differently)")
         return values
-
-    def _project_update(self, before: torch.Tensor, stats: dict, excess: torch.Tensor | None) -> dict | None:
-        """GEM on the step the optimizer took: u = theta_before - theta_after (AdamW's update, weight decay
-        included) is projected like a gradient, u~ = u + M^T v with <g_i, u~> >= 0, and the master weights
-        are rewritten to theta_before - u~ (then copied to the model's weights, gathered under ZeRO 1-2).
-
-        With `excess` e_i = L_i(theta) - L_i(theta_0) (gem.anchor: pretrained) the constraints are
-        <g_i, u~> >= e_i: to first order, the step leaves no memory loss above the pre-trained model's."""
-        values = self.partition.values()  # flat tensors laid end to end as the gradient's pieces
-        starts = np.cumsum([0] + [v.numel() for v in values[:-1]]).tolist()
-        update = before.clone()
-        for flat, start in zip(values, starts):
-            update[start:start + flat.numel()].sub_(flat)
-        runs = memory.runs([update[o:o + n] for o, n in zip(self.layout.offsets, self.layout.sizes)], self.layout)
-        check = self._project(runs, stats, excess)
-        if stats.get("gem/violated"):
-            with self.timer.phase("update"):
-                for flat, start in zip(values, starts):
-                    torch.sub(before[start:start + flat.numel()], update[start:start + flat.numel()], out=flat)
-                self.partition.publish_values()
-        return check
 
     def _backward(self, source, step: int, row: int | None, excess: torch.Tensor | None = None) -> float:
         """Forward and backward of one task over this rank's micro-batches; the loss is scaled so that
@@ -261,7 +243,7 @@ class Trainer:
                 loss = self.engine(task=source.kind, scale=scale, **inputs)["loss"]
                 self.engine.backward(loss)
                 total += loss.detach().item()
-            if excess is not None and row is not None:  # the pre-trained model's loss on the same batch
+            if excess is not None:  # the pre-trained model's loss on the same batch
                 with torch.no_grad(), self.timer.phase("reference"):
                     self.reference.train(self.model.training)
                     reference = self.reference(task=source.kind, scale=scale, **inputs)["loss"]
@@ -287,63 +269,6 @@ class Trainer:
             self.buffer = memory.MemoryBuffer(len(self.memories), self.layout, self.world.device)
         if self.config.train.gradient_accumulation > 1:
             self.task_buffer = memory.MemoryBuffer(1, self.layout, self.world.device)
-
-    def _project(self, grads, stats: dict, offset: torch.Tensor | None = None) -> dict | None:
-        """GEM: Gram of [memories; task] (partial per rank, summed), the dual QP on every rank, g += M^T v.
-
-        Returns what the post-projection check needs: `scale` (|g_i||g| per group and memory), and either
-        the global <g_i, g~> (`after`) or this rank's partial sums of it (`partial`), which the step adds
-        to its one per-step all-reduce.
-        """
-        from distgem.gem import projection
-
-        gem, memories, timer = self.config.method.gem, self.buffer.data, self.timer
-        sharded = self.partition.stage > 0  # stage 0: every rank holds the whole (already averaged) gradient
-        started = time.perf_counter()
-        with timer.phase("gram"):
-            gram = memory.partial_gram(memories, grads, len(self.layout.group_names))
-        k = memories.shape[0]
-        local_dots = gram[:, :k, k].clone() if sharded else None
-        if sharded:
-            with timer.phase("all_reduce"):
-                dist.all_reduce_sum(gram)
-        with timer.phase("qp"):  # (k+1)^2 numbers per group: on the host, in numpy (one copy from a GPU)
-            host = gram.cpu().numpy()
-            finite = bool(np.isfinite(host).all())
-            if finite:
-                mem_gram, dots, task_norm2 = host[:, :k, :k], host[:, :k, k], host[:, k, k]
-                margin = np.zeros_like(dots) if offset is None else offset.numpy()[None, :]  # <g_i, g~> >= margin_i
-                violated = (dots < margin).any(1)
-                v = np.zeros_like(dots)
-                if violated.any():
-                    v = projection.solve_dual(torch.from_numpy(mem_gram), torch.from_numpy(dots - margin),
-                                              gem.memory_strength, gem.solver).numpy()
-                    v = np.where(violated[:, None], v, 0.0)
-        if not finite:
-            # an fp16 overflow: DeepSpeed skips this step and lowers the loss scale; nothing to project
-            self.state["gem"]["nonfinite_steps"] = self.state["gem"].get("nonfinite_steps", 0) + 1
-            stats["gem/nonfinite"] = 1.0
-            return None
-        after = torch.from_numpy(dots)
-        if violated.any():
-            with timer.phase("update"):  # the check <g_i, g~> is taken in the same pass as the update
-                after = memory.combine(grads, memories, torch.from_numpy(v), check=True)
-            local_dots = after if sharded else None
-        elapsed = time.perf_counter() - started
-        scale = np.maximum(np.sqrt(np.diagonal(mem_gram, axis1=1, axis2=2) * task_norm2[:, None]), 1e-30)
-        new_norm2 = task_norm2 + 2 * (v * dots).sum(1) + np.einsum("gi,gij,gj->g", v, mem_gram, v)
-        self.state["gem"]["steps"] += 1
-        self.state["gem"]["violated_steps"] += int(violated.any())
-        stats.update({
-            "gem/violated": float(violated.any()),
-            "gem/projection_ms": 1000 * elapsed,
-            "gem/norm_ratio": float(np.sqrt(max(new_norm2.sum(), 0)) / max(np.sqrt(task_norm2.sum()), 1e-30)),
-        })
-        for i, source in enumerate(self.memories):
-            stats[f"gem/cosine/{source.name}"] = float((dots[:, i] / scale[:, i]).mean())
-            stats[f"gem/dual/{source.name}"] = float(v[:, i].mean())
-        return {"scale": torch.from_numpy(scale), "after": after, "partial": local_dots,
-                "offset": torch.from_numpy(margin)}
 
     # --- evaluation ---------------------------------------------------------------------------
     def _forward(self, task: str, batch: dict) -> dict:

@@ -211,7 +211,8 @@ def build_report(runs: list[dict]) -> dict:
 
 
 def _cost(by_task) -> dict:
-    """What each method cost: wall seconds per step (evaluations included), share of steps GEM projected, peak RSS of the largest rank."""
+    """What each method cost: wall seconds per step (evaluations included), share of steps GEM projected,
+    peak RSS of the largest rank."""
     rows = []
     for task, methods in sorted(by_task.items()):
         for name in sorted(methods, key=_sort_key):
