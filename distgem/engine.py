@@ -230,7 +230,8 @@ class Trainer:
         """Forward and backward of one task over this rank's micro-batches; the loss is scaled so that
         summing over micro-batches and averaging over ranks gives the global batch's mean."""
         batch = self.streams[source.name].next()
-        scale = self.world.size / max(source.units(source.batch(batch, step)), 1)
+        whole = source.batch(batch, step)  # the global batch's units (tokens, masked tokens, pairs) set the scale
+        scale = self.world.size / max(source.units(whole), 1)
         # XSR ranks each pair against the whole global batch: accumulation would shrink its negatives
         accumulation = 1 if source.kind == "xsr" else self.config.train.gradient_accumulation
         micro_batches = rank_micro_batches(batch, self.world.rank, self.world.size, accumulation)
@@ -239,7 +240,8 @@ class Trainer:
             with self.timer.phase("zero"):
                 self.partition.zero()
             with self.timer.phase("forward_backward"):  # DeepSpeed reduces the gradient inside backward
-                inputs = {key: value.to(self.world.device) for key, value in source.batch(indices, step).items()}
+                tensors = whole if indices == batch else source.batch(indices, step)  # one rank: collated once
+                inputs = {key: value.to(self.world.device) for key, value in tensors.items()}
                 loss = self.engine(task=source.kind, scale=scale, **inputs)["loss"]
                 self.engine.backward(loss)
                 total += loss.detach().item()
