@@ -276,6 +276,8 @@ def _fmt(cell, latex: bool = False) -> str:
         return "-"
     if isinstance(cell, tuple):
         mean, std, n = cell
+        if n < 2:  # one seed has no spread to show
+            return f"{mean:.2f}"
         return f"{mean:.2f} $\\pm$ {std:.2f}" if latex else f"{mean:.2f} ± {std:.2f}"
     return str(cell)
 

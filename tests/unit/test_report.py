@@ -144,3 +144,16 @@ def test_new_run_directories_join_a_committed_summary_and_replace_its_runs_of_th
     assert float(rows["mtf-mlm"]["fr_mean"]) == pytest.approx(statistics.fmean(s["fr"] for s in mtf))
     ids = [json.loads(line)["run_id"] for line in (merged / "runs.jsonl").read_text().splitlines()]
     assert len(ids) == len(set(ids)) == 9  # 8 summarised, one replaced, one added
+
+
+def test_a_single_seed_shows_its_value_without_a_spread(runs, tmp_path):
+    single = runs / "gem-xsr-seed0"
+    single.mkdir()
+    (single / "results.json").write_text(json.dumps(_results("gem", ["xsr"], 0, {"en": 93, "es": 74, "fr": 75})))
+    out = tmp_path / "report"
+    assert main(["report", str(runs), "--out", str(out), "--no-plots"]) == 0
+    table2 = (out / "report.md").read_text().split("## Table 2")[1].split("##")[0]
+    row = next(line for line in table2.splitlines() if line.startswith("| gem-xsr |"))
+    assert row == "| gem-xsr | 1 | 93.00 | 74.00 | 75.00 | 74.50 |", row
+    naive = next(line for line in table2.splitlines() if line.startswith("| naive |"))
+    assert "±" in naive  # three seeds keep their standard deviation
