@@ -149,6 +149,7 @@ class GradientPartition:
         self.stage = engine.zero_optimization_stage()
         self.names = names  # id(param) -> name
         self._layout: list[str] | None = None
+        self._padding: torch.Tensor | None = None
 
     def zero(self) -> None:
         """Forget the previous task's gradient before the next task's backward."""
@@ -178,12 +179,34 @@ class GradientPartition:
 
     def values(self) -> list[torch.Tensor]:
         """This rank's trainable values laid out as `pieces()` (ZeRO 1-3: the fp32 master partition the
-        optimizer updates, one flat tensor per group, padding included)."""
+        optimizer updates, one flat tensor per group, padding included: see `padding()`)."""
         if self.stage == 0:
             return [p.detach().view(-1) for p in self._trainable()]
         optimizer = self.engine.optimizer
         flat = optimizer.fp32_partitioned_groups_flat if self.stage == 3 else optimizer.single_partition_of_fp32_groups
         return [t.detach().view(-1) for t in flat]
+
+    def padding(self) -> torch.Tensor:
+        """Positions in the values' layout (`values()` laid end to end) that hold no parameter.
+
+        ZeRO-3 pads each parameter's partition on the last ranks to an equal size and leaves that
+        padding uninitialised (DeepSpeed allocates it with torch.empty): garbage, sometimes NaN, which
+        a difference of two copies of the values (a predicted change, an update target) must not read.
+        ZeRO 1-2 pad with zeros and stage 0 does not pad: empty for them."""
+        if self._padding is None:
+            positions, start = [], 0
+            if self.stage == 3:
+                import torch.distributed as dist
+
+                for group in self.engine.optimizer.fp16_groups:
+                    for param in group:
+                        rank = dist.get_rank(group=param.ds_process_group) if dist.is_initialized() else 0
+                        size = param.ds_tensor.ds_numel  # this rank's partition, padding included
+                        valid = max(0, min(size, param.ds_numel - rank * size))
+                        positions.append(torch.arange(start + valid, start + size))
+                        start += size
+            self._padding = torch.cat(positions) if positions else torch.zeros(0, dtype=torch.long)
+        return self._padding
 
     def publish_values(self) -> None:
         """After `values()` were edited in place: make the model's weights match them (ZeRO 1-2: copy this

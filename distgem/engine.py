@@ -218,12 +218,15 @@ class Trainer:
         return stats
 
     def _values(self) -> torch.Tensor:
-        """A float32 copy of this rank's trainable values in the memory buffer's layout."""
+        """A float32 copy of this rank's trainable values in the memory buffer's layout, padding zeroed."""
         values = torch.cat([t.float() for t in self.partition.values()])
         if values.numel() != self.layout.numel:
             raise ConfigError(f"eval.predicted_change / method.gem.target: update: the optimizer's partition holds "
                               f"{values.numel()} values but the gradient's {self.layout.numel} (this DeepSpeed "
                               f"version lays them out differently)")
+        padding = self.partition.padding()
+        if padding.numel():
+            values[padding.to(values.device)] = 0.0
         return values
 
     def _backward(self, source, step: int, row: int | None, excess: torch.Tensor | None = None) -> float:
