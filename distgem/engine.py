@@ -30,6 +30,7 @@ from distgem.gem.step import Projector
 from distgem.log import RunLog
 from distgem.metrics import average_over_targets
 from distgem.model import MultiTaskModel, freeze_bottom, parameter_group
+from distgem.partition import GradientPartition
 from distgem.results import build_results, peak_rss_mb, write_json
 from distgem.tasks.sources import memory_sources, tagging_source
 from distgem.tasks import tagging
@@ -99,7 +100,7 @@ class Trainer:
             self.reference = copy.deepcopy(self.model).requires_grad_(False).to(world.device)
         self.names = {id(p): n for n, p in self.model.named_parameters()}
         self.engine = dist.build_engine(self.model, *self._optimizer(), self._deepspeed_config())
-        self.partition = dist.GradientPartition(self.engine, self.names)
+        self.partition = GradientPartition(self.engine, self.names)
         self.main = tagging_source(config.task.name, self.corpora.train, self.tokenizer.pad_token_id)
         mlm_train = {lang: self.corpora.mono_train[lang] for lang in (languages if method.mlm_languages == "all" else ["en"])
                      if lang in self.corpora.mono_train}
@@ -224,9 +225,9 @@ class Trainer:
             raise ConfigError(f"eval.predicted_change / method.gem.target: update: the optimizer's partition holds "
                               f"{values.numel()} values but the gradient's {self.layout.numel} (this DeepSpeed "
                               f"version lays them out differently)")
-        padding = self.partition.padding()
+        padding = self.partition.padding()  # on the values' device, built once
         if padding.numel():
-            values[padding.to(values.device)] = 0.0
+            values[padding] = 0.0
         return values
 
     def _backward(self, source, step: int, row: int | None, excess: torch.Tensor | None = None) -> float:

@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_outputs(report, out)
-    if not all(source.is_file() for source in sources):  # the summary that regenerates every table without the run directories
+    if not all(source.is_file() for source in sources):
+        # the summary that regenerates every table without the run directories
         (out / "runs.jsonl").write_text("".join(json.dumps(summary(r), sort_keys=True) + "\n" for r in runs))
     if not args.no_plots:
         plot(report, runs, out)

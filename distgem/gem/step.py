@@ -13,12 +13,13 @@ import torch
 
 from distgem import distributed as dist
 from distgem.gem import memory, projection
+from distgem.partition import GradientPartition
 
 
 class Projector:
     """Projects onto the memories' constraints; `counters` (the run state's "gem" entry) count steps."""
 
-    def __init__(self, gem, names: list[str], partition: dist.GradientPartition, timer):
+    def __init__(self, gem, names: list[str], partition: GradientPartition, timer):
         self.gem, self.names, self.partition, self.timer = gem, names, partition, timer
 
     def gradient(self, grads, memories: torch.Tensor, groups: int, counters: dict, stats: dict,

@@ -16,7 +16,7 @@ from tests.support import ROOT, free_port
 SCRIPT = r'''
 import json, os, sys
 import torch, deepspeed
-from distgem.distributed import GradientPartition
+from distgem.partition import GradientPartition
 
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Linear(5, 1))  # 15 + 5 + 5 + 1 values: all odd
