@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     write_outputs(report, out)
     if not all(source.is_file() for source in sources):
         # the summary that regenerates every table without the run directories
-        (out / "runs.jsonl").write_text("".join(json.dumps(summary(r), sort_keys=True) + "\n" for r in runs))
+        (out / "runs.jsonl").write_text("".join(json.dumps(summary(r)) + "\n" for r in runs))
     if not args.no_plots:
         plot(report, runs, out)
     if args.results_md:
@@ -181,7 +181,8 @@ def build_report(runs: list[dict]) -> dict:
         by_task[r["run"]["task"]][r["label"]].append(r)
     report = {"tables": {}, "ttests": []}
     for task, methods in sorted(by_task.items()):
-        langs = list(next(iter(methods.values()))[0]["test"]["per_language"])
+        first = next(iter(methods.values()))[0]
+        langs = _in_task_order(first, first["test"]["per_language"])
         columns = ["method", "seeds", *langs, "avg"]
         rows = []
         for name in sorted(methods, key=_sort_key):
@@ -228,10 +229,18 @@ def _cost(by_task) -> dict:
             "columns": ["task", "method", "seeds", "s/step", "projected %", "peak RSS MB"], "rows": rows}
 
 
+def _in_task_order(run: dict, languages) -> list[str]:
+    """The languages as the run's task lists them (source, then targets), others after in their own order: a
+    summary read back from runs.jsonl may have had its keys sorted."""
+    task = run["config"].get("task", {})
+    order = [task.get("source"), *task.get("targets", [])]
+    return sorted(languages, key=lambda lang: order.index(lang) if lang in order else len(order))
+
+
 def _table1(methods: dict[str, list[dict]], task: str) -> dict:
     first = next(g for group in methods.values() for g in group)
-    langs = list(first["backbone"]["mlm_perplexity"]) if first.get("backbone") else []
-    pairs = list(first["backbone"]["xsr"]) if first.get("backbone") else []
+    langs = _in_task_order(first, first["backbone"]["mlm_perplexity"]) if first.get("backbone") else []
+    pairs = _in_task_order(first, first["backbone"]["xsr"]) if first.get("backbone") else []
     columns = ["model", "seeds", *[f"ppl {lang}" for lang in langs], *[f"{p}-en P@{k}" for p in pairs for k in (1, 5, 10)]]
 
     def cells(name, memories):

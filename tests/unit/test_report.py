@@ -157,3 +157,22 @@ def test_a_single_seed_shows_its_value_without_a_spread(runs, tmp_path):
     assert row == "| gem-xsr | 1 | 93.00 | 74.00 | 75.00 | 74.50 |", row
     naive = next(line for line in table2.splitlines() if line.startswith("| naive |"))
     assert "±" in naive  # three seeds keep their standard deviation
+
+
+def test_language_columns_follow_the_task_source_first_also_from_a_sorted_summary(tmp_path):
+    runs = tmp_path / "runs"
+    for seed in (0, 1):
+        data = _results("naive", [], seed, {"fr": 70.0 + seed, "en": 95.0, "es": 72.0})
+        data["test"]["per_language"] = dict(sorted(data["test"]["per_language"].items(), reverse=True))  # fr, es, en
+        data["config"]["task"] = {"name": "pos", "source": "en", "targets": ["fr", "es"]}
+        (runs / f"naive-seed{seed}").mkdir(parents=True)
+        (runs / f"naive-seed{seed}" / "results.json").write_text(json.dumps(data, sort_keys=True))  # keys: en, es, fr
+    first, again = tmp_path / "first", tmp_path / "again"
+    assert main(["report", str(runs), "--out", str(first), "--no-plots"]) == 0
+    assert main(["report", str(first / "runs.jsonl"), "--out", str(again), "--no-plots"]) == 0
+    for out in (first, again):
+        header = next(line for line in (out / "report.md").read_text().split("## Table 2")[1].splitlines() if line.startswith("| method"))
+        assert header == "| method | seeds | en | fr | es | avg |", header
+        table1 = next(line for line in (out / "report.md").read_text().split("## Table 1")[1].splitlines() if line.startswith("| model"))
+        assert table1.index("fr-en P@1") < table1.index("es-en P@1"), table1
+        assert float(_csv(out / "table2_pos.csv")[0]["fr_mean"]) == pytest.approx(70.5)
