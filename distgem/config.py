@@ -196,12 +196,17 @@ class EvalConfig:
     memory_loss_examples: int = 64
     """At every dev evaluation, each memory constraint's loss on this many fixed held-out examples
     (`memory_loss/<constraint>`: does the constraint protect anything?); 0 disables."""
+    memory_loss_every: int = 0
+    """Also measure those held-out memory losses every N steps between dev evaluations (a forgetting
+    curve at the cost of a forward over those examples; it changes nothing in training); 0 = only at dev
+    evaluations."""
     predicted_change: bool = False
     """Every step, each memory loss's first-order predicted change <g_i, theta_after - theta_before> for
     the step actually taken (`gem/predicted_change/<constraint>`); costs two copies of the partition."""
 
     def __post_init__(self):
         require(self.memory_loss_examples >= 0, "memory_loss_examples", "must be >= 0")
+        require(self.memory_loss_every >= 0, "memory_loss_every", "must be >= 0")
 
 
 @dataclass

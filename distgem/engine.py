@@ -360,11 +360,15 @@ class Trainer:
             dist.comm_phase("between steps")
             stats["samples_per_s"] = config.train.batch_size / (time.perf_counter() - tick)
             self.state["step"] = step + 1
+            every = config.eval.memory_loss_every
+            held = self.evaluate_memory_losses() if self.held_out and every and (step + 1) % every == 0 else None
+            if held is not None:  # observed after the step's timing: it changes nothing in training
+                stats.update({f"memory_loss/{name}": v for name, v in held.items()})
             log.scalars(step + 1, stats)
             self._trace(step + 1, stats)
             log.progress(loss=stats[f"loss/{self.main.name}"])
             if (step + 1) % config.eval.every == 0 or step + 1 == config.train.steps:
-                if self._evaluate_dev(step + 1, log):
+                if self._evaluate_dev(step + 1, log, held):
                     log.message(f"early stopping at step {step + 1}: no improvement in {config.eval.patience} evaluations")
                     break
             if config.output.checkpoint_every and (step + 1) % config.output.checkpoint_every == 0 \
@@ -396,16 +400,18 @@ class Trainer:
         dist.barrier()
         return results
 
-    def _evaluate_dev(self, step: int, log: RunLog) -> bool:
-        """Dev evaluation on the targets; keeps the best checkpoint; True when patience is exhausted."""
+    def _evaluate_dev(self, step: int, log: RunLog, held: dict | None = None) -> bool:
+        """Dev evaluation on the targets; keeps the best checkpoint; True when patience is exhausted.
+        `held`: this step's held-out memory losses when they were measured (and logged) already."""
         scores = {lang: m["score"] for lang, m in self.evaluate_tagging(self.corpora.dev).items()}
         average = average_over_targets(scores, self.config.task.source)
         self.state["history"].append({"step": step, "scores": scores, "average": average})
         log.scalars(step, {**{f"dev/{lang}": s for lang, s in scores.items()}, "dev/average": average})
         if self.held_out:
-            held = self.evaluate_memory_losses()
+            if held is None:
+                held = self.evaluate_memory_losses()
+                log.scalars(step, {f"memory_loss/{name}": v for name, v in held.items()})
             self.state["history"][-1]["memory_loss"] = held
-            log.scalars(step, {f"memory_loss/{name}": v for name, v in held.items()})
         if self.config.eval.memory:
             memory = self.evaluate_memory()
             self.state["history"][-1]["memory"] = memory

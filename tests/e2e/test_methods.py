@@ -6,7 +6,7 @@ import json
 import pytest
 import yaml
 
-from tests.support import ROOT, read_steps, run_training
+from tests.support import ROOT, read_steps, read_weights, run_training
 
 METHOD_CONFIGS = sorted(p.stem for p in (ROOT / "configs" / "methods").glob("*.yaml"))
 
@@ -69,3 +69,33 @@ def test_projecting_the_update_at_zero_stage_0_needs_fp32(micro, tmp_path):
                           args=("--config", str(ROOT / "configs" / "methods" / "gem-xsr.yaml")))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "method.gem.target: update" in result.stderr.strip().splitlines()[-1]
+
+
+def test_held_out_memory_losses_every_n_steps_observe_without_changing_training(micro, tmp_path):
+    """eval.memory_loss_every: a held-out forgetting curve between dev evaluations, the same numbers a dev
+    evaluation records, and not one bit of training changed by measuring it."""
+    args = ("--config", str(ROOT / "configs" / "methods" / "gem-both.yaml"))
+    common = {"train.steps": 6, "eval.every": 3, "method.memory_batch_size": 4, "eval.memory_loss_examples": 8,
+              "eval.before_training": "false", "eval.after_training": "false", "eval.memory": "false",
+              "output.save_final": "true"}
+    run_training(micro, tmp_path / "plain", 1, common, args=args)
+    run_training(micro, tmp_path / "curve", 1, {**common, "eval.memory_loss_every": 2}, args=args)
+    plain, curve = read_steps(tmp_path / "plain"), read_steps(tmp_path / "curve")
+    def trained(steps):  # losses and GEM's statistics; not its timings
+        return [{k: v for k, v in s.items() if k.startswith(("loss/", "gem/")) and not k.endswith("_ms")} for s in steps]
+
+    assert trained(plain)[0].keys() >= {"loss/pos", "loss/mlm", "loss/xsr", "gem/cosine/xsr"}
+    assert trained(curve) == trained(plain)
+    assert read_weights(tmp_path / "curve").keys() == read_weights(tmp_path / "plain").keys()
+    assert all(bool((a == b).all()) for a, b in zip(read_weights(tmp_path / "curve").values(),
+                                                    read_weights(tmp_path / "plain").values()))
+    measured = {s["step"] for s in curve if any(k.startswith("memory_loss/") for k in s)}
+    assert measured == {2, 4, 6} and not any(k.startswith("memory_loss/") for s in plain for k in s)
+    history = json.loads((tmp_path / "curve" / "results.json").read_text())["dev"]["history"]
+    by_step = {s["step"]: s for s in curve}
+    assert history[-1]["step"] == 6
+    assert history[-1]["memory_loss"] == {k.split("/", 1)[1]: v for k, v in by_step[6].items()
+                                          if k.startswith("memory_loss/")}
+    assert set(history[-1]["memory_loss"]) == {"mlm", "xsr"}
+    assert history[-1]["memory_loss"] == json.loads((tmp_path / "plain" / "results.json").read_text()
+                                                     )["dev"]["history"][-1]["memory_loss"]
