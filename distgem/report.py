@@ -141,6 +141,9 @@ def label(results: dict) -> str:
         name += "-" + ("both" if set(memory) == {"mlm", "xsr"} else memory[0])
         if "mlm" in memory and config["mlm_languages"] == "en":
             name += "(en)"
+    weights = config.get("mtf_weights") or {}
+    if config["name"] == "mtf" and any(weights.get(task, 1.0) != 1.0 for task in memory):
+        name += "+w" + "/".join(f"{weights.get(task, 1.0):g}" for task in memory)  # the memory losses' weights
     gem = config["gem"]
     if config["name"] == "gem":
         name += "".join(s for s, on in (("+per-language", gem["per_language"]), ("+per-layer", gem["per_layer"]),

@@ -125,6 +125,21 @@ def test_knob_sweep_labels_name_each_knob_and_leave_the_usual_value_unmarked(tmp
                       "batch": "gem-xsr+batch64", "layer": "gem-xsr+layer6"}
 
 
+def test_mtf_runs_with_other_weights_than_one_get_their_own_label():
+    from distgem.report import label
+
+    def mtf(memory, weights):
+        data = _results("mtf", memory, 0, {"en": 90, "es": 80, "fr": 81})
+        if weights is not None:
+            data["config"]["method"]["mtf_weights"] = weights
+        return label(data)
+
+    assert mtf(["xsr"], None) == mtf(["xsr"], {"mlm": 1.0, "xsr": 1.0}) == "mtf-xsr"
+    assert mtf(["xsr"], {"mlm": 0.3, "xsr": 1.0}) == "mtf-xsr"  # a weight of a loss the run does not add
+    assert mtf(["xsr"], {"mlm": 1.0, "xsr": 0.1}) == "mtf-xsr+w0.1"
+    assert mtf(["mlm", "xsr"], {"mlm": 1.0, "xsr": 0.5}) == "mtf-both+w1/0.5"
+
+
 def test_new_run_directories_join_a_committed_summary_and_replace_its_runs_of_the_same_id(runs, tmp_path):
     first = tmp_path / "first"
     assert main(["report", str(runs), "--out", str(first), "--no-plots"]) == 0
