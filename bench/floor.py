@@ -1,6 +1,8 @@
 """GEM's overhead terms against its bandwidth floor, per partition p = P/N and number of memories k.
 
     python bench/floor.py [--quick] [--device cpu|cuda] [--models tiny small mbert] [--ranks 1 8 64] [--ks 1 2 4 8]
+                          [--json ROWS.json] [--plot GROWTH.png]
+    python bench/floor.py --from-json ROWS.json --plot GROWTH.png     # redraw saved rows, measure nothing
 
 For each (model, N, k), this rank's work on a flat partition of p = ceil(P/N) fp32 values (as ZeRO 1-3
 hold it), through the engine's own functions (distgem.gem.memory): capture (k copies into the buffer),
@@ -8,7 +10,8 @@ the Gram, the QP, the update + check on a violated instance, and the zeroing bet
 (4k+3) x 4p bytes at the bandwidth of a large copy measured between the terms (each repetition: copy,
 terms, copy, ...; medians). N > 1 is simulated on one device: a rank's terms depend only on p; the
 all-reduce of (k+1)^2 scalars needs real ranks and is measured by bench/step.py. `--design bf16` repeats
-the terms with bf16 memories. `--plot FILE` draws overhead / floor against k.
+the terms with bf16 memories. `--plot FILE` draws the growth: overhead and floor against p for each k,
+and overhead / floor against k for each partition.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import argparse
 import json
 import math
 import statistics
+import sys
 
 import torch
 
@@ -75,8 +79,21 @@ def main() -> int:
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--design", choices=["fp32", "bf16"], default="fp32", help="dtype of the memory buffer")
-    parser.add_argument("--json", help="also write the rows here (bench/growth.py --plot reads them)")
+    parser.add_argument("--json", help="also write the rows here (--from-json redraws them)")
+    parser.add_argument("--plot", help="draw the growth against p and k into this image")
+    parser.add_argument("--from-json", help="measure nothing: read rows written by --json (for --plot)")
     args = parser.parse_args()
+    if args.from_json:
+        if not args.plot:
+            parser.error("--from-json needs --plot")
+        try:
+            saved = json.loads(open(args.from_json).read())
+            rows, where = saved["rows"], saved["environment"]
+        except (OSError, ValueError, KeyError) as err:
+            print(f"{args.from_json}: not rows written by --json ({err})", file=sys.stderr)
+            return 2
+        plot(rows, args.plot, where)
+        return 0
     if args.quick:
         args.models, args.ranks, args.ks, args.repeats = ["tiny"], [1, 8], [1, 2], 2
     device = torch.device(args.device)
@@ -107,7 +124,41 @@ def main() -> int:
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"environment": environment(device), "design": args.design, "rows": rows}, handle, indent=1)
+    if args.plot:
+        plot(rows, args.plot, environment(device))
     return 0
+
+
+def plot(rows: list[dict], path: str, where: str) -> None:
+    """Left: overhead (points) and floor (lines) against p, one colour per k. Right: overhead / floor
+    against k, one line per partition (model, N)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 4.4))
+    ks = sorted({r["k"] for r in rows})
+    colours = dict(zip(ks, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4))
+    for k in ks:
+        mine = sorted((r for r in rows if r["k"] == k), key=lambda r: r["p"])
+        left.plot([r["p"] for r in mine], [r["overhead"] for r in mine], "o", color=colours[k], label=f"k = {k}")
+        left.plot([r["p"] for r in mine], [r["floor"] for r in mine], "-", color=colours[k], alpha=0.6)
+    left.set(xscale="log", yscale="log", xlabel="p = P/N values per rank", ylabel="ms per step",
+             title="GEM overhead (points) and its floor (lines)")
+    left.legend()
+    for key in sorted({(r["model"], r["N"]) for r in rows}, key=lambda m: -min(r["p"] for r in rows if (r["model"], r["N"]) == m)):
+        mine = sorted((r for r in rows if (r["model"], r["N"]) == key), key=lambda r: r["k"])
+        right.plot([r["k"] for r in mine], [r["overhead"] / r["floor"] for r in mine], "o-",
+                   label=f"{key[0]} N={key[1]} (p={mine[0]['p'] / 1e6:.2g}M)")
+    right.axhline(1.3, color="grey", linestyle="--", linewidth=1)
+    right.set(yscale="log", xlabel="k memories", ylabel="overhead / floor", xticks=ks,
+              title="against the floor (dashed: the 1.3x target)")
+    right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.suptitle(where, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

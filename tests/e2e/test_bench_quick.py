@@ -5,6 +5,7 @@ prints a markdown table with a row per measured configuration, and that those ce
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -54,10 +55,22 @@ def test_step_quick(micro, tmp_path):
     assert sum(numeric(c) for c in gem) >= 4, gem  # step time, ratio, overhead terms
 
 
-def test_floor_quick():
-    table = rows(bench("floor.py", "--quick"))
+def test_floor_quick(tmp_path):
+    saved, image, again = tmp_path / "rows.json", tmp_path / "growth.png", tmp_path / "again.png"
+    table = rows(bench("floor.py", "--quick", "--json", str(saved), "--plot", str(image)))
     assert len(table) == 4, table  # tiny x N in {1, 8} x k in {1, 2}
     assert all(sum(numeric(c) for c in r) >= 8 for r in table), table
+    kept = json.loads(saved.read_text())["rows"]
+    assert [(r["N"], r["k"]) for r in kept] == [(1, 1), (1, 2), (8, 1), (8, 2)]
+    assert all(r["overhead"] == pytest.approx(r["capture"] + r["gram"] + r["qp"] + r["update"]) for r in kept)
+    assert image.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bench("floor.py", "--from-json", str(saved), "--plot", str(again))  # redraws without measuring
+    assert again.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    saved.write_text("{}")
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "floor.py"), "--from-json", str(saved), "--plot",
+                           str(again)], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 2 and done.stderr.strip().startswith(f"{saved}: not rows written by --json")
 
 
 def test_projection_quick():
