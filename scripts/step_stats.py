@@ -6,7 +6,8 @@ For each run: steps, the share GEM projected, and per memory constraint the shar
 first-order predicted change <g_i, delta theta> for the step actually taken was positive (by more
 than 1% of the median |change| of the steps GEM left alone; less is float32 rounding of rewritten
 weights): the constraint held for the gradient, not for the step. Then its mean, the mean excess
-over the pre-trained model's memory loss (gem.anchor: pretrained) and the median projection time.
+over the pre-trained model's memory loss (gem.anchor: pretrained), the held-out memory loss at four
+points of its curve (runs with eval.memory_loss_every) and the median projection time.
 """
 from __future__ import annotations
 
@@ -39,6 +40,10 @@ def stats(run_dir: Path) -> dict:
         excess = [r[f"gem/excess/{name}"] for r in rows if f"gem/excess/{name}" in r]
         if excess:
             out[f"{name}: mean excess"] = statistics.fmean(excess)
+    for key in sorted({k for r in rows for k in r if k.startswith("memory_loss/")}):  # eval.memory_loss_every
+        curve = [(r["step"], r[key]) for r in rows if key in r]
+        marks = [curve[round(i * (len(curve) - 1) / 3)] for i in range(4)] if len(curve) >= 4 else curve
+        out[f"held-out {key.split('/', 1)[1]} loss"] = " ".join(f"{v:.3g}@{s}" for s, v in marks)
     times = [r["gem/projection_ms"] for r in rows if "gem/projection_ms" in r]
     if times:
         out["projection ms (median)"] = statistics.median(times)
