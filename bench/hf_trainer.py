@@ -52,13 +52,22 @@ def hf_worker(args) -> None:
     model = AutoModelForTokenClassification.from_pretrained(backbone, num_labels=len(LABELS[task]), **dropout)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     ds_config = json.loads((ROOT / config.train.deepspeed_config.format(stage=config.train.zero_stage)).read_text())
+    if world > 1:
+        # on CPU, accelerate's state counts one process under DeepSpeed (num_processes 1 while torch.distributed
+        # has N), so Trainer would fill train_batch_size = the per-rank batch and DeepSpeed refuse it; without
+        # the key DeepSpeed derives it (micro x N). Trainer then draws the same indices on every rank (no
+        # distributed sampler): each rank maps them through its own permutation, so that the ranks get
+        # different windows, as distgem's shards do (identical batches would never wait for each other).
+        ds_config.pop("train_batch_size", None)
+    rank = int(os.environ.get("RANK", "0"))
+    shard = torch.randperm(len(train), generator=torch.Generator().manual_seed(rank)) if world > 1 else None
 
     class Windows(torch.utils.data.Dataset):
         def __len__(self):
             return len(train)
 
         def __getitem__(self, i):
-            return train[i]
+            return train[i if shard is None else int(shard[i])]
 
     class StepTimes(TrainerCallback):
         """Wall time from one step's end to the next (data loading included, as distgem's samples_per_s)."""
