@@ -1,6 +1,8 @@
 """Step time of every method side by side, in one process per rank count, steps interleaved.
 
-    python bench/step.py [--quick] [--ranks 1 2] [--steps 20] [--methods ...] [--set section.key=value ...]
+    python bench/step.py [--quick] [--ranks 1 2] [--steps 20] [--methods ...] [--config FILE ...] [--set section.key=value ...]
+    python bench/step.py --config configs/real/me5-pos.yaml --set model.backbone=DIR --ranks 1 \
+        --methods naive gem-xsr gem-xsr-gamma0.1 ...        # the real-model knobs, side by side
 
 One Trainer per method is built in the same process(es) (torchrun for N > 1) and their steps alternate
 (A B C ... then ... C B A, so no method always runs first), each between two barriers; medians over the
@@ -35,7 +37,20 @@ METHODS = {
     "gem-both-update": ["method.name=gem", "method.memory=[mlm,xsr]", "method.gem.target=update"],
     "gem-both-anchor": ["method.name=gem", "method.memory=[mlm,xsr]", "method.gem.target=update",
                         "method.gem.anchor=pretrained"],
+    # the real-model knobs (docs/RESULTS.md "Real model"; XSR memory only, as multilingual-e5 has no MLM head)
+    "mtf-xsr": ["method.name=mtf", "method.memory=[xsr]"],
+    "mtf-xsr-w0.1": ["method.name=mtf", "method.memory=[xsr]", "method.mtf_weights={xsr: 0.1}"],
+    "gem-xsr-gamma0.1": ["method.name=gem", "method.memory=[xsr]", "method.gem.memory_strength=0.1"],
+    "gem-xsr-gamma0.5": ["method.name=gem", "method.memory=[xsr]", "method.gem.memory_strength=0.5"],
+    "gem-xsr-batch64": ["method.name=gem", "method.memory=[xsr]", "method.memory_batch_size=64"],
+    "gem-xsr-per-language": ["method.name=gem", "method.memory=[xsr]", "method.gem.per_language=true"],
+    "gem-xsr-R4": ["method.name=gem", "method.memory=[xsr]", "method.gem.refresh_every=4"],
+    "gem-xsr-update": ["method.name=gem", "method.memory=[xsr]", "method.gem.target=update"],
+    "gem-xsr-anchor": ["method.name=gem", "method.memory=[xsr]", "method.gem.target=update",
+                       "method.gem.anchor=pretrained"],
 }
+DEFAULT = ["naive", "mtf-both", "gem-mlm", "gem-xsr", "gem-both", "gem-per-language", "gem-both-R4", "gem-per-layer",
+           "gem-both-update", "gem-both-anchor"]
 OVERHEAD = ("capture", "gram", "all_reduce", "qp", "update")
 COMMON = ["eval.before_training=false", "eval.memory=false", "output.tensorboard=false"]
 
@@ -50,7 +65,8 @@ def worker(args) -> None:
     world = dist.init()
     trainers = {}
     for name in args.methods:
-        config = load_run_config([], [*COMMON, f"output.run_dir={args.workdir}/{name}", *METHODS[name], *args.overrides])
+        config = load_run_config(args.configs, [*COMMON, f"output.run_dir={args.workdir}/{name}", *METHODS[name],
+                                                *args.overrides])
         trainers[name] = Trainer(config, world)
         trainers[name].engine.train()  # what Trainer.train does first (from_pretrained returns eval mode)
     bandwidth = Bandwidth(world.device)
@@ -130,8 +146,9 @@ def main() -> int:
     parser.add_argument("--ranks", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--methods", nargs="+", default=[m for m in METHODS if m not in ("gem-mlm-en",)],
-                        choices=list(METHODS))
+    parser.add_argument("--methods", nargs="+", default=DEFAULT, choices=list(METHODS))
+    parser.add_argument("--config", action="append", default=[], dest="configs",
+                        help="run config files under every method (e.g. configs/real/me5-pos.yaml); --set wins")
     parser.add_argument("--set", action="append", default=[], dest="overrides")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -151,6 +168,7 @@ def main() -> int:
                                                         "--nproc_per_node", str(n), "--master_port", "29741"]
             command = [*launcher, __file__, "--worker", "--workdir", tmp, "--out", str(out), "--steps", str(args.steps),
                        "--warmup", str(args.warmup), "--methods", *args.methods,
+                       *[a for c in args.configs for a in ("--config", c)],
                        *[a for s in args.overrides for a in ("--set", s)]]
             before = load_average()
             done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
