@@ -351,6 +351,9 @@ class Trainer:
         if config.eval.before_training and self.state["backbone"] is None:
             self.state["backbone"] = self.evaluate_memory()
             log.scalars(0, _flatten("memory", self.state["backbone"]))
+            if self.held_out:  # where the memory_loss curves start
+                self.state["backbone"]["memory_loss"] = self.evaluate_memory_losses()
+                log.scalars(0, _flatten("memory_loss", self.state["backbone"]["memory_loss"]))
         self.engine.train()  # from_pretrained returns eval mode; dropout must be on whatever ran before
         while self.state["step"] < config.train.steps:
             step = self.state["step"]

@@ -99,3 +99,22 @@ def test_held_out_memory_losses_every_n_steps_observe_without_changing_training(
     assert set(history[-1]["memory_loss"]) == {"mlm", "xsr"}
     assert history[-1]["memory_loss"] == json.loads((tmp_path / "plain" / "results.json").read_text()
                                                      )["dev"]["history"][-1]["memory_loss"]
+
+
+
+def test_the_held_out_memory_losses_start_from_the_backbone(micro, tmp_path):
+    """With eval.before_training, the backbone's held-out memory losses are the curves' step 0 (results.json
+    and TensorBoard), measured on the same examples as later: a run that barely moves (lr 1e-12) stays on them."""
+    from tbparse import SummaryReader
+
+    args = ("--config", str(ROOT / "configs" / "methods" / "gem-both.yaml"))
+    run_training(micro, tmp_path, 1, {"train.steps": 2, "eval.every": 2, "method.memory_batch_size": 4,
+                                      "eval.memory_loss_examples": 8, "train.lr": 1e-12, "model.dropout": 0.0,
+                                      "output.tensorboard": "true"}, args=args)
+    results = json.loads((tmp_path / "results.json").read_text())
+    start, end = results["backbone"]["memory_loss"], results["dev"]["history"][-1]["memory_loss"]
+    assert set(start) == {"mlm", "xsr"} and all(v > 0 for v in start.values())
+    assert start == pytest.approx(end, rel=1e-6)
+    scalars = SummaryReader(str(tmp_path / "tensorboard")).scalars
+    at_zero = scalars[(scalars.step == 0) & scalars.tag.str.startswith("memory_loss/")]
+    assert dict(zip(at_zero.tag.str.split("/").str[1], at_zero.value)) == pytest.approx(start, rel=1e-6)
