@@ -59,8 +59,14 @@ SUMMARY_KEYS = ("run", "test", "backbone", "after", "train", "config", "versions
 
 
 def summary(run: dict) -> dict:
-    """What the tables need of one run (no dev history), keyed by its directory name."""
-    return {"run_id": Path(run["run_dir"]).name, **{k: run.get(k) for k in SUMMARY_KEYS}}
+    """What the tables need of one run (no dev history), keyed by its directory name; plus the held-out
+    memory losses of the backbone and of the last dev evaluation, where the run measured them."""
+    out = {"run_id": Path(run["run_dir"]).name, **{k: run.get(k) for k in SUMMARY_KEYS}}
+    history = (run.get("dev") or {}).get("history") or [{}]
+    held = {"backbone": (run.get("backbone") or {}).get("memory_loss"), "final": history[-1].get("memory_loss")}
+    if run.get("memory_loss") or any(held.values()):
+        out["memory_loss"] = run.get("memory_loss") or held  # a summary read back keeps its own
+    return out
 
 
 def load_runs(*sources: Path) -> list[dict]:

@@ -190,3 +190,27 @@ def test_language_columns_follow_the_task_source_first_also_from_a_sorted_summar
         table1 = next(line for line in (out / "report.md").read_text().split("## Table 1")[1].splitlines() if line.startswith("| model"))
         assert table1.index("fr-en P@1") < table1.index("es-en P@1"), table1
         assert float(_csv(out / "table2_pos.csv")[0]["fr_mean"]) == pytest.approx(70.5)
+
+
+def test_the_summary_keeps_the_held_out_memory_losses_through_a_merge(tmp_path):
+    """runs.jsonl outlives the run directories: the backbone's and the last dev evaluation's held-out memory
+    losses must survive it, and a second merge must not lose them."""
+    run = tmp_path / "runs" / "gem-xsr-seed0"
+    run.mkdir(parents=True)
+    data = _results("gem", ["xsr"], 0, {"en": 90, "es": 80, "fr": 81})
+    data["backbone"]["memory_loss"] = {"xsr": 0.05}
+    data["dev"] = {"history": [{"step": 200, "memory_loss": {"xsr": 1.5}}, {"step": 400, "memory_loss": {"xsr": 2.5}}]}
+    (run / "results.json").write_text(json.dumps(data))
+    plain = tmp_path / "runs" / "naive-seed0"
+    plain.mkdir()
+    (plain / "results.json").write_text(json.dumps(_results("naive", [], 0, {"en": 90, "es": 70, "fr": 71})))
+    assert main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "once"), "--no-plots"]) == 0
+    later = tmp_path / "later" / "naive-seed1"  # a later session adds a run to the committed summary
+    later.mkdir(parents=True)
+    (later / "results.json").write_text(json.dumps(_results("naive", [], 1, {"en": 91, "es": 70, "fr": 72})))
+    assert main(["report", str(tmp_path / "once" / "runs.jsonl"), str(tmp_path / "later"), "--out",
+                 str(tmp_path / "twice"), "--no-plots"]) == 0
+    for out in ("once", "twice"):
+        kept = {r["run_id"]: r for r in map(json.loads, (tmp_path / out / "runs.jsonl").read_text().splitlines())}
+        assert kept["gem-xsr-seed0"]["memory_loss"] == {"backbone": {"xsr": 0.05}, "final": {"xsr": 2.5}}
+        assert "memory_loss" not in kept["naive-seed0"]
