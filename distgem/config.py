@@ -90,7 +90,11 @@ class TaskConfig:
 @dataclass
 class GemConfig:
     memory_strength: float = 0.0
-    """GEM's margin: lower bound on the dual variables (0 = the paper's default)."""
+    """GEM's margin: lower bound on the dual variables (0 = the paper's default). A projected step then
+    adds at least this many times each memory gradient to what is projected: to the gradient (before
+    AdamW normalises it; 0.1 kept retrieval on a real encoder, docs/RESULTS.md), or with target: update
+    to the parameter update itself, an SGD step of this size on the memory losses (scale it like a
+    learning rate there)."""
     solver: Literal["auto", "exact", "qpth"] = "auto"
     """Dual QP solver: exact active sets, qpth's interior point, or auto (docs/PROJECTION.md)."""
     per_language: bool = False
