@@ -198,7 +198,8 @@ class EvalConfig:
     memory: bool = True
     """Also measure MLM perplexity and XSR P@k at every dev evaluation (forgetting curves)."""
     memory_loss_examples: int = 64
-    """At every dev evaluation, each memory constraint's loss on this many fixed held-out examples
+    """At every dev evaluation, each memory constraint's loss on this many fixed held-out examples, spread
+    evenly over its held-out data so that every language of a pooled constraint has its share
     (`memory_loss/<constraint>`: does the constraint protect anything?); 0 disables."""
     memory_loss_every: int = 0
     """Also measure those held-out memory losses every N steps between dev evaluations (a forgetting

@@ -32,7 +32,7 @@ from distgem.metrics import average_over_targets
 from distgem.model import MultiTaskModel, freeze_bottom, parameter_group
 from distgem.partition import GradientPartition
 from distgem.results import build_results, peak_rss_mb, write_json
-from distgem.tasks.sources import memory_sources, tagging_source
+from distgem.tasks.sources import memory_sources, spread, tagging_source
 from distgem.tasks import tagging
 from distgem.timer import PhaseTimer
 from distgem.tasks.tagging import LABELS
@@ -318,14 +318,14 @@ class Trainer:
         return {"mlm_perplexity": ppl, "xsr": xsr}
 
     def evaluate_memory_losses(self) -> dict[str, float]:
-        """Each constraint's loss on its first `eval.memory_loss_examples` held-out examples (the same
+        """Each constraint's loss on `eval.memory_loss_examples` held-out examples spread over its data (the same
         examples and MLM masks every time, no dropout), split over the ranks as a training batch is."""
         size, rank = self.world.size, self.world.rank
         losses = torch.zeros(len(self.held_out), dtype=torch.float64)
         self.engine.eval()
         try:
             for i, source in enumerate(self.held_out):
-                indices = list(range(min(self.config.eval.memory_loss_examples, source.size) // size * size))
+                indices = spread(source.size, min(self.config.eval.memory_loss_examples, source.size) // size * size)
                 if not indices:
                     continue
                 scale = size / max(source.units(source.batch(indices, 0)), 1)

@@ -62,3 +62,11 @@ def memory_sources(method, corpora, tokenizer, seed: int) -> list[Source]:
                 pairs = ConcatRows([corpora.pairs_train[lang] for lang in langs])
                 sources.append(xsr_source("xsr" + (f".{suffix}" if suffix else ""), pairs, tokenizer))
     return sources
+
+
+def spread(size: int, count: int) -> list[int]:
+    """`count` distinct indices evenly spaced over `size` examples (all of them if count >= size): a fixed
+    held-out sample that gives every language of a pooled constraint its share, where the first `count`
+    rows of a concatenation would all be its first language's."""
+    count = min(count, size)
+    return [i * size // count for i in range(count)]

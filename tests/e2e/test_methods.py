@@ -118,3 +118,11 @@ def test_the_held_out_memory_losses_start_from_the_backbone(micro, tmp_path):
     scalars = SummaryReader(str(tmp_path / "tensorboard")).scalars
     at_zero = scalars[(scalars.step == 0) & scalars.tag.str.startswith("memory_loss/")]
     assert dict(zip(at_zero.tag.str.split("/").str[1], at_zero.value)) == pytest.approx(start, rel=1e-6)
+    # the pooled constraints' held-out examples come from every language, not the first one's first rows
+    run_training(micro, tmp_path / "per-language", 1, {"train.steps": 1, "eval.every": 1, "method.memory_batch_size": 4,
+                                                       "eval.memory_loss_examples": 8, "train.lr": 1e-12,
+                                                       "model.dropout": 0.0, "method.gem.per_language": "true"}, args=args)
+    each = json.loads((tmp_path / "per-language" / "results.json").read_text())["backbone"]["memory_loss"]
+    for task in ("mlm", "xsr"):
+        languages = [v for k, v in each.items() if k.startswith(task + ".")]
+        assert len(languages) >= 2 and all(start[task] != pytest.approx(v, rel=1e-4) for v in languages)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from distgem.data.loader import MEGABATCH, BatchStream, group_by_length, rank_micro_batches
+from distgem.data.rows import ConcatRows
 
 SIZE, BATCH = 53, 24  # an epoch that is no multiple of the batch: global batches straddle epoch ends
 LENGTHS = torch.randint(1, 60, (SIZE,), generator=torch.Generator().manual_seed(5))
@@ -134,3 +135,21 @@ def test_lengths_come_from_arrow_offsets_and_match_the_rows():
     assert lengths_of(mono).tolist() == [len(r) for r in mono] == [2, 1, 3, 0]
     assert lengths_of(ConcatRows([mono, mono[1:3]])).tolist() == [2, 1, 3, 0, 1, 3]
     assert lengths_of([[1, 2, 3], [4]]).tolist() == [3, 1]  # in-memory rows are measured
+
+
+def test_held_out_memory_examples_give_every_language_of_a_pooled_constraint_its_share():
+    """The held-out memory loss of a pooled XSR constraint is read from all of its languages: the first 64
+    rows of the concatenation were French only (the real-model runs' `memory_loss/xsr` until 2026-12-04)."""
+    from types import SimpleNamespace
+
+    from distgem.tasks.sources import memory_sources, spread
+
+    pairs = {lang: [(f"en {i}", f"{lang} {i}") for i in range(n)] for lang, n in (("fr", 200), ("es", 200), ("el", 150))}
+    method = SimpleNamespace(name="gem", memory=["xsr"], gem=SimpleNamespace(per_language=False))
+    (pooled,) = memory_sources(method, SimpleNamespace(pairs_train=pairs), tokenizer=None, seed=0)
+    chosen = spread(pooled.size, 64)
+    assert len(set(chosen)) == 64 and chosen == spread(pooled.size, 64)
+    rows = ConcatRows(list(pairs.values()))
+    share = {lang: sum(rows[i][1].startswith(lang) for i in chosen) for lang in pairs}
+    assert share == pytest.approx({lang: 64 * len(p) / pooled.size for lang, p in pairs.items()}, abs=1)
+    assert spread(5, 64) == [0, 1, 2, 3, 4] and spread(5, 0) == []
