@@ -44,6 +44,8 @@ METHODS = {
     "gem-xsr-gamma0.5": ["method.name=gem", "method.memory=[xsr]", "method.gem.memory_strength=0.5"],
     "gem-xsr-batch64": ["method.name=gem", "method.memory=[xsr]", "method.memory_batch_size=64"],
     "gem-xsr-per-language": ["method.name=gem", "method.memory=[xsr]", "method.gem.per_language=true"],
+    "gem-xsr-per-language-gamma0.1": ["method.name=gem", "method.memory=[xsr]", "method.gem.per_language=true",
+                                      "method.gem.memory_strength=0.1"],
     "gem-xsr-R4": ["method.name=gem", "method.memory=[xsr]", "method.gem.refresh_every=4"],
     "gem-xsr-update": ["method.name=gem", "method.memory=[xsr]", "method.gem.target=update"],
     "gem-xsr-anchor": ["method.name=gem", "method.memory=[xsr]", "method.gem.target=update",
