@@ -315,7 +315,10 @@ def write_outputs(report: dict, out: Path) -> None:
                  "## t-tests (test average over target languages)", "",
                  "| task | method | baseline | mean | baseline mean | t | p | significant |", "|---|---|---|---|---|---|---|---|"]
     markdown += [f"| {t['task']} | {t['method']} | {t['baseline']} | {t['mean']:.2f} | {t['baseline_mean']:.2f} | "
-                 f"{t['t']:.2f} | {t['p']:.2g} | {'yes' if t['significant'] else 'no'} |" for t in report["ttests"]]
+                 f"{_stat(t['t'], '.2f')} | {_stat(t['p'], '.2g')} | {'yes' if t['significant'] else 'no'} |"
+                 for t in report["ttests"]]
+    if any(t["p"] != t["p"] for t in report["ttests"]):
+        markdown += ["", "n/a: not testable, a side has fewer than two seeds or no spread between its seeds."]
     with (out / "ttests.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["task", "method", "baseline", "mean", "baseline_mean", "t", "p", "significant"])
         writer.writeheader()
@@ -323,6 +326,10 @@ def write_outputs(report: dict, out: Path) -> None:
     (out / "report.md").write_text("\n".join(markdown) + "\n")
     (out / "tables.tex").write_text("\n".join(latex))
     (out / "report.json").write_text(json.dumps(report, indent=1, default=list))
+
+
+def _stat(value: float, spec: str) -> str:
+    return "n/a" if value != value else format(value, spec)  # nan: too few seeds to test
 
 
 def beating_every_baseline(report: dict) -> set[tuple[str, str]]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import statistics
 
 import pytest
@@ -84,6 +85,22 @@ def test_report_tables_match_results_and_ttests_match_welch(runs, tmp_path):
     table1 = _csv(out / "table1.csv")
     assert table1[0]["model"] == "backbone" and float(table1[0]["ppl en_mean"]) == 9.0
     assert "\\begin{tabular}" in (out / "tables.tex").read_text()
+
+
+def test_report_marks_untestable_ttests(runs, tmp_path):
+    # one seed of a method: its t-tests cannot be computed and say so instead of printing nan
+    single = tmp_path / "single"
+    shutil.copytree(runs, single)
+    for extra in sorted(single.glob("*mtf-mlm*"))[1:]:
+        shutil.rmtree(extra)
+    out = tmp_path / "report"
+    assert main(["report", str(single), "--out", str(out), "--no-plots"]) == 0
+    lines = (out / "report.md").read_text().splitlines()
+    untestable = [line for line in lines if line.startswith("| pos | mtf-mlm | naive |")]
+    assert len(untestable) == 1 and untestable[0].endswith("| n/a | n/a | no |")
+    assert "nan" not in "\n".join(lines) and any(line.startswith("n/a: not testable") for line in lines)
+    tested = next(line for line in lines if line.startswith("| pos | gem-both | naive |"))
+    assert "n/a" not in tested
 
 
 def test_report_plots(runs, tmp_path):
