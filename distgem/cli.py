@@ -16,6 +16,7 @@ COMMANDS = {
     "export": ("distgem.export", "a Hugging Face token-classification directory from a run's checkpoint"),
     "predict": ("distgem.predict", "tag a CoNLL-U, CoNLL or text file with an exported model"),
     "report": ("distgem.report", "the paper's tables, t-tests and plots from a directory of runs"),
+    "compare": ("distgem.compare", "two methods side by side on every metric, over seeds (Welch t-tests)"),
     "sweep": ("distgem.sweep", "inspect a sweep grid (list, size, resolve an array element)"),
 }
 

@@ -109,21 +109,27 @@ def _load_summary(path: Path) -> list[dict]:
     return runs
 
 
-VARIED = (("memory_batch_size", "+batch{}"), ("xsr_layer", "+layer{}"))
+# (key, suffix, whether it changes what every run measures): the retrieval layer is the layer every run's XSR P@1
+# is read from (naive's too); the memory batch only exists where there is a memory
+VARIED = (("memory_batch_size", "+batch{}", False), ("xsr_layer", "+layer{}", True))
 
 
 def _mark_varied(runs: list[dict]) -> list[dict]:
     """Knobs without a label of their own (memory batch, retrieval layer) join the label of the runs whose
-    value differs from the most common one among the report's memory runs (a knob sweep), not otherwise."""
-    memory_runs = [r for r in runs if r["config"]["method"]["memory"]]
-    for key, suffix in VARIED:
-        values = [r["config"]["method"].get(key) for r in memory_runs]
+    value differs from the most common one (a knob sweep), not otherwise. A run read at another layer also
+    gets its own backbone row (`backbone_label`): the backbone's P@1 differs by layer."""
+    for key, suffix, everywhere in VARIED:
+        marked = [r for r in runs if everywhere or r["config"]["method"]["memory"]]
+        values = [r["config"]["method"].get(key) for r in marked]
         if len(set(values)) < 2:
             continue
         usual = max(set(values), key=values.count)
-        for run in memory_runs:
-            if run["config"]["method"].get(key) != usual:
-                run["label"] += suffix.format(run["config"]["method"].get(key))
+        for run in marked:
+            value = run["config"]["method"].get(key)
+            if value != usual:
+                run["label"] += suffix.format(value)
+                if everywhere:
+                    run["backbone_label"] = run.get("backbone_label", "backbone") + suffix.format(value)
     return runs
 
 
@@ -258,8 +264,10 @@ def _table1(methods: dict[str, list[dict]], task: str) -> dict:
         row += [mean_std([m["xsr"][p][f"p@{k}"] for m in memories]) for p in pairs for k in (1, 5, 10)]
         return row
 
-    backbone = [g["backbone"] for group in methods.values() for g in group if g.get("backbone")]
-    rows = [cells("backbone", backbone)] if backbone else []
+    backbones = defaultdict(list)  # one row per retrieval layer: the backbone's P@1 is a property of the layer
+    for g in (g for group in methods.values() for g in group if g.get("backbone")):
+        backbones[g.get("backbone_label", "backbone")].append(g["backbone"])
+    rows = [cells(name, backbones[name]) for name in sorted(backbones)]
     for name in sorted(methods, key=_sort_key):
         after = [g["after"] for g in methods[name] if g.get("after")]
         if after:

@@ -103,6 +103,45 @@ def test_report_marks_untestable_ttests(runs, tmp_path):
     assert "n/a" not in tested
 
 
+def test_report_separates_runs_read_at_another_layer(runs, tmp_path):
+    # naive and GEM read at layer 6: their own rows (naive's too, it has no memory), and their own backbone row,
+    # not pooled with the last layer's runs
+    for name in ("naive--seed0", "gem-mlm-xsr-seed0"):
+        results = json.loads((runs / name / "results.json").read_text())
+        results["config"]["method"]["xsr_layer"] = 6
+        results["backbone"]["xsr"] = {lang: {"p@1": 60.0, "p@5": 80.0, "p@10": 90.0} for lang in ("es", "fr")}
+        (runs / f"{name}-layer6").mkdir()
+        (runs / f"{name}-layer6" / "results.json").write_text(json.dumps(results))
+    out = tmp_path / "report"
+    assert main(["report", str(runs), "--out", str(out), "--no-plots"]) == 0
+    table1 = {r["model"]: r for r in _csv(out / "table1.csv")}
+    assert set(table1) == {"backbone", "backbone+layer6", "naive", "naive+layer6", "gem-both", "gem-both+layer6", "mtf-mlm"}
+    assert float(table1["backbone"]["es-en P@1_mean"]) == 90.0 and float(table1["backbone"]["es-en P@1_std"]) == 0.0
+    assert float(table1["backbone+layer6"]["es-en P@1_mean"]) == 60.0 and table1["backbone+layer6"]["seeds"] == "2"
+    assert table1["naive"]["seeds"] == "3" and table1["naive+layer6"]["seeds"] == "1"
+
+
+def test_compare_two_methods_on_every_metric(runs, capsys):
+    from scipy import stats
+
+    assert main(["compare", str(runs), "--between", "gem-both", "naive", "--json"]) == 0
+    rows = {r["metric"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    assert {"source en", "zero-shot es", "zero-shot fr", "zero-shot avg", "XSR P@1 es", "MLM ppl en"} <= set(rows)
+    gem, naive = SEEDS["gem", ("mlm", "xsr")], SEEDS["naive", ()]
+    es = rows["zero-shot es"]
+    assert es["a_mean"] == pytest.approx(statistics.fmean(s["es"] for s in gem))
+    assert es["diff"] == pytest.approx(statistics.fmean(s["es"] for s in gem) - statistics.fmean(s["es"] for s in naive))
+    t, dof = _welch([s["es"] for s in gem], [s["es"] for s in naive])
+    assert es["t"] == pytest.approx(t) and es["p"] == pytest.approx(2 * stats.t.sf(abs(t), dof))
+    assert rows["source en"]["b_mean"] == pytest.approx(statistics.fmean(s["en"] for s in naive))
+    # the fixture's P@1 is 50 + seed for every method: no difference, p = 1
+    assert rows["XSR P@1 es"]["diff"] == 0 and rows["XSR P@1 es"]["p"] == pytest.approx(1.0)
+    assert main(["compare", str(runs), "--between", "gem-both", "mtf-mlm"]) == 0
+    assert "| zero-shot avg | " in capsys.readouterr().out
+    assert main(["compare", str(runs), "--between", "gem-xsr", "naive"]) == 2
+    assert "no runs labelled 'gem-xsr'; the labels are: gem-both, mtf-mlm, naive" in capsys.readouterr().err
+
+
 def test_report_plots(runs, tmp_path):
     out = tmp_path / "report"
     assert main(["report", str(runs), "--out", str(out)]) == 0
