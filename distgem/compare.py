@@ -3,8 +3,8 @@
 The report tests every method against the baselines on the zero-shot average; a question such as "does one
 constraint per language keep more Spanish retrieval than the pooled margin?" needs two arbitrary methods
 compared on each number the runs measured: zero-shot and source-language scores per language, XSR P@1 per
-pair and MLM perplexity per language after fine-tuning, the held-out memory losses at the last evaluation,
-and the share of steps GEM projected. Each row: mean ± std (seeds) of A and of B, A - B, Welch's t and p
+pair and MLM perplexity per language after fine-tuning, the held-out memory losses at the last evaluation
+(one row per held-out sample, named by the backbone's loss on it), and the share of steps GEM projected. Each row: mean ± std (seeds) of A and of B, A - B, Welch's t and p
 (n/a with fewer than two seeds on a side). Labels are the report's (`distgem report` prints them).
 """
 from __future__ import annotations
@@ -36,8 +36,11 @@ def metrics(run: dict) -> dict[str, float]:
         out[f"XSR P@1 {pair}"] = scores["p@1"]
     for lang, ppl in (after.get("mlm_perplexity") or {}).items():
         out[f"MLM ppl {lang}"] = ppl
-    for key, loss in ((summary(run).get("memory_loss") or {}).get("final") or {}).items():
-        out[f"held-out loss {key}"] = loss
+    held = summary(run).get("memory_loss") or {}
+    for key, loss in (held.get("final") or {}).items():
+        # runs on different held-out samples are not comparable: the backbone's loss names the sample
+        backbone = (held.get("backbone") or {}).get(key)
+        out[f"held-out loss {key}" + (f" (backbone {backbone:.2f})" if backbone is not None else "")] = loss
     share = (run.get("train") or {}).get("gem_violated_share")
     if share is not None:
         out["steps projected %"] = 100 * share

@@ -136,6 +136,18 @@ def test_compare_two_methods_on_every_metric(runs, capsys):
     assert rows["source en"]["b_mean"] == pytest.approx(statistics.fmean(s["en"] for s in naive))
     # the fixture's P@1 is 50 + seed for every method: no difference, p = 1
     assert rows["XSR P@1 es"]["diff"] == 0 and rows["XSR P@1 es"]["p"] == pytest.approx(1.0)
+    # held-out losses pool only runs measured on the same held-out sample (the backbone's loss names it)
+    for run_dir, backbone, final in (("gem-mlm-xsr-seed0", 1.56, 2.0), ("gem-mlm-xsr-seed1", 1.56, 2.2),
+                                     ("gem-mlm-xsr-seed2", 1.75, 9.0), ("mtf-mlm-seed0", 1.56, 0.1),
+                                     ("mtf-mlm-seed1", 1.56, 0.3)):
+        results = json.loads((runs / run_dir / "results.json").read_text())
+        results["memory_loss"] = {"backbone": {"xsr": backbone}, "final": {"xsr": final}}
+        (runs / run_dir / "results.json").write_text(json.dumps(results))
+    assert main(["compare", str(runs), "--between", "gem-both", "mtf-mlm", "--json"]) == 0
+    rows = {r["metric"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    held = [name for name in rows if name.startswith("held-out")]
+    assert held == ["held-out loss xsr (backbone 1.56)"]
+    assert rows[held[0]]["a_mean"] == pytest.approx(2.1) and rows[held[0]]["b_mean"] == pytest.approx(0.2)
     assert main(["compare", str(runs), "--between", "gem-both", "mtf-mlm"]) == 0
     assert "| zero-shot avg | " in capsys.readouterr().out
     assert main(["compare", str(runs), "--between", "gem-xsr", "naive"]) == 2
