@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
 
 from distgem.errors import UserError
-from distgem.report import load_runs, summary, welch
+from distgem.report import format_cell, format_stat, load_runs, mean_std, summary, welch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,19 +60,16 @@ def compare(runs: list[dict], a: str, b: str) -> list[dict]:
         ys = [m[metric] for m in by_label[b] if metric in m]
         if not ys:
             continue  # measured by one side only (e.g. steps projected against naive)
+        (a_mean, a_std, a_n), (b_mean, b_std, b_n) = mean_std(xs), mean_std(ys)
         t, p = welch(xs, ys)
-        rows.append({"metric": metric, "a_mean": statistics.fmean(xs), "a_std": _std(xs), "a_n": len(xs),
-                     "b_mean": statistics.fmean(ys), "b_std": _std(ys), "b_n": len(ys),
-                     "diff": statistics.fmean(xs) - statistics.fmean(ys), "t": t, "p": p})
+        rows.append({"metric": metric, "a_mean": a_mean, "a_std": a_std, "a_n": a_n, "b_mean": b_mean, "b_std": b_std,
+                     "b_n": b_n, "diff": a_mean - b_mean, "t": t, "p": p})
     return rows
 
 
-def _std(values: list[float]) -> float:
-    return statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def _cell(mean: float, std: float, n: int) -> str:
-    return f"{mean:.2f} ± {std:.2f} ({n})" if n > 1 else f"{mean:.2f} (1)"
+def _cell(row: dict, side: str) -> str:
+    cell = (row[f"{side}_mean"], row[f"{side}_std"], row[f"{side}_n"])
+    return f"{format_cell(cell)} ({cell[2]})"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,8 +80,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"| metric | {a} | {b} | A - B | t | p |\n|---|---|---|---|---|---|")
     for r in rows:
-        t, p = ("n/a", "n/a") if r["p"] != r["p"] else (f"{r['t']:.2f}", f"{r['p']:.2g}")
-        print(f"| {r['metric']} | {_cell(r['a_mean'], r['a_std'], r['a_n'])} | {_cell(r['b_mean'], r['b_std'], r['b_n'])} "
-              f"| {r['diff']:+.2f} | {t} | {p} |")
+        print(f"| {r['metric']} | {_cell(r, 'a')} | {_cell(r, 'b')} | {r['diff']:+.2f} | {format_stat(r['t'], '.2f')} "
+              f"| {format_stat(r['p'], '.2g')} |")
     print("\nmean ± std (seeds); Welch's t-test, two-sided; n/a: fewer than two seeds on a side or no spread")
     return 0

@@ -298,7 +298,7 @@ def _ablation(by_task) -> dict:
     return {"title": "Ablation: MLM(en) vs MLM(all)", "columns": columns, "rows": rows}
 
 
-def _fmt(cell, latex: bool = False) -> str:
+def format_cell(cell, latex: bool = False) -> str:
     if cell is None:
         return "-"
     if isinstance(cell, tuple):
@@ -317,13 +317,13 @@ def write_outputs(report: dict, out: Path) -> None:
         _write_csv(out / f"{key}.csv", table)
         latex += [f"% {table['title']}", "\\begin{tabular}{" + "l" * len(table["columns"]) + "}", "\\hline",
                   " & ".join(table["columns"]).replace("_", "\\_").replace("@", "@") + " \\\\", "\\hline"]
-        latex += [" & ".join(_fmt(c, latex=True) for c in row) + " \\\\" for row in table["rows"]]
+        latex += [" & ".join(format_cell(c, latex=True) for c in row) + " \\\\" for row in table["rows"]]
         latex += ["\\hline", "\\end{tabular}", ""]
     markdown += ["† better than every baseline (Welch t-test over seeds, p < 0.01).", "",
                  "## t-tests (test average over target languages)", "",
                  "| task | method | baseline | mean | baseline mean | t | p | significant |", "|---|---|---|---|---|---|---|---|"]
     markdown += [f"| {t['task']} | {t['method']} | {t['baseline']} | {t['mean']:.2f} | {t['baseline_mean']:.2f} | "
-                 f"{_stat(t['t'], '.2f')} | {_stat(t['p'], '.2g')} | {'yes' if t['significant'] else 'no'} |"
+                 f"{format_stat(t['t'], '.2f')} | {format_stat(t['p'], '.2g')} | {'yes' if t['significant'] else 'no'} |"
                  for t in report["ttests"]]
     if any(t["p"] != t["p"] for t in report["ttests"]):
         markdown += ["", "n/a: not testable, a side has fewer than two seeds or no spread between its seeds."]
@@ -336,7 +336,7 @@ def write_outputs(report: dict, out: Path) -> None:
     (out / "report.json").write_text(json.dumps(report, indent=1, default=list))
 
 
-def _stat(value: float, spec: str) -> str:
+def format_stat(value: float, spec: str) -> str:
     return "n/a" if value != value else format(value, spec)  # nan: too few seeds to test
 
 
@@ -352,7 +352,7 @@ def table_markdown(key: str, table: dict, beats_all: set, keep=lambda column: Tr
     kept = [i for i, column in enumerate(table["columns"]) if keep(column)]
     lines = ["| " + " | ".join(table["columns"][i] for i in kept) + " |", "|" + "---|" * len(kept)]
     for row in table["rows"]:
-        cells = [_fmt(c) for c in row]
+        cells = [format_cell(c) for c in row]
         if task and (task, row[0]) in beats_all:
             cells[-1] += " †"
         lines.append("| " + " | ".join(cells[i] for i in kept) + " |")
