@@ -4,8 +4,9 @@ The report tests every method against the baselines on the zero-shot average; a 
 constraint per language keep more Spanish retrieval than the pooled margin?" needs two arbitrary methods
 compared on each number the runs measured: zero-shot and source-language scores per language, XSR P@1 per
 pair and MLM perplexity per language after fine-tuning, the held-out memory losses at the last evaluation
-(one row per held-out sample, named by the backbone's loss on it), and the share of steps GEM projected. Each row: mean ± std (seeds) of A and of B, A - B, Welch's t and p
-(n/a with fewer than two seeds on a side). Labels are the report's (`distgem report` prints them).
+(one row per held-out sample, named by the backbone's loss on it), and the share of steps GEM projected.
+Each row: mean ± std (seeds) of A and of B, A - B, Welch's t and p (n/a with fewer than two seeds on a
+side). Labels are the report's (`distgem report` prints them).
 """
 from __future__ import annotations
 
