@@ -2,7 +2,9 @@
 
 Table 1 (MLM perplexity per language, XSR P@1/5/10 per pair after fine-tuning on the source task,
 backbone row first), Table 2 (zero-shot POS and NER per language and their average without the
-source), the MLM(en) vs MLM(all) ablation; mean and standard deviation over seeds; Welch t-tests of
+source), the MLM(en) vs MLM(all) ablation, the cost of each method, and per task an "over seeds" table
+(each method's memory metrics, test scores, steps projected and held-out memory loss on one row, also
+written alone as seeds_TASK.md); mean and standard deviation over seeds; Welch t-tests of
 every method against every baseline (significance: p < 0.01); Markdown, CSV and LaTeX; PNG plots
 (per-language bars; forgetting curves read from the TensorBoard event files).
 """
@@ -219,12 +221,71 @@ def build_report(runs: list[dict]) -> dict:
                 report["ttests"].append({"task": task, "method": name, "baseline": baseline, "mean": statistics.fmean(a),
                                          "baseline_mean": statistics.fmean(b), "t": t, "p": p,
                                          "significant": bool(p == p and p < ALPHA and statistics.fmean(a) > statistics.fmean(b))})
+    for task, methods in sorted(by_task.items()):
+        report["tables"][f"seeds_{task}"] = _over_seeds(task, methods)
     source_task = "pos" if "pos" in by_task else next(iter(by_task))
     report["tables"]["table1"] = _table1(by_task[source_task], source_task)
     for key, table in (("ablation", _ablation(by_task)), ("cost", _cost(by_task))):
         if table["rows"]:  # no MLM runs (an encoder without an MLM head): no ablation
             report["tables"][key] = table
     return report
+
+
+def _over_seeds(task: str, methods: dict[str, list[dict]]) -> dict:
+    """Each method on one row, every number its seeds measured: memory tasks after fine-tuning (XSR P@1 per
+    pair, MLM perplexity per language), test score per language (source first) and the average, then per
+    seed the steps GEM projected and the last dev evaluation's held-out memory loss, with the backbone's loss
+    on the same held-out batch in brackets where the run logged it (runs on different batches differ there)."""
+    runs = [g for group in methods.values() for g in group]
+    first = runs[0]
+    after = [r["after"] for r in runs if r.get("after")]
+    pairs = _in_task_order(first, dict.fromkeys(p for a in after for p in a.get("xsr") or {}))
+    ppl_langs = _in_task_order(first, dict.fromkeys(lang for a in after for lang in a.get("mlm_perplexity") or {}))
+    langs = _in_task_order(first, dict.fromkeys(lang for r in runs for lang in r["test"]["per_language"]))
+    columns = ["method", "seeds", *[f"P@1 {p}" for p in pairs], *[f"ppl {lang}" for lang in ppl_langs],
+               *[f"{task} {lang}" for lang in langs], f"{task} avg", "steps projected", "held-out memory loss"]
+
+    def stat(values):
+        return mean_std(values) if values else None
+
+    rows = []
+    for name in sorted(methods, key=_sort_key):
+        group = sorted(methods[name], key=lambda r: r["run"].get("seed", 0))
+        done = [r["after"] for r in group if r.get("after")]
+        row = [name, f"{len(group)} ({', '.join(str(r['run'].get('seed', '?')) for r in group)})"]
+        row += [stat([a["xsr"][p]["p@1"] for a in done if p in (a.get("xsr") or {})]) for p in pairs]
+        row += [stat([a["mlm_perplexity"][lang] for a in done if lang in (a.get("mlm_perplexity") or {})]) for lang in ppl_langs]
+        row += [stat([r["test"]["per_language"][lang]["score"] for r in group if lang in r["test"]["per_language"]])
+                for lang in langs]
+        row += [stat([r["test"]["average"] for r in group]), _per_seed(group, _steps_projected), _per_seed(group, _held_out)]
+        rows.append(row)
+    return {"title": f"Over seeds, {task.upper()}: memory tasks after fine-tuning, test scores, and per seed the "
+                     "steps GEM projected and the held-out memory loss (backbone's on the same batch)",
+            "columns": columns, "rows": rows}
+
+
+def _per_seed(group: list[dict], cell) -> str:
+    cells = [cell(r) for r in group]
+    return " / ".join(c or "-" for c in cells) if any(cells) else "-"
+
+
+def _steps_projected(run: dict) -> str | None:
+    train = run.get("train") or {}
+    share, steps = train.get("gem_violated_share"), train.get("steps")
+    return None if share is None or not steps else str(round(share * steps))
+
+
+def _held_out(run: dict) -> str | None:
+    """The first held-out memory loss of the run's last dev evaluation (a per-language run names its
+    language), and the backbone's on the same batch where logged: `fr 0.06 (1.56)`."""
+    held = summary(run).get("memory_loss") or {}
+    final = held.get("final") or {}
+    if not final:
+        return None
+    key, loss = next(iter(final.items()))
+    backbone = (held.get("backbone") or {}).get(key)
+    named = key.split(".", 1)[1] + " " if "." in key else ""
+    return f"{named}{loss:.2f}" + (f" ({backbone:.2f})" if backbone is not None else "")
 
 
 def _cost(by_task) -> dict:
@@ -315,6 +376,8 @@ def write_outputs(report: dict, out: Path) -> None:
     for key, table in report["tables"].items():
         markdown += [f"## {table['title']}", "", *table_markdown(key, table, beats_all), ""]
         _write_csv(out / f"{key}.csv", table)
+        if key.startswith("seeds_"):  # on its own too, for a results page's discussion to include
+            (out / f"{key}.md").write_text("\n".join(table_markdown(key, table, beats_all)) + "\n")
         latex += [f"% {table['title']}", "\\begin{tabular}{" + "l" * len(table["columns"]) + "}", "\\hline",
                   " & ".join(table["columns"]).replace("_", "\\_").replace("@", "@") + " \\\\", "\\hline"]
         latex += [" & ".join(format_cell(c, latex=True) for c in row) + " \\\\" for row in table["rows"]]

@@ -2,16 +2,19 @@
 
 Everything numeric is generated from the runs (or from the `runs.jsonl` summary a report writes
 beside its tables, which is what the repository keeps); the discussion is a hand-written file
-included verbatim, so regenerating the page never loses it.
+included verbatim (but for `<!-- include: FILE -->` lines, which bring a generated table such as a
+report's seeds_pos.md in after them), so regenerating the page never loses it.
 """
 from __future__ import annotations
 
 import os
+import re
 import statistics
 from collections import Counter
 from pathlib import Path
 
 from distgem import claims as paper_claims
+from distgem.errors import UserError
 from distgem.report import ALPHA, beating_every_baseline, table_markdown
 
 
@@ -28,6 +31,8 @@ def write_results(report: dict, runs: list[dict], out_md: Path, assets: Path, co
              f"Welch t-tests over seeds; a comparison holds when it goes the paper's way with p < {ALPHA:g}.", "",
              paper_claims.markdown(paper_claims.evaluate(runs)), ""]
     for key, table in report["tables"].items():
+        if key.startswith("seeds_"):
+            continue  # Tables 1 and 2 hold the same numbers; a discussion can include it (see `_discussion`)
         keep = (lambda c: "P@5" not in c and "P@10" not in c) if key == "table1" else (lambda c: True)
         lines += [f"## {table['title']}", "", *table_markdown(key, table, beats_all, keep), ""]
         if key == "table1":
@@ -38,8 +43,28 @@ def write_results(report: dict, runs: list[dict], out_md: Path, assets: Path, co
     if plots:
         lines += ["## Plots", ""] + [f"![{name}]({rel / name})" for name in plots] + [""]
     if discussion is not None and discussion.is_file():
-        lines += [discussion.read_text(encoding="utf-8").rstrip(), ""]
+        lines += [_discussion(discussion), ""]
     out_md.write_text("\n".join(lines), encoding="utf-8")
+
+
+INCLUDE = re.compile(r"^<!-- include: (\S+) -->$")
+
+
+def _discussion(path: Path) -> str:
+    """The hand-written discussion, each `<!-- include: FILE -->` line followed by FILE's text (FILE relative
+    to the discussion, e.g. a report's seeds_pos.md): generated tables stay generated. The marker, an HTML
+    comment, stays (invisible on the page); a missing FILE is the user's error."""
+    out = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").rstrip().splitlines(), 1):
+        out.append(line)
+        match = INCLUDE.match(line.strip())
+        if match:
+            included = path.parent / match.group(1)
+            if not included.is_file():
+                raise UserError(f"{path}:{number}: include {included}: no such file (the `distgem report` that "
+                                "writes it runs first)")
+            out.append(included.read_text(encoding="utf-8").rstrip())
+    return "\n".join(out)
 
 
 def setup(runs: list[dict]) -> list[str]:

@@ -105,6 +105,29 @@ def test_results_page_regenerates_from_the_summary(tmp_path):
     assert "Hand-written." in text and "../b/table1.csv" in text and "30 runs" in text
 
 
+def test_a_discussion_includes_a_generated_table_and_a_missing_one_is_a_one_line_error(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    for i, run in enumerate(_runs(seeds=3)):
+        (runs / f"run{i}").mkdir(parents=True)
+        (runs / f"run{i}" / "results.json").write_text(json.dumps({k: v for k, v in run.items() if k != "label"}))
+    assert main(["report", str(runs), "--out", str(tmp_path / "out"), "--no-plots"]) == 0
+    discussion = tmp_path / "discussion.md"
+    discussion.write_text("## Discussion\n\nOver seeds:\n\n<!-- include: out/seeds_pos.md -->\n\nAfter.\n")
+    page = tmp_path / "RESULTS.md"
+    assert main(["report", str(runs), "--out", str(tmp_path / "out"), "--no-plots", "--results-md", str(page),
+                 "--discussion", str(discussion)]) == 0
+    text = page.read_text()
+    table = (tmp_path / "out" / "seeds_pos.md").read_text().rstrip()
+    assert "<!-- include: out/seeds_pos.md -->\n" + table + "\n\nAfter." in text
+    assert text.count("| gem-both | 3 (0, 1, 2) |") == 1  # included once, not also among the page's own tables
+    discussion.write_text("Hand-written.\n<!-- include: gone/seeds_pos.md -->\n")
+    assert main(["report", str(runs), "--out", str(tmp_path / "out"), "--no-plots", "--results-md", str(page),
+                 "--discussion", str(discussion)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert f"{discussion}:2: include {tmp_path / 'gone' / 'seeds_pos.md'}: no such file" in error
+    assert len(error.splitlines()) == 1
+
+
 def test_a_broken_summary_line_is_a_one_line_error(tmp_path, capsys):
     good = {k: v for k, v in _run("naive", (), 0).items() if k != "label"}
     bad = tmp_path / "runs.jsonl"

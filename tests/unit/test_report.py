@@ -282,3 +282,34 @@ def test_the_summary_keeps_the_held_out_memory_losses_through_a_merge(tmp_path):
         kept = {r["run_id"]: r for r in map(json.loads, (tmp_path / out / "runs.jsonl").read_text().splitlines())}
         assert kept["gem-xsr-seed0"]["memory_loss"] == {"backbone": {"xsr": 0.05}, "final": {"xsr": 2.5}}
         assert "memory_loss" not in kept["naive-seed0"]
+
+
+def test_over_seeds_table_puts_every_number_of_a_method_on_one_row(runs, tmp_path):
+    """The seeds table's cells are the means of what each seed measured, its per-seed cells (steps projected,
+    held-out loss named by the backbone's loss on the same batch) are in seed order, and a method without them
+    shows '-'."""
+    for seed, (share, final) in enumerate([(0.25, 2.5), (0.5, 1.25), (0.75, None)]):
+        path = runs / f"gem-mlm-xsr-seed{seed}" / "results.json"
+        data = json.loads(path.read_text())
+        data["train"] = {"steps": 400, "seconds": 100.0, "gem_violated_share": share}
+        if final is not None:
+            data["backbone"]["memory_loss"] = {"xsr.fr": 1.5}
+            data["dev"] = {"history": [{"step": 400, "memory_loss": {"xsr.fr": final, "xsr.es": 9.0}}]}
+        path.write_text(json.dumps(data))
+    assert main(["report", str(runs), "--out", str(tmp_path / "out"), "--no-plots"]) == 0
+    rows = {row["method"]: row for row in _csv(tmp_path / "out" / "seeds_pos.csv")}
+    assert set(rows) == {"naive", "mtf-mlm", "gem-both"}
+    gem_row, naive = rows["gem-both"], rows["naive"]
+    assert gem_row["seeds"] == "3 (0, 1, 2)" and rows["mtf-mlm"]["seeds"] == "2 (0, 1)"
+    assert float(gem_row["P@1 es_mean"]) == pytest.approx(51.0) and float(gem_row["P@1 es_std"]) == pytest.approx(1.0)
+    assert float(gem_row["ppl fr_mean"]) == pytest.approx(14.0)  # 10 + seed + len("gem")
+    scores = SEEDS["gem", ("mlm", "xsr")]
+    assert float(gem_row["pos en_mean"]) == pytest.approx(statistics.fmean(s["en"] for s in scores))
+    assert float(gem_row["pos es_std"]) == pytest.approx(statistics.stdev(s["es"] for s in scores))
+    assert gem_row["steps projected"] == "100 / 200 / 300"
+    assert gem_row["held-out memory loss"] == "fr 2.50 (1.50) / fr 1.25 (1.50) / -"
+    assert naive["steps projected"] == "-" and naive["held-out memory loss"] == "-"
+    alone = (tmp_path / "out" / "seeds_pos.md").read_text().splitlines()
+    assert alone[0].startswith("| method | seeds | P@1 es | P@1 fr | ppl en | ppl es | ppl fr | pos en |") and len(alone) == 2 + len(rows)
+    assert "| gem-both | 3 (0, 1, 2) | 51.00 ± 1.00 |" in (tmp_path / "out" / "report.md").read_text()
+
