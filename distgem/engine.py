@@ -31,7 +31,7 @@ from distgem.log import RunLog
 from distgem.metrics import average_over_targets
 from distgem.model import MultiTaskModel, freeze_bottom, parameter_group
 from distgem.partition import GradientPartition
-from distgem.results import build_results, peak_rss_mb, write_json
+from distgem.results import build_results, memory_mb, peak_rss_mb, write_json
 from distgem.tasks.sources import memory_sources, spread, tagging_source
 from distgem.tasks import tagging
 from distgem.timer import PhaseTimer
@@ -362,6 +362,7 @@ class Trainer:
             stats = self.step(step)
             dist.comm_phase("between steps")
             stats["samples_per_s"] = config.train.batch_size / (time.perf_counter() - tick)
+            stats.update(memory_mb(self.world.device))  # this rank's; results.json has every rank's peak
             self.state["step"] = step + 1
             every = config.eval.memory_loss_every
             held = self.evaluate_memory_losses() if self.held_out and every and (step + 1) % every == 0 else None

@@ -5,9 +5,13 @@ import json
 import os
 import platform
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from distgem.metrics import average_over_targets
 from distgem.yamlconf import to_dict
+
+if TYPE_CHECKING:
+    import torch
 
 
 def build_results(config, world_size: int, state: dict, test: dict, after: dict | None, train_seconds: float,
@@ -37,6 +41,24 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def memory_mb(device: torch.device | None = None) -> dict[str, float]:
+    """This process's memory now, for the per-step log: resident set, the peak so far (the step where it rises
+    is the step that needed it; an evaluation's shows on the step after it), and on CUDA the most allocated
+    since the last call (the peak counter restarts, so each step shows its own)."""
+    out = {"system/peak_rss_mb": round(peak_rss_mb(), 1)}
+    try:
+        with open("/proc/self/statm") as handle:  # Linux: pages; cheap enough for every step
+            out["system/rss_mb"] = round(int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    if device is not None and device.type == "cuda":
+        import torch
+
+        out["system/gpu_peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
+        torch.cuda.reset_peak_memory_stats(device)
+    return out
 
 
 def versions() -> dict:

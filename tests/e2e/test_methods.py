@@ -37,6 +37,11 @@ def test_method_trains_and_writes_complete_results(micro, tmp_path, method):
     memory = results["config"]["method"]["memory"]
     assert all(any(k == f"loss/{task}" or k.startswith(f"loss/{task}.") for k in steps[0]) for task in memory)
     assert "loss/pos" in steps[0]
+    # memory per step: a resident set the size of a loaded torch at least, a peak that never falls and covers it
+    peaks = [s["system/peak_rss_mb"] for s in steps]
+    assert all(s["system/rss_mb"] > 100 for s in steps) and peaks == sorted(peaks)
+    assert all(s["system/peak_rss_mb"] >= s["system/rss_mb"] - 1 for s in steps)
+    assert results["train"]["peak_rss_mb"][0] >= peaks[-1]
     if results["config"]["method"]["name"] == "gem":
         assert all(s["gem/min_constraint_after"] >= -1e-5 for s in steps)
         assert results["train"]["gem_violated_share"] is not None

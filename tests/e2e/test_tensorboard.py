@@ -11,7 +11,8 @@ from tests.support import free_port, run_training
 
 EXPECTED = {"loss/pos", "loss/mlm", "loss/xsr", "gem/violated", "gem/norm_ratio", "gem/projection_ms",
             "gem/cosine/mlm", "gem/cosine/xsr", "gem/dual/mlm", "gem/min_constraint_after", "lr", "samples_per_s",
-            "dev/es", "dev/el", "dev/average", "test/es", "memory/mlm_perplexity/es", "memory/xsr/el/p@1"}
+            "system/rss_mb", "system/peak_rss_mb", "dev/es", "dev/el", "dev/average", "test/es",
+            "memory/mlm_perplexity/es", "memory/xsr/el/p@1"}
 
 
 def test_tensorboard_serves_the_engine_tags(micro, tmp_path):
