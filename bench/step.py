@@ -6,7 +6,8 @@
 
 One Trainer per method is built in the same process(es) (torchrun for N > 1) and their steps alternate
 (A B C ... then ... C B A, so no method always runs first), each between two barriers; medians over the
-steps after --warmup. With DISTGEM_PROFILE=1 the engine times its phases; GEM's overhead outside
+steps after --warmup (and the mean step: a batch with one long sentence is slow, and a run lasts the mean).
+With DISTGEM_PROFILE=1 the engine times its phases; GEM's overhead outside
 forward/backward is capture + Gram + all-reduce + QP + update, set against its floor: the values it
 must move on each step (bench/common.py) at the copy bandwidth measured once per round in the same run.
 Prints one markdown table per rank count.
@@ -43,6 +44,11 @@ METHODS = {
     "gem-xsr-gamma0.1": ["method.name=gem", "method.memory=[xsr]", "method.gem.memory_strength=0.1"],
     "gem-xsr-gamma0.5": ["method.name=gem", "method.memory=[xsr]", "method.gem.memory_strength=0.5"],
     "gem-xsr-batch64": ["method.name=gem", "method.memory=[xsr]", "method.memory_batch_size=64"],
+    "gem-xsr-batch256": ["method.name=gem", "method.memory=[xsr]", "method.memory_batch_size=256"],
+    # the sentence embeddings in one padded pass, as before model.embed_chunk_tokens (the default chunks them)
+    "gem-xsr-onepass": ["method.name=gem", "method.memory=[xsr]", "model.embed_chunk_tokens=0"],
+    "gem-xsr-batch64-onepass": ["method.name=gem", "method.memory=[xsr]", "method.memory_batch_size=64",
+                                "model.embed_chunk_tokens=0"],
     "gem-xsr-per-language": ["method.name=gem", "method.memory=[xsr]", "method.gem.per_language=true"],
     "gem-xsr-per-language-gamma0.1": ["method.name=gem", "method.memory=[xsr]", "method.gem.per_language=true",
                                       "method.gem.memory_strength=0.1"],
@@ -116,6 +122,7 @@ def summarise(records: list[dict], bandwidth: float) -> dict:
     passes = [(k + 1 if r["refreshed"] else 1) for r in records]
     return {
         "k": k, "p": p, "step": statistics.median(r["step_ms"] for r in records),
+        "mean": statistics.fmean(r["step_ms"] for r in records),  # what a run's length follows: slow batches count
         "fb_per_pass": statistics.median(r.get("time/forward_backward_ms", 0.0) / n for r, n in zip(records, passes)),
         "overhead": statistics.median(overhead), "floor": statistics.median(floors) if gem else None,
         "ratio": sum(overhead) / sum(floors) if gem else None,
@@ -130,12 +137,14 @@ def report(n: int, result: dict, steps: int, loads: tuple[str, str]) -> None:
     base = rows["naive"]["step"] if "naive" in rows else None
     print(f"\n{n} rank(s), {steps} interleaved steps each; {result['environment']}; load before / after: "
           f"{loads[0]} | {loads[1]}; copy bandwidth {bandwidth:.1f} GB/s per rank (read + write)")
-    print("| method | k | p (values/rank) | step ms | / naive | k+1 | fwd-bwd ms/pass | overhead ms | floor ms "
+    print("| method | k | p (values/rank) | step ms | / naive | mean ms | / naive | k+1 | fwd-bwd ms/pass | overhead ms | floor ms "
           "| overhead / floor | capture | Gram | all-reduce | QP | update | zero | optimizer | violated |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for m, r in rows.items():
         gem = r["floor"] is not None
+        mean_base = rows["naive"]["mean"] if "naive" in rows else None
         cells = [m, r["k"], f"{r['p'] / 1e6:.2f}M", f"{r['step']:.1f}", f"{r['step'] / base:.2f}" if base else "",
+                 f"{r['mean']:.1f}", f"{r['mean'] / mean_base:.2f}" if mean_base else "",
                  r["k"] + 1, f"{r['fb_per_pass']:.1f}", f"{r['overhead']:.2f}", f"{r['floor']:.2f}" if gem else "",
                  f"{r['ratio']:.2f}" if gem else "", *(f"{r[t]:.2f}" for t in (*OVERHEAD, "zero", "optimizer")),
                  f"{r['violated']:.2f}" if gem else ""]

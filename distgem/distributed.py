@@ -148,6 +148,17 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_max_int(value: int, device: torch.device) -> int:
+    """The largest of every rank's `value` (a small tensor on the device: NCCL reduces no host tensor)."""
+    import torch.distributed as dist
+
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return value
+    tensor = torch.tensor([value], dtype=torch.long, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
 def all_gather_objects(obj) -> list:
     """Every rank's object, in rank order."""
     import torch.distributed as dist

@@ -87,7 +87,10 @@ class Trainer:
             self.corpora = load_corpora(config.data, config.task, config.model, self.tokenizer, mono, pairs,
                                         progress=world.rank == 0)
         self.model = MultiTaskModel(backbone, len(LABELS[config.task.name]), method.xsr_layer,
-                                    gather=dist.AutogradGather(world.rank, world.size))
+                                    gather=dist.AutogradGather(world.rank, world.size),
+                                    embed_chunk_tokens=config.model.embed_chunk_tokens,
+                                    agree_chunks=(lambda n: dist.all_reduce_max_int(n, world.device))
+                                    if train.zero_stage == 3 and world.size > 1 else None)
         if method.name == "frozen":
             freeze_bottom(self.model, method.frozen_layers)
         if method.name == "gem" and method.gem.target == "update" and train.zero_stage == 0 \

@@ -23,7 +23,8 @@ class MultiTaskModel(nn.Module):
     """Encoder + token-classification head + (if the backbone has one) masked-LM head."""
 
     def __init__(self, backbone: nn.Module, num_labels: int, xsr_layer: int = -1, xsr_scale: float = 20.0,
-                 gather: Callable[[torch.Tensor], torch.Tensor] = identity_gather):
+                 gather: Callable[[torch.Tensor], torch.Tensor] = identity_gather, embed_chunk_tokens: int = 0,
+                 agree_chunks: Callable[[int], int] | None = None):
         super().__init__()
         self.config = backbone.config  # the backbone itself is not registered twice: encoder + head are its parts
         self.encoder = backbone.base_model
@@ -36,6 +37,10 @@ class MultiTaskModel(nn.Module):
         self.xsr_layer = xsr_layer
         self.xsr_scale = xsr_scale
         self.gather = gather  # all-gather with autograd across data-parallel ranks (identity on one rank)
+        self.embed_chunk_tokens = embed_chunk_tokens
+        # ZeRO-3 gathers each layer's parameters collectively per forward: every rank must run as many chunks
+        # (the most any rank needs; `agree_chunks` is that all-reduce, None where forwards have no collectives)
+        self.agree_chunks = agree_chunks
 
     def forward(self, task: str, **batch) -> dict[str, torch.Tensor]:
         if task == "tag":
@@ -69,7 +74,32 @@ class MultiTaskModel(nn.Module):
         return {"loss": loss, "nll": nll.detach(), "tokens": masked.sum()}
 
     def embed(self, input_ids, attention_mask, pool_mask) -> torch.Tensor:
-        """Sentence embedding: masked mean of hidden layer `xsr_layer` over non-special tokens."""
+        """Sentence embedding: masked mean of hidden layer `xsr_layer` over non-special tokens. A batch padded
+        past `embed_chunk_tokens` runs in length-sorted chunks, each cut to its longest sentence (rows are
+        right-padded): one long sentence no longer pads every other row of the batch to its length."""
+        if not self.embed_chunk_tokens:
+            return self._embed(input_ids, attention_mask, pool_mask)
+        lengths = attention_mask.sum(1).tolist()
+        chunks = length_chunks(lengths, self.embed_chunk_tokens)
+        count = self.agree_chunks(len(chunks)) if self.agree_chunks is not None else len(chunks)
+        chunks = split_chunks(chunks, lengths, count)
+        if len(chunks) == 1:
+            return self._embed(input_ids, attention_mask, pool_mask)
+        parts, order = [], []
+        for rows in chunks:
+            index = torch.tensor(rows, device=input_ids.device)
+            width = max(lengths[r] for r in rows)
+            parts.append(self._embed(input_ids[index, :width], attention_mask[index, :width], pool_mask[index, :width]))
+            order += rows
+        for _ in range(count - len(chunks)):
+            # an evaluation shard one row short of the agreed count: a forward whose output is dropped keeps the
+            # ranks' collectives in step (never in training, where every rank holds as many rows)
+            if torch.is_grad_enabled():
+                raise RuntimeError(f"{len(lengths)} rows cannot run as the {count} chunks the other ranks run")
+            self._embed(input_ids[:1, :lengths[0]], attention_mask[:1, :lengths[0]], pool_mask[:1, :lengths[0]])
+        return torch.cat(parts)[torch.tensor(order, device=input_ids.device).argsort()]
+
+    def _embed(self, input_ids, attention_mask, pool_mask) -> torch.Tensor:
         out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
         hidden = out.hidden_states[self.xsr_layer]
         weights = pool_mask.unsqueeze(-1).to(hidden.dtype)
@@ -87,6 +117,36 @@ class MultiTaskModel(nn.Module):
                + F.cross_entropy(self.xsr_scale * target @ all_source.T, positives, reduction="sum")) / 2
         loss = nll * scale if scale is not None else nll / max(n, 1)
         return {"loss": loss}
+
+
+def length_chunks(lengths: list[int], budget: int) -> list[list[int]]:
+    """Row indices in chunks of at most `budget` padded tokens (rows x longest row), shortest rows first; a
+    row longer than the budget is a chunk of its own. One chunk in the original order when the whole batch
+    fits, or with budget 0 (one pass, as without chunking)."""
+    if not budget or len(lengths) * max(lengths, default=0) <= budget:
+        return [list(range(len(lengths)))]
+    chunks, current = [], []
+    for row in sorted(range(len(lengths)), key=lambda r: lengths[r]):
+        if current and (len(current) + 1) * lengths[row] > budget:
+            chunks.append(current)
+            current = []
+        current.append(row)
+    return chunks + [current]
+
+
+def split_chunks(chunks: list[list[int]], lengths: list[int], count: int) -> list[list[int]]:
+    """`chunks` split until there are `count` (or every chunk is one row): the chunk with the most padded
+    tokens is cut in two between its shorter and its longer rows."""
+    chunks = [list(rows) for rows in chunks]
+    while len(chunks) < count:
+        splittable = [c for c in chunks if len(c) > 1]
+        if not splittable:
+            break
+        rows = max(splittable, key=lambda c: len(c) * max(lengths[r] for r in c))
+        chunks.remove(rows)
+        rows = sorted(rows, key=lambda r: lengths[r])
+        chunks += [rows[:len(rows) // 2], rows[len(rows) // 2:]]
+    return chunks
 
 
 def _mlm_head(backbone: nn.Module) -> nn.Module | None:

@@ -21,8 +21,10 @@ METHODS = {
     "mtf-both": {"method.name": "mtf", "method.memory": "[mlm, xsr]"},
     "gem-both": {"method.name": "gem", "method.memory": "[mlm, xsr]"},
     "gem-per-language": {"method.name": "gem", "method.memory": "[mlm, xsr]", "method.gem.per_language": "true"},
-    # batches grouped by length: each rank's slice of a length-sorted global batch pads differently
-    "gem-both-grouped": {"method.name": "gem", "method.memory": "[mlm, xsr]", "train.group_by_length": "true"},
+    # batches grouped by length: each rank's slice of a length-sorted global batch pads differently; and the XSR
+    # embeddings in chunks of at most 16 padded tokens (a few sentences each), not the same chunks on one rank
+    "gem-both-grouped": {"method.name": "gem", "method.memory": "[mlm, xsr]", "train.group_by_length": "true",
+                         "model.embed_chunk_tokens": 16},
     # the optimizer's step projected (AdamW with weight decay), the master weights rewritten on every stage
     "gem-update": {"method.name": "gem", "method.memory": "[mlm, xsr]", "method.gem.target": "update",
                    "train.weight_decay": 0.1},
