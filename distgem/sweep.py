@@ -115,6 +115,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         command = sub.add_parser(name, help=help_text)
         command.add_argument("grid")
         command.add_argument("--json", action="store_true")
+        if name == "list":
+            command.add_argument("--summary", nargs="+", default=[], metavar="RUNS_JSONL",
+                                 help="report summaries (distgem report's runs.jsonl): a run kept there counts as "
+                                      "done though its directory is gone")
     resolve = sub.add_parser("resolve", help="print shell assignments for one array element")
     resolve.add_argument("grid")
     resolve.add_argument("index", type=int)
@@ -128,14 +132,20 @@ def run(args: argparse.Namespace) -> int:
     elif args.sweep_command == "logs":
         print(Path(grid.out) / grid.name / "slurm")
     elif args.sweep_command == "list":
+        kept = summarised(args.summary)
         rows = [{"index": r.index, "run_id": r.run_id, "run_dir": r.run_dir, "finished": finished(r.run_dir),
-                 "command": "launch/train.py " + shlex.join(train_arguments(r))} for r in runs]
+                 "in_summary": r.run_id in kept, "command": "launch/train.py " + shlex.join(train_arguments(r))}
+                for r in runs]
         if args.json:
             print(json.dumps(rows, indent=1))
         else:
             for row in rows:
-                print(f"{row['index']:4d}  {'done' if row['finished'] else 'todo'}  {row['run_id']}")
-            print(f"{len(rows)} runs, {sum(r['finished'] for r in rows)} finished; output under {grid.out}/{grid.name}")
+                state = "done" if row["finished"] else "kept" if row["in_summary"] else "todo"
+                print(f"{row['index']:4d}  {state}  {row['run_id']}")
+            only_kept = sum(r["in_summary"] and not r["finished"] for r in rows)
+            print(f"{len(rows)} runs, {sum(r['finished'] for r in rows)} finished"
+                  + (f", {only_kept} more kept in {' '.join(args.summary)} (directory gone)" if args.summary else "")
+                  + f"; output under {grid.out}/{grid.name}")
     elif args.sweep_command == "sbatch-args":
         r = grid.resources
         options = [f"--job-name=distgem-{grid.name}", f"--nodes={r.nodes}", f"--ntasks-per-node=1",
@@ -154,6 +164,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"RANKS_PER_NODE={ranks}")
         print(f"RUN_ARGS=({shlex.join(train_arguments(chosen))})")
     return 0
+
+
+def summarised(paths: list[str]) -> set[str]:
+    """Run ids kept in report summaries (one JSON object per line, its `run_id` the run's directory name)."""
+    ids = set()
+    for path in map(Path, paths):
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except OSError as err:
+            raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
+        for number, line in enumerate(lines, 1):
+            try:
+                ids.add(json.loads(line)["run_id"])
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise ConfigError(f"{path}:{number}: not a run summary (a JSON object with a run_id)") from None
+    return ids
 
 
 def finished(run_dir: str | Path) -> bool:

@@ -41,3 +41,25 @@ def test_grid_errors_name_the_problem(write, monkeypatch):
         expand(load_grid(write("i.yaml", "name: x\naxes:\n  a: [configs/tiny.yaml, configs/tiny.yaml]\n")))
     with pytest.raises(ConfigError, match=r"resources.gpus_per_node' must be int"):
         load_grid(write("j.yaml", "name: x\nresources: {gpus_per_node: many}\n"))
+
+
+def test_list_counts_runs_kept_in_a_summary_as_kept_not_todo(monkeypatch, tmp_path, capsys):
+    """After `distgem report` has merged runs into runs.jsonl and their directories are gone, `sweep list
+    --summary` tells them from the runs still to do; a broken summary line is a one-line error."""
+    from distgem.cli import main
+
+    monkeypatch.chdir(ROOT)
+    summary = tmp_path / "runs.jsonl"
+    summary.write_text('{"run_id": "seed0-gem-both-pos"}\n{"run_id": "seed1-naive-pos", "test": {}}\n')
+    assert main(["sweep", "list", "configs/sweep_ci.yaml", "--summary", str(summary)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    states = {line.split()[2]: line.split()[1] for line in lines[:-1]}
+    kept = {"seed0-gem-both-pos", "seed1-naive-pos"}
+    for run_id in ("seed0-naive-pos", "seed0-gem-both-pos", "seed1-naive-pos", "seed1-gem-both-pos"):
+        done_here = (ROOT / "runs" / "ci" / run_id / "results.json").is_file()  # a local CI run wins
+        assert states[run_id] == ("done" if done_here else "kept" if run_id in kept else "todo"), run_id
+    assert f"more kept in {summary} (directory gone)" in lines[-1]
+    summary.write_text('{"run_id": "seed0-gem-both-pos"}\n{"run": 1}\n')
+    assert main(["sweep", "list", "configs/sweep_ci.yaml", "--summary", str(summary)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.endswith(f"{summary}:2: not a run summary (a JSON object with a run_id)") and len(error.splitlines()) == 1
