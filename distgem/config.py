@@ -26,7 +26,9 @@ class ModelConfig:
     dropout: float | None = None
     """Override the backbone's hidden and attention dropout (0 for exact equivalence tests)."""
     embed_chunk_tokens: int = 2048
-    """Sentence embeddings (XSR) of a batch whose padded size exceeds this many tokens run in length-sorted chunks of at most this many, each cut to its own longest sentence: the same embeddings without the padding's compute and activations; 0: one pass."""
+    """Sentence embeddings (XSR) of a batch whose padded size exceeds this many tokens run in length-sorted
+    chunks of at most this many, each cut to its own longest sentence: the same embeddings without the
+    padding's compute and activations; 0: one pass."""
 
     def __post_init__(self):
         require(self.max_length >= 8, "max_length", "must be at least 8")

@@ -254,10 +254,12 @@ def _over_seeds(task: str, methods: dict[str, list[dict]]) -> dict:
         done = [r["after"] for r in group if r.get("after")]
         row = [name, f"{len(group)} ({', '.join(str(r['run'].get('seed', '?')) for r in group)})"]
         row += [stat([a["xsr"][p]["p@1"] for a in done if p in (a.get("xsr") or {})]) for p in pairs]
-        row += [stat([a["mlm_perplexity"][lang] for a in done if lang in (a.get("mlm_perplexity") or {})]) for lang in ppl_langs]
+        row += [stat([a["mlm_perplexity"][lang] for a in done if lang in (a.get("mlm_perplexity") or {})])
+                for lang in ppl_langs]
         row += [stat([r["test"]["per_language"][lang]["score"] for r in group if lang in r["test"]["per_language"]])
                 for lang in langs]
-        row += [stat([r["test"]["average"] for r in group]), _per_seed(group, _steps_projected), _per_seed(group, _held_out)]
+        row += [stat([r["test"]["average"] for r in group]), _per_seed(group, _steps_projected),
+                _per_seed(group, _held_out)]
         rows.append(row)
     return {"title": f"Over seeds, {task.upper()}: memory tasks after fine-tuning, test scores, and per seed the "
                      "steps GEM projected and the held-out memory loss (backbone's on the same batch)",

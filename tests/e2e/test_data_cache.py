@@ -23,8 +23,8 @@ def _entries(cache) -> dict[str, int]:
 
 
 def _untimed(steps: list[dict]) -> list[dict]:
-    return [{k: v for k, v in s.items() if k not in ("samples_per_s", "gem/projection_ms") and not k.startswith("system/")}
-            for s in steps]
+    timed = ("samples_per_s", "gem/projection_ms")
+    return [{k: v for k, v in s.items() if k not in timed and not k.startswith("system/")} for s in steps]
 
 
 def test_prepare_caches_everything_a_run_reads(micro, tmp_path):

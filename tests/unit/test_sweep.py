@@ -62,4 +62,5 @@ def test_list_counts_runs_kept_in_a_summary_as_kept_not_todo(monkeypatch, tmp_pa
     summary.write_text('{"run_id": "seed0-gem-both-pos"}\n{"run": 1}\n')
     assert main(["sweep", "list", "configs/sweep_ci.yaml", "--summary", str(summary)]) == 2
     error = capsys.readouterr().err.strip()
-    assert error.endswith(f"{summary}:2: not a run summary (a JSON object with a run_id)") and len(error.splitlines()) == 1
+    assert error.endswith(f"{summary}:2: not a run summary (a JSON object with a run_id)")
+    assert len(error.splitlines()) == 1
