@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from distgem.errors import UserError
-from distgem.report import format_cell, format_stat, load_runs, mean_std, summary, welch
+from distgem.report import format_cell, format_stat, held_out_losses, load_runs, mean_std, welch
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,10 +36,8 @@ def metrics(run: dict) -> dict[str, float]:
         out[f"XSR P@1 {pair}"] = scores["p@1"]
     for lang, ppl in (after.get("mlm_perplexity") or {}).items():
         out[f"MLM ppl {lang}"] = ppl
-    held = summary(run).get("memory_loss") or {}
-    for key, loss in (held.get("final") or {}).items():
+    for key, loss, backbone in held_out_losses(run):
         # runs on different held-out samples are not comparable: the backbone's loss names the sample
-        backbone = (held.get("backbone") or {}).get(key)
         out[f"held-out loss {key}" + (f" (backbone {backbone:.2f})" if backbone is not None else "")] = loss
     share = (run.get("train") or {}).get("gem_violated_share")
     if share is not None:

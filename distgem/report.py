@@ -45,6 +45,8 @@ def run(args: argparse.Namespace) -> int:
         # the summary that regenerates every table without the run directories
         (out / "runs.jsonl").write_text("".join(json.dumps(summary(r)) + "\n" for r in runs))
     if not args.no_plots:
+        from distgem.report_plots import plot
+
         plot(report, runs, out)
     if args.results_md:
         from distgem.results_doc import write_results
@@ -277,15 +279,21 @@ def _steps_projected(run: dict) -> str | None:
     return None if share is None or not steps else str(round(share * steps))
 
 
-def _held_out(run: dict) -> str | None:
-    """The first held-out memory loss of the run's last dev evaluation (a per-language run names its
-    language), and the backbone's on the same batch where logged: `fr 0.06 (1.56)`."""
+def held_out_losses(run: dict) -> list[tuple[str, float, float | None]]:
+    """(constraint, its held-out memory loss at the last dev evaluation, the backbone's on the same held-out
+    batch or None where the run did not log it): runs on different batches compare only by the latter."""
     held = summary(run).get("memory_loss") or {}
-    final = held.get("final") or {}
-    if not final:
+    backbone = held.get("backbone") or {}
+    return [(key, loss, backbone.get(key)) for key, loss in (held.get("final") or {}).items()]
+
+
+def _held_out(run: dict) -> str | None:
+    """The first held-out memory loss of the run (a per-language run names its language), the backbone's
+    on the same batch in brackets: `fr 0.06 (1.56)`."""
+    losses = held_out_losses(run)
+    if not losses:
         return None
-    key, loss = next(iter(final.items()))
-    backbone = (held.get("backbone") or {}).get(key)
+    key, loss, backbone = losses[0]
     named = key.split(".", 1)[1] + " " if "." in key else ""
     return f"{named}{loss:.2f}" + (f" ({backbone:.2f})" if backbone is not None else "")
 
@@ -438,64 +446,3 @@ def _write_csv(path: Path, table: dict) -> None:
             for cell, is_stat in zip(row, stat):
                 cells += ([cell[0], cell[1]] if isinstance(cell, tuple) else ["", ""]) if is_stat else [cell]
             writer.writerow(cells)
-
-
-def plot(report: dict, runs: list[dict], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    for key, table in report["tables"].items():
-        if not key.startswith("table2_"):
-            continue
-        langs = table["columns"][2:]
-        figure, axis = plt.subplots(figsize=(1.2 + 0.9 * len(langs), 3.6))
-        width = 0.8 / max(len(table["rows"]), 1)
-        for i, row in enumerate(table["rows"]):
-            means = [c[0] for c in row[2:]]
-            stds = [c[1] for c in row[2:]]
-            axis.bar([x + i * width for x in range(len(langs))], means, width, yerr=stds, label=row[0])
-        axis.set_xticks([x + 0.4 - width / 2 for x in range(len(langs))], langs)
-        axis.set_ylabel("score")
-        axis.set_title(table["title"], fontsize=9)
-        axis.legend(fontsize=7, ncol=2)
-        figure.tight_layout()
-        figure.savefig(out / f"{key}.png", dpi=120)
-        plt.close(figure)
-    _forgetting_curves(runs, out, plt)
-
-
-def _forgetting_curves(runs: list[dict], out: Path, plt) -> None:
-    """Mean MLM perplexity and XSR P@1 over training, from the TensorBoard events (tensorboard's loader)."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    curves: dict[str, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
-    for r in runs:
-        events = Path(r["run_dir"]) / "tensorboard"
-        if not events.is_dir():
-            continue
-        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        accumulator.Reload()
-        tags = accumulator.Tags()["scalars"]
-        for metric, pattern in (("MLM perplexity (mean over languages)", "/mlm_perplexity/"), ("XSR P@1 (mean over pairs)", "/p@1")):
-            series = defaultdict(list)
-            for tag in (t for t in tags if t.startswith("memory/") and pattern in t):
-                for event in accumulator.Scalars(tag):
-                    series[event.step].append(event.value)
-            for step, values in series.items():
-                curves[metric][r["label"]][step].append(statistics.fmean(values))
-    if not curves:
-        return
-    figure, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.6))
-    axes = [axes] if len(curves) == 1 else axes
-    for axis, (metric, methods) in zip(axes, sorted(curves.items())):
-        for name in sorted(methods, key=_sort_key):
-            steps = sorted(methods[name])
-            axis.plot(steps, [statistics.fmean(methods[name][s]) for s in steps], marker=".", label=name)
-        axis.set_xlabel("step")
-        axis.set_title(metric, fontsize=9)
-        axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(out / "forgetting.png", dpi=120)
-    plt.close(figure)
