@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -146,6 +147,19 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
+
+
+def lockstep(batches: list, agree: Callable[[int], int] | None, spare: Callable[[], object]) -> list[tuple]:
+    """This rank's evaluation `batches` as (batch, True), then (spare(), False) up to the most any rank has.
+
+    ZeRO-3 gathers each layer's parameters collectively in every forward, so a rank with one batch fewer than
+    another would leave it waiting forever (an evaluation set of 17 on two ranks in batches of 4 has three
+    batches on rank 0, two on rank 1): the short rank runs forwards whose output it drops. `agree` is the
+    max all-reduce of a count, None where forwards hold no collectives (stages 0-2, one rank); it runs before
+    the first forward, so the count is agreed before any rank gets ahead."""
+    count = agree(len(batches)) if agree is not None else len(batches)
+    padding = [(spare(), False)] * (count - len(batches)) if count > len(batches) else []
+    return [(batch, True) for batch in batches] + padding
 
 
 def all_reduce_max_int(value: int, device: torch.device) -> int:

@@ -86,11 +86,14 @@ class Trainer:
         with dist.rank0_first():  # one rank tokenises into the shared cache, the others open what it wrote
             self.corpora = load_corpora(config.data, config.task, config.model, self.tokenizer, mono, pairs,
                                         progress=world.rank == 0)
+        # ZeRO-3 gathers each layer's parameters collectively in every forward: where a count of forwards can differ
+        # between ranks (evaluation shards, embedding chunks), every rank runs the most any rank needs
+        self.agree = ((lambda n: dist.all_reduce_max_int(n, world.device))
+                      if train.zero_stage == 3 and world.size > 1 else None)
         self.model = MultiTaskModel(backbone, len(LABELS[config.task.name]), method.xsr_layer,
                                     gather=dist.AutogradGather(world.rank, world.size),
                                     embed_chunk_tokens=config.model.embed_chunk_tokens,
-                                    agree_chunks=(lambda n: dist.all_reduce_max_int(n, world.device))
-                                    if train.zero_stage == 3 and world.size > 1 else None)
+                                    agree_chunks=self.agree)
         if method.name == "frozen":
             freeze_bottom(self.model, method.frozen_layers)
         if method.name == "gem" and method.gem.target == "update" and train.zero_stage == 0 \
@@ -285,7 +288,7 @@ class Trainer:
             return self.engine(task=task, **{k: v.to(self.world.device) for k, v in batch.items()})
 
     def _eval_args(self):
-        return self._forward, dist.all_gather_objects
+        return self._forward, dist.all_gather_objects, self.agree
 
     def evaluate_tagging(self, corpora: dict, save_as: str | None = None) -> dict[str, dict[str, float]]:
         """Scores per language; with `save_as`, also the word-level tags under predictions/<save_as>/."""

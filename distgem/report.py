@@ -172,7 +172,8 @@ def label(results: dict) -> str:
     return name
 
 
-def _sort_key(name: str) -> tuple:
+def method_order(name: str) -> tuple:
+    """Sort key for method labels: the order of ORDER (backbone, naive, GEM, ...), then by name."""
     base = name.split("+")[0].replace("(en)", "")
     return (ORDER.index(base) if base in ORDER else len(ORDER), name)
 
@@ -204,7 +205,7 @@ def build_report(runs: list[dict]) -> dict:
         langs = _in_task_order(first, first["test"]["per_language"])
         columns = ["method", "seeds", *langs, "avg"]
         rows = []
-        for name in sorted(methods, key=_sort_key):
+        for name in sorted(methods, key=method_order):
             group = methods[name]
             cells = [name, len(group)]
             for lang in langs:
@@ -213,7 +214,7 @@ def build_report(runs: list[dict]) -> dict:
             rows.append(cells)
         report["tables"][f"table2_{task}"] = {"title": f"Table 2: zero-shot {task.upper()} (test; avg excludes the source)",
                                               "columns": columns, "rows": rows}
-        for name in sorted(methods, key=_sort_key):
+        for name in sorted(methods, key=method_order):
             for baseline in BASELINES:
                 if baseline == name or baseline not in methods:
                     continue
@@ -251,7 +252,7 @@ def _over_seeds(task: str, methods: dict[str, list[dict]]) -> dict:
         return mean_std(values) if values else None
 
     rows = []
-    for name in sorted(methods, key=_sort_key):
+    for name in sorted(methods, key=method_order):
         group = sorted(methods[name], key=lambda r: r["run"].get("seed", 0))
         done = [r["after"] for r in group if r.get("after")]
         row = [name, f"{len(group)} ({', '.join(str(r['run'].get('seed', '?')) for r in group)})"]
@@ -303,7 +304,7 @@ def _cost(by_task) -> dict:
     peak RSS of the largest rank."""
     rows = []
     for task, methods in sorted(by_task.items()):
-        for name in sorted(methods, key=_sort_key):
+        for name in sorted(methods, key=method_order):
             train = [g["train"] for g in methods[name] if g.get("train") and g["train"].get("steps")]
             if not train:
                 continue
@@ -339,7 +340,7 @@ def _table1(methods: dict[str, list[dict]], task: str) -> dict:
     for g in (g for group in methods.values() for g in group if g.get("backbone")):
         backbones[g.get("backbone_label", "backbone")].append(g["backbone"])
     rows = [cells(name, backbones[name]) for name in sorted(backbones)]
-    for name in sorted(methods, key=_sort_key):
+    for name in sorted(methods, key=method_order):
         after = [g["after"] for g in methods[name] if g.get("after")]
         if after:
             rows.append(cells(name, after))
@@ -355,7 +356,7 @@ def _ablation(by_task) -> dict:
         for name, group in methods.items():
             if "mlm" in group[0]["config"]["method"]["memory"]:
                 pairs[name.replace("(en)", "")][(task, group[0]["config"]["method"]["mlm_languages"])] = group
-    for base in sorted(pairs, key=_sort_key):
+    for base in sorted(pairs, key=method_order):
         for which in ("en", "all"):
             groups = {task: g for (task, lang), g in pairs[base].items() if lang == which}
             if not groups:

@@ -5,7 +5,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from distgem.report import _sort_key
+from distgem.report import method_order
 
 
 def plot(report: dict, runs: list[dict], out: Path) -> None:
@@ -58,7 +58,7 @@ def _forgetting_curves(runs: list[dict], out: Path, plt) -> None:
     figure, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.6))
     axes = [axes] if len(curves) == 1 else axes
     for axis, (metric, methods) in zip(axes, sorted(curves.items())):
-        for name in sorted(methods, key=_sort_key):
+        for name in sorted(methods, key=method_order):
             steps = sorted(methods[name])
             axis.plot(steps, [statistics.fmean(methods[name][s]) for s in steps], marker=".", label=name)
         axis.set_xlabel("step")

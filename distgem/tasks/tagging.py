@@ -9,6 +9,7 @@ import torch
 from distgem.data.align import IGNORE, Window, encode_words, stitch
 from distgem.data.conll import read_conll
 from distgem.data.conllu import UPOS_TAGS, read_conllu
+from distgem.distributed import lockstep
 from distgem.errors import InputError
 from distgem.metrics import ner_scores, pos_accuracy
 
@@ -78,14 +79,17 @@ def units(windows: Sequence[Window]) -> int:
 
 
 def predict(logits_fn: Callable[[dict], torch.Tensor], corpus: TaggedCorpus, pad_id: int, batch_size: int,
-            indices: Sequence[int] | None = None) -> dict[int, list[str]]:
-    """Word-level predicted tags of the given sentences (all by default): {sentence index: tags}."""
+            indices: Sequence[int] | None = None, agree: Callable[[int], int] | None = None) -> dict[int, list[str]]:
+    """Word-level predicted tags of the given sentences (all by default): {sentence index: tags}. With `agree`
+    (ZeRO-3), as many forwards as the rank with the most windows runs (`distributed.lockstep`)."""
     indices = range(len(corpus.words)) if indices is None else indices
     flat = [(s, w) for s in indices for w in corpus.windows[s]]
     token_predictions: dict[int, list[list[int]]] = {s: [] for s in indices}
-    for start in range(0, len(flat), batch_size):
-        chunk = flat[start:start + batch_size]
+    chunks = [flat[start:start + batch_size] for start in range(0, len(flat), batch_size)]
+    for chunk, real in lockstep(chunks, agree, lambda: [(None, corpus.windows[0][0])]):  # a window of no sentence
         logits = logits_fn(collate([w for _, w in chunk], pad_id))
+        if not real:
+            continue
         best = logits.argmax(-1).tolist()
         for (s, _), row in zip(chunk, best):
             token_predictions[s].append(row)

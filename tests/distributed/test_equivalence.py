@@ -184,3 +184,23 @@ def test_anchor_to_the_pretrained_model_removes_the_excess_on_every_rank(micro, 
         assert b["gem/min_constraint_after"] >= -CONSTRAINT_TOL
     w1, w2 = read_weights(tmp_path / "one"), read_weights(tmp_path / "two")
     assert max(float((w1[k] - w2[k]).abs().max()) for k in w1) < PARAM_TOL
+
+
+def test_zero3_evaluation_shards_of_uneven_size_score_as_one_process(micro, tmp_path):
+    """ZeRO-3 gathers each layer's parameters collectively in every forward, so every rank must run as many
+    evaluation forwards: 17 XSR pairs and MLM sentences in batches of one are 9 forwards on rank 0 and 8 on
+    rank 1 (this hung until the ranks agreed on the count), and the tagging sets' windows as many. The extra
+    forwards' outputs are dropped: every score equals one process's, before training and after."""
+    uneven = {**COMMON, **METHODS["gem-both"], "train.steps": 2, "data.xsr_eval_pairs": 17,
+              "data.mlm_eval_sentences": 17, "eval.batch_size": 1, "eval.every": 2, "model.embed_chunk_tokens": 16,
+              "eval.before_training": "true", "eval.after_training": "true"}
+    run_training(micro, tmp_path / "one", 1, uneven)
+    run_training(micro, tmp_path / "two", 2, {**uneven, "train.zero_stage": 3}, timeout=240)
+    one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))
+    for phase in ("backbone", "after"):
+        assert two[phase]["xsr"] == one[phase]["xsr"], phase  # P@k over 17 pairs: an extra or a lost row moves it
+        assert one[phase]["xsr"]["es"]["p@10"] > 0
+        for lang, ppl in one[phase]["mlm_perplexity"].items():
+            assert two[phase]["mlm_perplexity"][lang] == pytest.approx(ppl, rel=1e-5), (phase, lang)
+    for lang, scores in one["test"]["per_language"].items():
+        assert two["test"]["per_language"][lang]["score"] == pytest.approx(scores["score"], abs=1e-9), lang
