@@ -1,6 +1,7 @@
 """The report's plots: per-language bars of each Table 2 and forgetting curves from the TensorBoard events."""
 from __future__ import annotations
 
+import logging
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -44,7 +45,15 @@ def _forgetting_curves(runs: list[dict], out: Path, plt) -> None:
         if not events.is_dir():
             continue
         accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        accumulator.Reload()
+        # a resumed run wrote its events past the checkpoint twice; the writer's purge_step marks the restart and
+        # the loader keeps the later ones, warning of each purge as if unexpected: quiet while loading
+        loader_log = logging.getLogger("tensorboard")
+        level = loader_log.level
+        loader_log.setLevel(logging.ERROR)
+        try:
+            accumulator.Reload()
+        finally:
+            loader_log.setLevel(level)
         tags = accumulator.Tags()["scalars"]
         for metric, pattern in (("MLM perplexity (mean over languages)", "/mlm_perplexity/"), ("XSR P@1 (mean over pairs)", "/p@1")):
             series = defaultdict(list)
