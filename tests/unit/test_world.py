@@ -186,19 +186,3 @@ def test_tiny_preset_sizes(tmp_path):
     assert sizes["pos_train_source"] >= 2000 and sizes["pos_eval"] >= 200 and sizes["mono"] >= 2000
     assert info["heldout"]["parallel"] >= 500 and sizes["parallel"] - info["heldout"]["parallel"] >= 2000
     assert info["files"]["parallel/en-el.el"]["lines"] == sizes["parallel"]
-
-
-def test_lockstep_pads_a_short_rank_to_the_agreed_count_with_dropped_forwards():
-    from distgem.distributed import lockstep
-
-    spares = []
-
-    def spare():
-        spares.append(1)
-        return "spare"
-
-    assert lockstep(["a", "b"], None, spare) == [("a", True), ("b", True)] and not spares  # no collectives
-    assert lockstep(["a", "b"], lambda n: 2, spare) == [("a", True), ("b", True)] and not spares
-    assert lockstep(["a"], lambda n: 3, spare) == [("a", True), ("spare", False), ("spare", False)]
-    assert lockstep([], lambda n: 1, spare) == [("spare", False)]  # a rank with no share still runs the forward
-    assert len(spares) == 2  # built once per padded set, only where one is needed
