@@ -30,6 +30,8 @@ def build_results(config, world_size: int, state: dict, test: dict, after: dict 
         "after": after,
         "train": {"steps": state["step"], "seconds": train_seconds,
                   "gem_violated_share": gem["violated_steps"] / gem["steps"] if gem["steps"] else None,
+                  "gem_mean_dual": {name: total / gem["steps"] for name, total in gem.get("dual_sum", {}).items()}
+                  if gem["steps"] else None,
                   "peak_rss_mb": peak_rss_mb},
         "config": to_dict(config),
         "versions": versions(),

@@ -68,6 +68,10 @@ class Projector:
         new_norm2 = task_norm2 + 2 * (v * dots).sum(1) + np.einsum("gi,gij,gj->g", v, mem_gram, v)
         counters["steps"] += 1
         counters["violated_steps"] += int(violated.any())
+        # the dose: how much memory gradient the projection added, summed over steps (0 on steps not projected)
+        dual_sum = counters.setdefault("dual_sum", {})
+        for i, name in enumerate(self.names):
+            dual_sum[name] = dual_sum.get(name, 0.0) + float(v[:, i].mean())
         stats.update({
             "gem/violated": float(violated.any()),
             "gem/projection_ms": 1000 * elapsed,

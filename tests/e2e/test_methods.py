@@ -45,6 +45,10 @@ def test_method_trains_and_writes_complete_results(micro, tmp_path, method):
     if results["config"]["method"]["name"] == "gem":
         assert all(s["gem/min_constraint_after"] >= -1e-5 for s in steps)
         assert results["train"]["gem_violated_share"] is not None
+        # the dose in results.json is the mean over steps of the per-step dual variables in steps.jsonl
+        for name, mean in results["train"]["gem_mean_dual"].items():
+            per_step = [s.get(f"gem/dual/{name}", 0.0) for s in steps]
+            assert abs(mean - sum(per_step) / len(per_step)) < 1e-9 and mean >= 0
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
