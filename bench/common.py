@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))  # runnable from a checkout without install
 COPY_BYTES = {"cpu": 256 << 20, "cuda": 1 << 30}
 """Size of the copy that measures bandwidth: far beyond the last-level cache of either device."""
 SHAPES = {
-    # the embedded default (distgem/pretrain.py, preset tiny); the others get random weights
+    # the embedded default (distgem/world/pretrain.py, preset tiny); the others get random weights
     "tiny": dict(vocab_size=5000, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
                  max_position_embeddings=256),
     "small": dict(vocab_size=8000, hidden_size=160, num_hidden_layers=4, num_attention_heads=4, intermediate_size=640),
@@ -88,7 +88,7 @@ def random_backbone(shape: str, tokenizer_from: str, workdir: Path) -> str:
     """A saved BertForMaskedLM of `shape` with random weights and the tokenizer of `tokenizer_from` (cached)."""
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
-    from distgem.backbone import resolve
+    from distgem.model.backbone import resolve
 
     directory = workdir / f"random-{shape}"
     if not (directory / "config.json").exists():

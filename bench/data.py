@@ -68,7 +68,7 @@ def measure(mode: str, root: str, tokenizer: str, cache: str, procs: int) -> dic
 
     from transformers import AutoTokenizer
 
-    from distgem.config import load_run_config
+    from distgem.config.sections import load_run_config
     from distgem.data.cache import DatasetCache
     from distgem.data.corpora import mono_examples
     from distgem.tasks.mlm import load_mono

@@ -36,8 +36,8 @@ def hf_worker(args) -> None:
     import torch
     from transformers import AutoModelForTokenClassification, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 
-    from distgem.backbone import resolve
-    from distgem.config import load_run_config
+    from distgem.model.backbone import resolve
+    from distgem.config.sections import load_run_config
     from distgem.data.corpora import path_of
     from distgem.tasks.tagging import LABELS, collate, load_tagged
 

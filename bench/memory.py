@@ -33,7 +33,7 @@ def write_model(directory: Path, hidden: int, layers: int, backbone: str) -> int
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForMaskedLM
 
-    from distgem.backbone import resolve
+    from distgem.model.backbone import resolve
 
     tokenizer = AutoTokenizer.from_pretrained(resolve(backbone))
     torch.manual_seed(0)

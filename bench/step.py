@@ -65,9 +65,9 @@ COMMON = ["eval.before_training=false", "eval.memory=false", "output.tensorboard
 
 def worker(args) -> None:
     """Runs inside every rank: build the trainers, interleave their steps, rank 0 writes the records."""
-    from distgem import distributed as dist
-    from distgem.config import load_run_config
-    from distgem.engine import Trainer
+    from distgem.distributed import world as dist
+    from distgem.config.sections import load_run_config
+    from distgem.train.engine import Trainer
 
     os.environ["DISTGEM_PROFILE"] = "1"
     world = dist.init()
@@ -100,7 +100,7 @@ def worker(args) -> None:
 def _timed_step(trainer, step: int, device) -> dict:
     import time
 
-    from distgem import distributed as dist
+    from distgem.distributed import world as dist
     from common import sync
 
     sync(device)

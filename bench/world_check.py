@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from distgem.pretrain import PRESETS, ensure_backbone, evaluate, load_world_text  # noqa: E402
+from distgem.world.pretrain import PRESETS, ensure_backbone, evaluate, load_world_text  # noqa: E402
 
 UPOS = ("ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN", "PUNCT",
         "SCONJ", "SYM", "VERB", "X")
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.backbone is None:
         args.backbone = ensure_backbone(args.preset, args.seed)
     if args.world is None:
-        from distgem.data.world import ensure_world
+        from distgem.world.synthetic import ensure_world
 
         args.world = ensure_world(PRESETS[args.preset].world, args.seed)
     result = measure(args.backbone, args.world, args)

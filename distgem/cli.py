@@ -10,13 +10,13 @@ from distgem.errors import UserError
 
 # subcommand -> (module with add_arguments(parser) and run(args) -> int, help)
 COMMANDS = {
-    "world": ("distgem.data.world", "write the synthetic multilingual world (deterministic)"),
-    "pretrain": ("distgem.pretrain", "pre-train the tiny multilingual backbone on a world"),
-    "train": ("distgem.train", "train one run (DeepSpeed; any launcher)"),
-    "export": ("distgem.export", "a Hugging Face token-classification directory from a run's checkpoint"),
-    "predict": ("distgem.predict", "tag a CoNLL-U, CoNLL or text file with an exported model"),
-    "report": ("distgem.report", "the paper's tables, t-tests and plots from a directory of runs"),
-    "compare": ("distgem.compare", "two methods side by side on every metric, over seeds (Welch t-tests)"),
+    "world": ("distgem.world.synthetic", "write the synthetic multilingual world (deterministic)"),
+    "pretrain": ("distgem.world.pretrain", "pre-train the tiny multilingual backbone on a world"),
+    "train": ("distgem.train.command", "train one run (DeepSpeed; any launcher)"),
+    "export": ("distgem.tagger.export", "a Hugging Face token-classification directory from a run's checkpoint"),
+    "predict": ("distgem.tagger.predict", "tag a CoNLL-U, CoNLL or text file with an exported model"),
+    "report": ("distgem.report.command", "the paper's tables, t-tests and plots from a directory of runs"),
+    "compare": ("distgem.report.compare", "two methods side by side on every metric, over seeds (Welch t-tests)"),
     "sweep": ("distgem.sweep", "inspect a sweep grid (list, size, resolve an array element)"),
 }
 

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/demo")
     parser.add_argument("--set", action="append", default=[], dest="overrides", help="passed to every run")
     args = parser.parse_args(argv)
-    from distgem.pretrain import ensure_backbone
+    from distgem.world.pretrain import ensure_backbone
 
     started = time.perf_counter()
     print("[demo] embedded world and tiny backbone (built on first use, then cached)", file=sys.stderr)

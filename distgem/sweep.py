@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from distgem.errors import ConfigError
-from distgem.yamlconf import build
+from distgem.config.loader import build
 
 
 @dataclass

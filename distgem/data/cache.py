@@ -23,6 +23,7 @@ from pathlib import Path
 import xxhash  # a dependency of `datasets`: ~10x faster than sha256, so verifying an entry costs little
 
 from distgem.errors import UserError
+from distgem.store import cache_root, lock
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -30,7 +31,7 @@ MANIFEST = "manifest.json"
 
 def default_directory() -> Path:
     """$DISTGEM_CACHE/datasets, else ~/.cache/distgem/datasets (beside the embedded world and backbones)."""
-    return Path(os.environ.get("DISTGEM_CACHE") or Path.home() / ".cache" / "distgem") / "datasets"
+    return cache_root() / "datasets"
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -79,7 +80,7 @@ class DatasetCache:
                 self.directory.mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 raise UserError(f"data.cache_dir: cannot create {self.directory} ({err.strerror})") from None
-            with _locked(self.directory / f".{final.name}.lock"):
+            with lock(self.directory / f".{final.name}.lock", f"the cache entry {final.name}"):
                 dataset, problem = _open(final)  # another job may have built it while we waited
                 if dataset is None:
                     if problem:
@@ -169,22 +170,6 @@ def _unwrap_user_errors(build, *args):
         if cause is None:
             raise
         raise cause from None
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive advisory lock (fcntl); without fcntl the atomic rename alone keeps entries whole."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

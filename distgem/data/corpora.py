@@ -53,7 +53,7 @@ def needed(task, has_mlm: bool) -> tuple[list[str], list[str]]:
 def resolve_root(root: str) -> str:
     """A corpus directory; `embedded:<preset>` is the synthetic world, written on first use."""
     if root.startswith("embedded:"):
-        from distgem.data.world import ensure_world
+        from distgem.world.synthetic import ensure_world
 
         return str(ensure_world(preset=root.split(":", 1)[1]))
     return root

@@ -18,8 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from distgem import backbone
-    from distgem.config import load_run_config
+    from distgem.model import backbone
+    from distgem.config.sections import load_run_config
     from distgem.data.cache import DatasetCache
     from distgem.data.corpora import load_corpora, needed
 

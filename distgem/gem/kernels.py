@@ -203,7 +203,7 @@ def _load() -> ctypes.CDLL | None:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         return None
-    from distgem.data.world import build_once, cache_root
+    from distgem.store import build_once, cache_root
 
     key = hashlib.sha256((SOURCE + compiler + _cpu_identity()).encode()).hexdigest()[:16]
     try:

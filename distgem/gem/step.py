@@ -11,9 +11,9 @@ import time
 import numpy as np
 import torch
 
-from distgem import distributed as dist
+from distgem.distributed import world as dist
 from distgem.gem import memory, projection
-from distgem.partition import GradientPartition
+from distgem.distributed.deepspeed import GradientPartition
 
 
 class Projector:

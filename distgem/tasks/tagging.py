@@ -9,9 +9,9 @@ import torch
 from distgem.data.align import IGNORE, Window, encode_words, stitch
 from distgem.data.conll import read_conll
 from distgem.data.conllu import UPOS_TAGS, read_conllu
-from distgem.distributed import lockstep
+from distgem.distributed.world import lockstep
 from distgem.errors import InputError
-from distgem.metrics import ner_scores, pos_accuracy
+from distgem.tasks.metrics import ner_scores, pos_accuracy
 
 NER_TAGS = ("O", "B-PER", "I-PER", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-MISC", "I-MISC")
 LABELS = {"pos": UPOS_TAGS, "ner": NER_TAGS}

@@ -87,7 +87,7 @@ def test_srun_style_tasks(micro, reference, tmp_path):
 
 
 def test_discover_ranks_precedence(monkeypatch):
-    from distgem.distributed import discover_ranks
+    from distgem.distributed.world import discover_ranks
 
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID",
                 "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS"):

@@ -16,7 +16,7 @@ from tests.support import ROOT, free_port
 SCRIPT = r'''
 import json, os, sys
 import torch, deepspeed
-from distgem.partition import GradientPartition
+from distgem.distributed.deepspeed import GradientPartition
 
 torch.manual_seed(0)
 model = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Linear(5, 1))  # 15 + 5 + 5 + 1 values: all odd
@@ -43,7 +43,7 @@ matches = all(flat[s:s + len(v)].tolist() == v for s, v in real)  # the values p
 with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as out:
     json.dump({"rank": rank, "padding": padding.tolist(), "numel": flat.numel(), "kept": int(keep.sum()),
                "real": sum(len(v) for _, v in real), "matches": matches}, out)
-from distgem.distributed import exit_process, shutdown
+from distgem.distributed.world import exit_process, shutdown
 shutdown()  # interpreter teardown after ZeRO-3 aborts about a third of the time (notes/deepspeed-cpu.md)
 exit_process(0)
 '''

@@ -60,7 +60,7 @@ def test_truncated_pretrain_loads_with_auto_classes(world, tmp_path):
 def test_pretrain_is_deterministic(world, tmp_path):
     from safetensors.torch import load_file
 
-    from distgem.pretrain import pretrain
+    from distgem.world.pretrain import pretrain
 
     first = pretrain(world, tmp_path / "a", "test", seed=0, max_steps=5, threads=1, progress=False)
     second = pretrain(world, tmp_path / "b", "test", seed=0, max_steps=5, threads=1, progress=False)
@@ -71,7 +71,7 @@ def test_pretrain_is_deterministic(world, tmp_path):
 
 
 def test_ensure_backbone_builds_once_even_when_two_processes_race(tmp_path):
-    code = "from distgem.pretrain import ensure_backbone; print(ensure_backbone('test', seed=2))"
+    code = "from distgem.world.pretrain import ensure_backbone; print(ensure_backbone('test', seed=2))"
     env = _env(DISTGEM_CACHE=str(tmp_path / "cache"), DISTGEM_PRETRAIN_THREADS="1")
     racers = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                cwd=ROOT, env=env) for _ in range(2)]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from distgem.config import load_run_config
+from distgem.config.sections import load_run_config
 from distgem.data import corpora as corpora_module
 from distgem.data import records
 from distgem.data.cache import DatasetCache, default_directory
@@ -159,7 +159,7 @@ def test_concurrent_jobs_build_an_entry_once(tmp_path):
     (tmp_path / "mono").mkdir()
     (tmp_path / "mono" / "en.txt").write_text("\n".join(f"the cat {i} sat on the mat" for i in range(40_000)) + "\n")
     script = (
-        "import json, sys; from transformers import AutoTokenizer; from distgem.config import load_run_config;"
+        "import json, sys; from transformers import AutoTokenizer; from distgem.config.sections import load_run_config;"
         "from distgem.data.cache import DatasetCache; from distgem.data.corpora import mono_examples;"
         f"config = load_run_config([], ['data.root={tmp_path}', 'data.cache_dir={tmp_path / 'cache'}']);"
         f"tokenizer = AutoTokenizer.from_pretrained('{tmp_path / 'tokenizer'}'); cache = DatasetCache('{tmp_path / 'cache'}');"

@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from distgem.claims import FAR, evaluate
+from distgem.report.claims import FAR, evaluate
 from distgem.cli import main
-from distgem.report import label
+from distgem.report.runs import label
 
 LANGS = ("en", "es", "fr")
 # method -> (zero-shot average, MLM perplexity after, XSR P@1 after); the seeds add small noise
@@ -139,7 +139,7 @@ def test_a_broken_summary_line_is_a_one_line_error(tmp_path, capsys):
 
 def test_ablation_takes_perplexity_from_the_task_that_measured_it():
     """A NER sweep without memory metrics listed first must not blank the ablation's perplexity."""
-    from distgem.report import _ablation
+    from distgem.report.tables import _ablation
 
     by_task = {"ner": {}, "pos": {}}
     for task in ("ner", "pos"):

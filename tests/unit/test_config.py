@@ -5,9 +5,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from distgem.config import RunConfig, load_run_config
+from distgem.config.sections import RunConfig, load_run_config
 from distgem.errors import ConfigError
-from distgem.yamlconf import build, dump_yaml
+from distgem.config.loader import build, dump_yaml
 
 
 def test_defaults_then_yaml_then_overrides(write):
@@ -90,8 +90,8 @@ def test_resolved_config_round_trips_through_yaml(write):
 
 
 def test_usage_config_reference_is_current():
-    from distgem.config_doc import BEGIN, END, reference
+    from distgem.config.reference import BEGIN, END, reference
     from tests.support import ROOT
 
     text = (ROOT / "docs" / "USAGE.md").read_text()
-    assert text[text.index(BEGIN):text.index(END) + len(END)] == reference(), "run python -m distgem.config_doc"
+    assert text[text.index(BEGIN):text.index(END) + len(END)] == reference(), "run python -m distgem.config.reference"

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from distgem.model import MultiTaskModel, length_chunks, split_chunks
+from distgem.model.multitask import MultiTaskModel, length_chunks, split_chunks
 
 
 @pytest.mark.parametrize("seed", range(20))

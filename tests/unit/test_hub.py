@@ -127,7 +127,7 @@ def test_a_saved_single_dataset_is_its_train_split(tmp_path):
 
 
 def test_the_hub_example_config_names_a_dataset_for_every_corpus():
-    from distgem.config import LANGUAGES, load_run_config
+    from distgem.config.sections import LANGUAGES, load_run_config
     from distgem.data.corpora import path_of
     from tests.support import ROOT
 
@@ -143,7 +143,7 @@ def test_the_hub_example_config_names_a_dataset_for_every_corpus():
 
 
 def test_iso_639_3_placeholders_name_tatoeba_style_files(tmp_path):
-    from distgem.config import load_run_config
+    from distgem.config.sections import load_run_config
     from distgem.data.corpora import path_of
     from distgem.errors import UserError
     from tests.support import ROOT

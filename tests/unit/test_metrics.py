@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from distgem.data.conll import entity_spans
-from distgem.metrics import average_over_targets, ner_scores, perplexity, pos_accuracy, retrieval_precision
+from distgem.tasks.metrics import average_over_targets, ner_scores, perplexity, pos_accuracy, retrieval_precision
 
 
 def test_pos_accuracy_counts_words_not_sentences():

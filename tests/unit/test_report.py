@@ -173,7 +173,7 @@ def test_report_errors_are_user_errors(tmp_path, capsys):
 
 
 def test_knob_sweep_labels_name_each_knob_and_leave_the_usual_value_unmarked(tmp_path):
-    from distgem.report import load_runs
+    from distgem.report.runs import load_runs
 
     knobs = {"plain": {}, "gamma": {"gem.memory_strength": 0.5}, "update": {"gem.target": "update"},
              "anchor": {"gem.target": "update", "gem.anchor": "pretrained"},
@@ -194,7 +194,7 @@ def test_knob_sweep_labels_name_each_knob_and_leave_the_usual_value_unmarked(tmp
 
 
 def test_mtf_runs_with_other_weights_than_one_get_their_own_label():
-    from distgem.report import label
+    from distgem.report.runs import label
 
     def mtf(memory, weights):
         data = _results("mtf", memory, 0, {"en": 90, "es": 80, "fr": 81})

@@ -5,10 +5,10 @@ import subprocess
 
 import pytest
 
-from distgem.config import load_run_config
+from distgem.config.sections import load_run_config
 from distgem.errors import ConfigError
 from distgem.sweep import expand, load_grid
-from distgem.train import split_args
+from distgem.train.command import split_args
 from tests.support import ROOT
 
 

@@ -5,7 +5,7 @@ import time
 
 import torch
 
-from distgem.timer import PhaseTimer
+from distgem.train.timer import PhaseTimer
 
 
 def test_disabled_timer_records_nothing(monkeypatch):

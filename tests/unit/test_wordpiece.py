@@ -5,7 +5,7 @@ import random
 
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
 
-from distgem.wordpiece import PREFIX, count_words, learn_vocabulary
+from distgem.world.wordpiece import PREFIX, count_words, learn_vocabulary
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 

@@ -10,7 +10,7 @@ import pytest
 
 from distgem.data.conllu import UPOS_TAGS
 from distgem.data.readers import read_conll, read_conllu, read_parallel, read_text
-from distgem.data.world import LANGUAGES, PRESETS, TARGETS, write_world
+from distgem.world.synthetic import LANGUAGES, PRESETS, TARGETS, write_world
 
 PUNCT = set(".,!?%")
 

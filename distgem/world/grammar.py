@@ -12,7 +12,7 @@ import itertools
 import random
 from dataclasses import dataclass, field
 
-from distgem.data.world_lexicon import (ADPOSITIONS, CONJUNCTIONS, FOREIGN, INTERJECTIONS, NUMBER_WORDS,
+from distgem.world.lexicon import (ADPOSITIONS, CONJUNCTIONS, FOREIGN, INTERJECTIONS, NUMBER_WORDS,
                                         PRONOUN_PERSON, PRONOUNS, SUBORDINATORS, Lexicon, transliterate)
 
 CLASSES = ("person", "animal", "thing", "place", "food", "idea")

@@ -145,7 +145,7 @@ def train_tokenizer(mono: dict[str, list[str]], pairs: dict[str, list[tuple[str,
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertTokenizerFast
 
-    from distgem import wordpiece
+    from distgem.world import wordpiece
 
     normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=False)
     pre_tokenizer = pre_tokenizers.BertPreTokenizer()
@@ -367,7 +367,8 @@ def retrieval_p1(queries, candidates) -> float:
 
 def backbone_key(preset: str, seed: int) -> str:
     """Cache name: preset, seed and a hash of the world's and this module's code and of the settings."""
-    from distgem.data.world import WORLD_MODULES, source_digest, world_key
+    from distgem.store import source_digest
+    from distgem.world.synthetic import WORLD_MODULES, world_key
 
     text = source_digest(*WORLD_MODULES, __name__) + json.dumps(asdict(PRESETS[preset]), sort_keys=True)
     text += world_key(PRESETS[preset].world, seed)
@@ -376,7 +377,8 @@ def backbone_key(preset: str, seed: int) -> str:
 
 def ensure_backbone(preset: str = "tiny", seed: int = 0) -> Path:
     """The cached backbone of (preset, seed), its world and itself built on first use (atomically, once)."""
-    from distgem.data.world import build_once, cache_root, ensure_world
+    from distgem.store import build_once, cache_root
+    from distgem.world.synthetic import ensure_world
 
     if preset not in PRESETS:
         from distgem.errors import UserError

@@ -1,6 +1,6 @@
 """The one seam to torch.distributed and DeepSpeed: ranks, the engine, collectives, checkpoints.
 
-Nothing else in distgem imports deepspeed or torch.distributed, but for `distgem/partition.py`, which
+Nothing else in distgem imports deepspeed or torch.distributed, but for `distgem/distributed/deepspeed.py`, which
 reads this rank's gradient and weight partitions out of DeepSpeed's optimizer.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The config reference in docs/USAGE.md, generated from distgem/config.py (fields, defaults, docstrings)."""
+"""The config reference in docs/USAGE.md, generated from distgem/config/sections.py (fields, defaults, docstrings)."""
 from __future__ import annotations
 
 import ast
@@ -6,7 +6,7 @@ import dataclasses
 import typing
 from pathlib import Path
 
-from distgem import config as config_module
+from distgem.config import sections as config_module
 
 BEGIN, END = "<!-- config-reference:begin -->", "<!-- config-reference:end -->"
 

@@ -11,8 +11,8 @@ from collections.abc import Callable
 import torch
 
 from distgem.data.loader import shard
-from distgem.distributed import lockstep
-from distgem.metrics import perplexity, retrieval_precision
+from distgem.distributed.world import lockstep
+from distgem.tasks.metrics import perplexity, retrieval_precision
 from distgem.tasks import mlm, tagging, xsr
 
 Forward = Callable[[str, dict], dict]

@@ -3,7 +3,7 @@
 `GradientPartition.pieces()`: writable views of *this rank's* reduced gradient, in a fixed order
 (0: every parameter's full .grad; 1/2: the optimizer's averaged partition; 3: each parameter's local
 partition); `values()`: the fp32 weights the optimizer updates, laid out the same way. No rank ever
-gathers a full gradient here. With distgem/distributed.py, the only code that reads DeepSpeed's internals.
+gathers a full gradient here. With distgem/distributed/world.py, the only code that reads DeepSpeed's internals.
 """
 from __future__ import annotations
 

@@ -7,8 +7,8 @@ import platform
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from distgem.metrics import average_over_targets
-from distgem.yamlconf import to_dict
+from distgem.tasks.metrics import average_over_targets
+from distgem.config.loader import to_dict
 
 if TYPE_CHECKING:
     import torch

@@ -17,24 +17,24 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from distgem import backbone as backbones
-from distgem import distributed as dist
-from distgem import evaluation
-from distgem.checkpoint import Checkpointer
-from distgem.config import RunConfig
+from distgem.model import backbone as backbones
+from distgem.distributed import world as dist
+from distgem.train import evaluation
+from distgem.distributed.checkpoint import Checkpointer
+from distgem.config.sections import RunConfig
 from distgem.data.corpora import load_corpora, needed
 from distgem.errors import ConfigError
 from distgem.data.loader import BatchStream, rank_micro_batches
 from distgem.gem import memory
 from distgem.gem.step import Projector
-from distgem.log import RunLog
-from distgem.metrics import average_over_targets
-from distgem.model import MultiTaskModel, freeze_bottom, parameter_group
-from distgem.partition import GradientPartition
-from distgem.results import build_results, memory_mb, peak_rss_mb, write_json
+from distgem.train.log import RunLog
+from distgem.tasks.metrics import average_over_targets
+from distgem.model.multitask import MultiTaskModel, freeze_bottom, parameter_group
+from distgem.distributed.deepspeed import GradientPartition
+from distgem.train.results import build_results, memory_mb, peak_rss_mb, write_json
 from distgem.tasks.sources import memory_sources, spread, tagging_source
 from distgem.tasks import tagging
-from distgem.timer import PhaseTimer
+from distgem.train.timer import PhaseTimer
 from distgem.tasks.tagging import LABELS
 
 

@@ -82,9 +82,9 @@ def export(run_dir: Path, out: Path, which: str = "best") -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForTokenClassification
 
-    from distgem import backbone as backbones
-    from distgem.config import load_run_config
-    from distgem.distributed import consolidated_weights
+    from distgem.model import backbone as backbones
+    from distgem.config.sections import load_run_config
+    from distgem.distributed.world import consolidated_weights
     from distgem.tasks.tagging import LABELS
 
     if not (run_dir / "config.yaml").is_file():

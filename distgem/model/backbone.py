@@ -12,7 +12,7 @@ EMBEDDED = "embedded:"
 def resolve(name: str) -> str:
     """A loadable directory or hub name; `embedded:<preset>` is built and cached on first use."""
     if name.startswith(EMBEDDED):
-        from distgem.pretrain import ensure_backbone
+        from distgem.world.pretrain import ensure_backbone
 
         return str(ensure_backbone(preset=name[len(EMBEDDED):]))
     return name

@@ -15,7 +15,8 @@ import json
 from pathlib import Path
 
 from distgem.errors import UserError
-from distgem.report import format_cell, format_stat, held_out_losses, load_runs, mean_std, welch
+from distgem.report.runs import held_out_losses, load_runs, mean_std, welch
+from distgem.report.tables import format_cell, format_stat
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

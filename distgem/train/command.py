@@ -24,10 +24,10 @@ def split_args(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from distgem import distributed
-    from distgem.config import load_run_config
-    from distgem.engine import Preempted, Trainer
-    from distgem.yamlconf import dump_yaml
+    from distgem.distributed import world as distributed
+    from distgem.config.sections import load_run_config
+    from distgem.train.engine import Preempted, Trainer
+    from distgem.config.loader import dump_yaml
 
     config = load_run_config(args.config, args.overrides)
     if args.local_rank is not None:  # the deepspeed launcher passes --local_rank=N

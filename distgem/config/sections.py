@@ -2,7 +2,7 @@
 
 Each component receives only its own section. Precedence: defaults < YAML files (later wins,
 `include:` pulls in others) < `--set section.key=value`. Unknown keys and type mismatches fail
-with the full dotted key and the file or flag that set it (see `distgem.yamlconf`).
+with the full dotted key and the file or flag that set it (see `distgem.config.loader`).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-from distgem.yamlconf import dump_yaml, load_config, require
+from distgem.config.loader import dump_yaml, load_config, require
 
 LANGUAGES = ("en", "es", "fr", "el", "ru", "de", "nl")
 

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from distgem import distributed as dist
+from distgem.distributed import world as dist
 
 LATEST = "latest"
 

@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from distgem.report import ALPHA, BASELINES, welch
+from distgem.report.runs import ALPHA, BASELINES, welch
 
 GEM = ("gem-mlm", "gem-xsr", "gem-both")
 FAR = 10.0  # P@1 points: what "far better" retrieval means here

@@ -13,9 +13,10 @@ import statistics
 from collections import Counter
 from pathlib import Path
 
-from distgem import claims as paper_claims
+from distgem.report import claims as paper_claims
 from distgem.errors import UserError
-from distgem.report import ALPHA, beating_every_baseline, table_markdown
+from distgem.report.runs import ALPHA
+from distgem.report.tables import beating_every_baseline, table_markdown
 
 
 def write_results(report: dict, runs: list[dict], out_md: Path, assets: Path, command: str,

@@ -6,7 +6,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from distgem.report import method_order
+from distgem.report.runs import method_order
 
 
 def plot(report: dict, runs: list[dict], out: Path) -> None:

@@ -7,19 +7,17 @@ deterministically: the same seed and preset give byte-identical files.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import random
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from distgem.data.world_grammar import NER_STYLE, Ontology, Realiser, Style, Word, build_ontology, draw_sentence
-from distgem.data.world_lexicon import LANGUAGES, Forms, Lexicon, build_lexicon, make_word, Profile
+from distgem.store import build_once, cache_root, source_digest
+from distgem.world.grammar import NER_STYLE, Ontology, Realiser, Style, Word, build_ontology, draw_sentence
+from distgem.world.lexicon import LANGUAGES, Forms, Lexicon, build_lexicon, make_word, Profile
 
 WORLD_VERSION = 1
 SOURCE = "en"
@@ -231,56 +229,7 @@ def _relative(path: Path) -> str:
     return f"{path.parent.name}/{path.name}"
 
 
-# --- the cache shared with distgem.pretrain: build once, atomically, safe against concurrent builders ---
-
-def cache_root() -> Path:
-    return Path(os.environ.get("DISTGEM_CACHE") or Path.home() / ".cache" / "distgem")
-
-
-def source_digest(*modules: str) -> str:
-    """Hash of the source files of these modules: a cached artefact is rebuilt whenever its code changes."""
-    import importlib.util
-
-    digest = hashlib.sha256()
-    for name in modules:
-        digest.update(Path(importlib.util.find_spec(name).origin).read_bytes())
-    return digest.hexdigest()
-
-
-def build_once(final: Path, build: Callable[[Path], None]) -> Path:
-    """`final` if it exists; else build into a temporary sibling and rename it (one builder at a time)."""
-    if final.is_dir():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(final.parent / f".{final.name}.lock"):
-        if final.is_dir():  # another process built it while we waited
-            return final
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
-        try:
-            build(tmp)
-            os.rename(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    return final
-
-
-@contextlib.contextmanager
-def _lock(path: Path):
-    try:
-        import fcntl
-    except ImportError:  # no advisory locks (Windows): the rename alone keeps the cache consistent
-        yield
-        return
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-WORLD_MODULES = ("distgem.data.world", "distgem.data.world_grammar", "distgem.data.world_lexicon")
+WORLD_MODULES = ("distgem.world.synthetic", "distgem.world.grammar", "distgem.world.lexicon")
 
 
 def world_key(preset: str, seed: int) -> str:

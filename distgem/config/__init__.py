@@ -1,0 +1,1 @@
+"""Configuration: the run's dataclass sections, strict YAML loading, the generated reference."""

@@ -1,0 +1,1 @@
+"""A trained tagger outside training: export to a Hugging Face directory, predict files."""

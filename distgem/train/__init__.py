@@ -1,0 +1,1 @@
+"""Training: the engine's run loop and step, the methods, evaluation, results and logs."""
