@@ -2,7 +2,7 @@
 
     python bench/comm.py [--quick] [--set model.backbone=DIR --set data.root=DIR ...]
 
-Counts are rank 0's collectives during one steady-state step (DISTGEM_COMM_LOG wraps torch.distributed
+Counts are rank 0's collectives during one steady-state step (bench/collectives.py wraps torch.distributed
 before DeepSpeed binds it). Prints a table per stage and GEM's additions over MTF.
 """
 from __future__ import annotations
@@ -25,9 +25,10 @@ def measure(stage: int, method: str, overrides: list[str], workdir: Path, step: 
     run_dir = workdir / f"{method}-zero{stage}"
     settings = [f"train.zero_stage={stage}", f"output.run_dir={run_dir}", "train.steps=3", "eval.every=1000",
                 "eval.before_training=false", "output.tensorboard=false", *METHODS[method], *overrides]
-    env = {**os.environ, "DISTGEM_COMM_LOG": str(run_dir / "comm"), "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29700 + stage),
-               str(ROOT / "launch" / "train.py"), *[a for s in settings for a in ("--set", s)]]
+               str(ROOT / "bench" / "collectives.py"), "--out", str(run_dir / "comm"),
+               *[a for s in settings for a in ("--set", s)]]
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
     if result.returncode:
         raise SystemExit(f"{method} zero{stage} failed:\n{result.stderr[-3000:]}")

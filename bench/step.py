@@ -83,13 +83,11 @@ def worker(args) -> None:
         bandwidth.measure()
         for name in args.methods if step % 2 == 0 else args.methods[::-1]:
             trainer = trainers[name]
-            dist.barrier()
-            stats = _timed_step(trainer, step, world.device)
+            world.barrier()
+            stats = _timed_step(trainer, step, world)
             if step >= args.warmup:
                 records[name].append({**stats, "p": trainer.layout.numel, "k": len(trainer.memories),
-                                      "refreshed": trainer.buffer is not None and (
-                                          step % trainer.config.method.gem.refresh_every == 0
-                                          or trainer.config.method.name != "gem")})
+                                      "refreshed": trainer.buffer is not None and trainer.method.refresh(step)})
     if world.rank == 0:
         Path(args.out).write_text(json.dumps({"records": records, "bandwidth": bandwidth.samples,
                                               "environment": environment(world.device)}))
@@ -97,17 +95,16 @@ def worker(args) -> None:
     dist.exit_process(0)
 
 
-def _timed_step(trainer, step: int, device) -> dict:
+def _timed_step(trainer, step: int, world) -> dict:
     import time
 
-    from distgem.distributed import world as dist
     from common import sync
 
-    sync(device)
+    sync(world.device)
     start = time.perf_counter()
     stats = trainer.step(step)
-    sync(device)
-    dist.barrier()
+    sync(world.device)
+    world.barrier()
     return {**stats, "step_ms": 1000 * (time.perf_counter() - start)}
 
 

@@ -124,20 +124,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def train_command(ranks: int, launcher: str = "torchrun") -> list[str]:
+def train_command(ranks: int, launcher: str = "torchrun", collectives: Path | None = None) -> list[str]:
+    """launch/train.py on `ranks` processes; with `collectives`, through bench/collectives.py, which writes every
+    rank's collectives per step into that directory."""
+    script = [str(ROOT / "bench" / "collectives.py"), "--out", str(collectives)] if collectives \
+        else [str(ROOT / "launch" / "train.py")]
     if ranks == 1:
-        return [sys.executable, str(ROOT / "launch" / "train.py")]
+        return [sys.executable, *script]
     if launcher == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
-                "--master_port", str(free_port()), str(ROOT / "launch" / "train.py")]
+                "--master_port", str(free_port()), *script]
     raise ValueError(launcher)
 
 
 def run_training(micro, run_dir: Path, ranks: int = 1, extra: dict | None = None, args: tuple = (),
-                 timeout: int = 300, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+                 timeout: int = 300, check: bool = True, env: dict | None = None,
+                 collectives: Path | None = None) -> subprocess.CompletedProcess:
     corpus, backbone = micro
     overrides = micro_overrides(corpus, backbone, run_dir, **(extra or {}))
-    command = train_command(ranks) + [a for o in overrides for a in ("--set", o)] + list(args)
+    command = train_command(ranks, collectives=collectives) + [a for o in overrides for a in ("--set", o)] + list(args)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu",
            "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions")),
            **(env or {})}

@@ -1,14 +1,12 @@
 """Batch order: global batches drawn from per-epoch permutations that depend only on (seed, task, epoch).
 
-Every rank draws the same global batch and keeps its own contiguous slice, so the ranks read
-disjoint parts of each epoch whose union is the whole epoch, and N ranks see exactly the batch one
+Every rank draws the same global batch and keeps its own contiguous slice (distgem.distributed.world), so the
+ranks read disjoint parts of each epoch whose union is the whole epoch, and N ranks see exactly the batch one
 rank would. The position (epoch, offset) is part of every checkpoint.
 """
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
-
 import torch
 
 
@@ -75,18 +73,3 @@ def group_by_length(order: torch.Tensor, lengths: torch.Tensor, batch_size: int,
         shuffle = torch.randperm(len(batches), generator=generator).tolist()
         out += [batches[i] for i in shuffle]
     return torch.cat(out) if out else order
-
-
-def rank_micro_batches(batch: Sequence[int], rank: int, world: int, accumulation: int) -> list[list[int]]:
-    """This rank's contiguous slice of a global batch, cut into `accumulation` micro-batches."""
-    if len(batch) % (world * accumulation):
-        raise ValueError(f"global batch {len(batch)} does not divide into {world} ranks x {accumulation} micro-batches")
-    per_rank = len(batch) // world
-    mine = list(batch[rank * per_rank:(rank + 1) * per_rank])
-    micro = per_rank // accumulation
-    return [mine[i * micro:(i + 1) * micro] for i in range(accumulation)]
-
-
-def shard(indices: Sequence[int], rank: int, world: int) -> list[int]:
-    """A strided share of an evaluation set (every example on exactly one rank)."""
-    return list(indices[rank::world])

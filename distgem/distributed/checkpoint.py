@@ -18,22 +18,22 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from distgem.distributed import world as dist
 
 LATEST = "latest"
 
 
 class Checkpointer:
-    def __init__(self, directory: Path, engine, rank: int):
-        self.directory, self.engine, self.rank = Path(directory), engine, rank
+    def __init__(self, directory: Path, engine, world):
+        self.directory, self.engine, self.world = Path(directory), engine, world
+        self.rank = world.rank
 
     def save(self, tag: str, client: dict) -> Path:
         """Write checkpoint `tag` (all ranks call this); `best` is kept aside, other tags become `latest`."""
         tmp = self.directory / f"{tag}.tmp"
-        if self.rank == 0 and tmp.exists():
+        if self.world.is_main and tmp.exists():
             shutil.rmtree(tmp)
-        dist.barrier()
-        dist.save_engine(self.engine, self.directory, tmp.name)
+        self.world.barrier()
+        _save_engine(self.engine, self.directory, tmp.name)
         tensors = {"torch_rng": torch.get_rng_state()}
         if client.get("memory") is not None:
             tensors["memory"] = client["memory"].detach().cpu().contiguous()
@@ -44,11 +44,11 @@ class Checkpointer:
             "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
             "numpy_rng": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
         })
-        if self.rank == 0:
+        if self.world.is_main:
             _write_json(tmp / "state.json", {"state": client["state"], "streams": client["streams"]})
-        dist.barrier()
+        self.world.barrier()
         final = self.directory / tag
-        if self.rank == 0:
+        if self.world.is_main:
             old = self.directory / f"{tag}.old"
             if final.exists():
                 final.rename(old)
@@ -56,7 +56,7 @@ class Checkpointer:
             shutil.rmtree(old, ignore_errors=True)
             if tag != "best":
                 _write_text_atomic(self.directory / LATEST, tag)
-        dist.barrier()
+        self.world.barrier()
         return final
 
     def latest(self) -> str | None:
@@ -68,7 +68,7 @@ class Checkpointer:
         path = self.directory / tag
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: no such checkpoint")
-        dist.load_engine(self.engine, self.directory, tag, module_only)
+        _load_engine(self.engine, self.directory, tag, module_only)
         if module_only:
             return {}
         tensors = load_file(str(path / f"rank{self.rank}.safetensors"))
@@ -90,3 +90,87 @@ def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+# --- DeepSpeed's files, read back without unpickling arbitrary objects ------------------------------
+
+def _save_engine(engine, directory, tag: str) -> None:
+    """DeepSpeed's checkpoint of model, optimizer partitions and scheduler (all ranks call it)."""
+    engine.save_checkpoint(str(directory), tag=tag, save_latest=False)
+
+
+def _load_engine(engine, directory, tag: str, module_only: bool) -> None:
+    """Load a DeepSpeed checkpoint with weights_only unpickling (an allowlist, never arbitrary objects)."""
+    engine.checkpoint_engine = _safe_checkpoint_engine(engine.checkpoint_engine)
+    # Always the full state: DeepSpeed's module-only path under ZeRO-3 bypasses the checkpoint engine
+    # (zero_to_fp32 with its own unpickling and the `latest` file); weights alone are restored all the same.
+    load_path, _ = engine.load_checkpoint(str(directory), tag=tag, load_module_only=module_only)
+    if load_path is None:
+        raise FileNotFoundError(f"{directory}/{tag}: DeepSpeed found no checkpoint")
+
+
+def _safe_checkpoint_engine(current):
+    """Wrap DeepSpeed's torch checkpoint engine so that every torch.load is weights_only."""
+    if getattr(current, "_distgem_safe", False):
+        return current
+
+    class SafeLoad:
+        _distgem_safe = True
+
+        def __getattr__(self, name):
+            return getattr(current, name)
+
+        def load(self, path, map_location=None):
+            with safe_torch_load():
+                return torch.load(path, map_location=map_location)
+
+    return SafeLoad()
+
+
+class safe_torch_load:
+    """Context in which every torch.load (DeepSpeed's included) is weights_only, with our allowlist."""
+
+    def __enter__(self):
+        self.original = torch.load
+        self.globals = torch.serialization.safe_globals(_allowed_globals())
+        self.globals.__enter__()
+        original = self.original
+
+        def load(*args, **kwargs):
+            kwargs["weights_only"] = True
+            return original(*args, **kwargs)
+
+        torch.load = load
+        return self
+
+    def __exit__(self, *exc):
+        torch.load = self.original
+        self.globals.__exit__(*exc)
+        return False
+
+
+def consolidated_weights(checkpoint_root, tag: str) -> dict[str, torch.Tensor]:
+    """Full fp32 weights of a checkpoint of any ZeRO stage, in one process (DeepSpeed's zero_to_fp32)."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    directory = Path(checkpoint_root) / tag
+    with safe_torch_load():
+        if list(directory.glob("*optim_states.pt")) and any("zero" in p.name for p in directory.glob("*optim_states.pt")):
+            return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_root), tag=tag)
+        states = torch.load(directory / "mp_rank_00_model_states.pt", map_location="cpu")
+    return {name: tensor.float() for name, tensor in states["module"].items()}
+
+
+def _allowed_globals() -> list:
+    """The non-tensor types DeepSpeed's checkpoints contain (checked by tests/distributed)."""
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    allowed = [ZeroStageEnum, fragment_address]
+    try:
+        from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler
+
+        allowed += [LossScaler, DynamicLossScaler]
+    except ImportError:
+        pass
+    return allowed

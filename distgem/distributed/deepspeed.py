@@ -1,14 +1,93 @@
-"""This rank's partition of the gradient and of the weights, whatever the ZeRO stage.
+"""The DeepSpeed adapter: the only code that knows DeepSpeed's engine and its optimizer's private layout.
 
-`GradientPartition.pieces()`: writable views of *this rank's* reduced gradient, in a fixed order
-(0: every parameter's full .grad; 1/2: the optimizer's averaged partition; 3: each parameter's local
-partition); `values()`: the fp32 weights the optimizer updates, laid out the same way. No rank ever
-gathers a full gradient here. With distgem/distributed/world.py, the only code that reads DeepSpeed's internals.
+- the engine: a DeepSpeed JSON with its "auto" fields filled from the run config, then `initialize`;
+- `GradientPartition`: this rank's reduced gradient and fp32 master weights, whatever the ZeRO stage,
+  read out of the optimizer's private attributes (no rank ever gathers a full gradient here);
+- `save_full_weights`: the module's weights gathered on rank 0.
+
+The private attributes differ between DeepSpeed releases, so the supported range is pinned
+(pyproject.toml, constraints.txt) and checked when an engine is built (`check_version`).
 """
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import torch
 import torch.distributed as dist
+
+from distgem.errors import ConfigError, UserError
+
+SUPPORTED = ("0.19.8", "0.20")
+"""DeepSpeed versions distgem was tested with: at least the first, below the second."""
+PRIVATE = {1: ("averaged_gradients", "single_partition_of_fp32_groups", "params_in_partition", "update_lp_params"),
+           2: ("averaged_gradients", "single_partition_of_fp32_groups", "params_in_partition", "update_lp_params"),
+           3: ("averaged_gradients", "fp32_partitioned_groups_flat", "grad_partitions_flat_buffer", "fp16_groups",
+               "_partition_all_parameters", "_reassign_or_swap_out_partitioned_parameters", "persistent_parameters",
+               "invalidate_secondary_tensor")}
+"""The optimizer's private attributes GradientPartition reads, per ZeRO stage."""
+
+
+def check_version(version: str | None = None) -> None:
+    """Stop with one line unless DeepSpeed is in the supported range (DISTGEM_ALLOW_DEEPSPEED=1 tries anyway)."""
+    from packaging.version import Version
+
+    if version is None:
+        import deepspeed
+
+        version = deepspeed.__version__
+    low, high = SUPPORTED
+    if not Version(low) <= Version(version) < Version(high) and os.environ.get("DISTGEM_ALLOW_DEEPSPEED") != "1":
+        raise UserError(f"deepspeed {version} is not supported: distgem reads its optimizer's gradient partitions "
+                        f"and was tested with >={low},<{high} (pip install 'deepspeed>={low},<{high}'; "
+                        f"DISTGEM_ALLOW_DEEPSPEED=1 tries anyway)")
+
+
+def deepspeed_config(path: str | os.PathLike, *, micro_batch: int, world_size: int, zero_stage: int,
+                     precision: str, gradient_clipping: float) -> dict:
+    """Load a DeepSpeed JSON and fill its "auto" fields from the run config; a disagreement is an error."""
+    path = Path(path)
+    try:
+        config = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such DeepSpeed config") from None
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}:{err.lineno}: invalid JSON ({err.msg})") from None
+    wanted = {
+        ("train_micro_batch_size_per_gpu",): micro_batch,
+        ("train_batch_size",): micro_batch * world_size,
+        # distgem accumulates micro-batches itself (each task's gradient must survive its own backward)
+        ("gradient_accumulation_steps",): 1,
+        ("gradient_clipping",): gradient_clipping,
+        ("zero_optimization", "stage"): zero_stage,
+        ("bf16", "enabled"): precision == "bf16",
+        ("fp16", "enabled"): precision == "fp16",
+    }
+    for keys, value in wanted.items():
+        node = config
+        for key in keys[:-1]:
+            node = node.setdefault(key, {})
+        current = node.get(keys[-1], "auto")
+        if current == "auto":
+            node[keys[-1]] = value
+        elif current != value:
+            raise ConfigError(f"{path}: '{'.'.join(keys)}' is {current!r} but the run config implies {value!r} "
+                              f"(set it to \"auto\")")
+    config["zero_allow_untested_optimizer"] = True
+    config.setdefault("steps_per_print", 10**9)
+    config.setdefault("wall_clock_breakdown", False)
+    return config
+
+
+def build_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, ds_config: dict):
+    """Wrap model and optimizer in a DeepSpeed engine (ZeRO stage from the config), after checking the version."""
+    import deepspeed
+
+    check_version()
+
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+    return engine
 
 
 class GradientPartition:
@@ -17,6 +96,12 @@ class GradientPartition:
     def __init__(self, engine, names: dict[int, str]):
         self.engine = engine
         self.stage = engine.zero_optimization_stage()
+        missing = [name for name in PRIVATE.get(self.stage, ()) if not hasattr(engine.optimizer, name)]
+        if missing:
+            import deepspeed
+
+            raise UserError(f"deepspeed {deepspeed.__version__}: its ZeRO-{self.stage} optimizer has no "
+                            f"{', '.join(missing)}, which distgem reads (supported: >={SUPPORTED[0]},<{SUPPORTED[1]})")
         self.names = names  # id(param) -> name
         self._layout: list[str] | None = None
         self._padding: torch.Tensor | None = None
@@ -111,3 +196,22 @@ class GradientPartition:
 
     def _trainable(self):
         return (p for p in self.engine.module.parameters() if p.requires_grad)
+
+
+def save_full_weights(module: torch.nn.Module, path, world) -> None:
+    """The module's full weights as safetensors on rank 0 (ZeRO-3 partitions gathered one parameter at a time)."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, param in module.named_parameters():
+        if hasattr(param, "ds_id"):
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                if world.is_main:
+                    tensors[name] = param.detach().float().cpu().clone()
+        elif world.is_main:
+            tensors[name] = param.detach().float().cpu().clone()
+    if world.is_main:
+        save_file(tensors, str(path))
+    world.barrier()

@@ -15,15 +15,15 @@ from torch.nn import functional as F
 IGNORE = -100
 
 
-def identity_gather(tensor: torch.Tensor) -> torch.Tensor:
-    return tensor
+def identity_gather(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
+    return tensor, 0
 
 
 class MultiTaskModel(nn.Module):
     """Encoder + token-classification head + (if the backbone has one) masked-LM head."""
 
     def __init__(self, backbone: nn.Module, num_labels: int, xsr_layer: int = -1, xsr_scale: float = 20.0,
-                 gather: Callable[[torch.Tensor], torch.Tensor] = identity_gather, embed_chunk_tokens: int = 0,
+                 gather: Callable[[torch.Tensor], tuple[torch.Tensor, int]] = identity_gather, embed_chunk_tokens: int = 0,
                  agree_chunks: Callable[[int], int] | None = None):
         super().__init__()
         self.config = backbone.config  # the backbone itself is not registered twice: encoder + head are its parts
@@ -36,7 +36,8 @@ class MultiTaskModel(nn.Module):
         nn.init.zeros_(self.tagger.bias)
         self.xsr_layer = xsr_layer
         self.xsr_scale = xsr_scale
-        self.gather = gather  # all-gather with autograd across data-parallel ranks (identity on one rank)
+        # all-gather with autograd across data-parallel processes: (every process's rows, where this one's start)
+        self.gather = gather
         self.embed_chunk_tokens = embed_chunk_tokens
         # ZeRO-3 gathers each layer's parameters collectively per forward: every rank must run as many chunks
         # (the most any rank needs; `agree_chunks` is that all-reduce, None where forwards have no collectives)
@@ -110,9 +111,8 @@ class MultiTaskModel(nn.Module):
         embedding = F.normalize(self.embed(input_ids, attention_mask, pool_mask).float(), dim=-1)
         n = embedding.shape[0] // 2
         source, target = embedding[:n], embedding[n:]
-        all_source, all_target = self.gather(source), self.gather(target)
-        offset = getattr(self.gather, "rank", 0) * n  # every rank holds n pairs (the global batch divides evenly)
-        positives = torch.arange(n, device=embedding.device) + offset
+        (all_source, offset), (all_target, _) = self.gather(source), self.gather(target)
+        positives = torch.arange(n, device=embedding.device) + offset  # this process's pairs among everyone's
         nll = (F.cross_entropy(self.xsr_scale * source @ all_target.T, positives, reduction="sum")
                + F.cross_entropy(self.xsr_scale * target @ all_source.T, positives, reduction="sum")) / 2
         loss = nll * scale if scale is not None else nll / max(n, 1)

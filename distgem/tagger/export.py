@@ -84,7 +84,7 @@ def export(run_dir: Path, out: Path, which: str = "best") -> Path:
 
     from distgem.model import backbone as backbones
     from distgem.config.sections import load_run_config
-    from distgem.distributed.world import consolidated_weights
+    from distgem.distributed.checkpoint import consolidated_weights
     from distgem.tasks.tagging import LABELS
 
     if not (run_dir / "config.yaml").is_file():

@@ -1,7 +1,7 @@
 """Token classification (UPOS tagging, NER): encoded corpora, batches and word-level evaluation."""
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -9,7 +9,6 @@ import torch
 from distgem.data.align import IGNORE, Window, encode_words, stitch
 from distgem.data.conll import read_conll
 from distgem.data.conllu import UPOS_TAGS, read_conllu
-from distgem.distributed.world import lockstep
 from distgem.errors import InputError
 from distgem.tasks.metrics import ner_scores, pos_accuracy
 
@@ -78,15 +77,20 @@ def units(windows: Sequence[Window]) -> int:
     return sum(1 for w in windows for label in w.labels if label != IGNORE)
 
 
+Schedule = Callable[[list, Callable[[], object]], Iterable[tuple[object, bool]]]
+"""(batches, spare) -> (batch, real) pairs: the batches in order, then spare batches whose output is dropped
+where other processes run more forwards (distgem.train.evaluation.lockstep; None: the batches alone)."""
+
+
 def predict(logits_fn: Callable[[dict], torch.Tensor], corpus: TaggedCorpus, pad_id: int, batch_size: int,
-            indices: Sequence[int] | None = None, agree: Callable[[int], int] | None = None) -> dict[int, list[str]]:
-    """Word-level predicted tags of the given sentences (all by default): {sentence index: tags}. With `agree`
-    (ZeRO-3), as many forwards as the rank with the most windows runs (`distributed.lockstep`)."""
+            indices: Sequence[int] | None = None, schedule: Schedule | None = None) -> dict[int, list[str]]:
+    """Word-level predicted tags of the given sentences (all by default): {sentence index: tags}."""
     indices = range(len(corpus.words)) if indices is None else indices
     flat = [(s, w) for s in indices for w in corpus.windows[s]]
     token_predictions: dict[int, list[list[int]]] = {s: [] for s in indices}
     chunks = [flat[start:start + batch_size] for start in range(0, len(flat), batch_size)]
-    for chunk, real in lockstep(chunks, agree, lambda: [(None, corpus.windows[0][0])]):  # a window of no sentence
+    schedule = schedule or (lambda batches, spare: ((batch, True) for batch in batches))
+    for chunk, real in schedule(chunks, lambda: [(None, corpus.windows[0][0])]):  # a window of no sentence
         logits = logits_fn(collate([w for _, w in chunk], pad_id))
         if not real:
             continue

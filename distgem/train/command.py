@@ -35,14 +35,14 @@ def run(args: argparse.Namespace) -> int:
     world = distributed.init()
     code = 0
     try:
-        if world.rank == 0:
+        if world.is_main:
             os.makedirs(config.output.run_dir, exist_ok=True)
             dump_yaml(config, os.path.join(config.output.run_dir, "config.yaml"))
         try:
             results = Trainer(config, world).train(resume=args.resume)
         except Preempted as stop:
             code = stop.exit_code
-        if code == 0 and world.rank == 0:
+        if code == 0 and world.is_main:
             print(f"test average ({config.task.name}, targets): {results['test']['average']:.2f}  "
                   f"-> {config.output.run_dir}/results.json", file=sys.stderr)
     except BaseException:

@@ -1,15 +1,17 @@
-"""The training engine: one DeepSpeed engine, one step for every method, evaluation, early stopping.
+"""The training engine: one DeepSpeed engine, the step every method shares, evaluation, early stopping.
 
-The step reads top to bottom: memory gradients (k constraints), the task gradient, then
-naive: nothing / mtf: add the weighted memory gradients / gem: project on the Gram's dual,
-then the optimizer step. Every gradient lives on this rank's ZeRO partition only.
+`Trainer.step` reads top to bottom: the memory gradients (one forward-backward per constraint, each
+captured into its row of the memory buffer), the task gradient, the method's edit (MTF adds, GEM
+projects), the optimizer step, the method's edit of the step taken (GEM's update target), then one
+all-reduce for everything the step reports. Every gradient lives on this rank's ZeRO partition only.
+`Trainer.train` is the run: evaluation, checkpoints and logs are plain calls at intervals.
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import random
+import signal
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,27 +19,27 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from distgem.model import backbone as backbones
-from distgem.distributed import world as dist
-from distgem.train import evaluation
-from distgem.distributed.checkpoint import Checkpointer
 from distgem.config.sections import RunConfig
 from distgem.data.corpora import load_corpora, needed
+from distgem.data.loader import BatchStream
+from distgem.distributed.checkpoint import Checkpointer
+from distgem.distributed.deepspeed import GradientPartition, build_engine, deepspeed_config, save_full_weights
+from distgem.distributed.world import World
 from distgem.errors import ConfigError
-from distgem.data.loader import BatchStream, rank_micro_batches
-from distgem.gem import memory
-from distgem.gem.step import Projector
-from distgem.train.log import RunLog
+from distgem.gem.buffer import Layout, MemoryBuffer, runs
+from distgem.model import backbone as backbones
+from distgem.model.multitask import MultiTaskModel, parameter_group
 from distgem.tasks.metrics import average_over_targets
-from distgem.model.multitask import MultiTaskModel, freeze_bottom, parameter_group
-from distgem.distributed.deepspeed import GradientPartition
-from distgem.train.results import build_results, memory_mb, peak_rss_mb, write_json
-from distgem.tasks.sources import memory_sources, spread, tagging_source
-from distgem.tasks import tagging
-from distgem.train.timer import PhaseTimer
+from distgem.tasks.sources import memory_sources, tagging_source
 from distgem.tasks.tagging import LABELS
+from distgem.train.evaluation import Evaluator
+from distgem.train.log import RunLog
+from distgem.train.methods import METHODS, StepView
+from distgem.train.reduction import Reduction
+from distgem.train.results import build_results, memory_mb, peak_rss_mb, write_json
+from distgem.train.timer import PhaseTimer
 
-
+ROOT = Path(__file__).resolve().parents[2]
 PREEMPTED_EXIT = 75  # EX_TEMPFAIL: slurm/*.sh requeue the job on it
 PREEMPTED_MARKER = "PREEMPTED"  # launchers may fold the exit code; the marker survives them
 
@@ -55,8 +57,6 @@ class _PreemptionFlag:
         self.requested = False
 
     def install(self) -> None:
-        import signal
-
         for sig in (signal.SIGUSR1, signal.SIGTERM):
             signal.signal(sig, self._handle)
 
@@ -68,74 +68,59 @@ PREEMPTION = _PreemptionFlag()
 
 
 class Trainer:
-    def __init__(self, config: RunConfig, world: dist.World):
+    def __init__(self, config: RunConfig, world: World):
         self.config, self.world = config, world
         self.run_dir = Path(config.output.run_dir)
         train, method = config.train, config.method
         _seed_everything(train.seed)
         self.tokenizer, backbone = backbones.load(config.model.backbone, config.model.dropout)
         has_mlm = any(a.endswith("ForMaskedLM") for a in (backbone.config.architectures or []))
-        if "mlm" in method.memory and not has_mlm:
-            raise ConfigError(f"method.memory: {config.model.backbone} has no masked-LM head; use [xsr]")
-        layers = getattr(backbone.config, "num_hidden_layers", None)
-        if layers is not None and not -(layers + 1) <= method.xsr_layer <= layers:
-            raise ConfigError(f"method.xsr_layer: {method.xsr_layer} is not a layer of {config.model.backbone} "
-                              f"({layers} layers: 0 = embeddings .. {layers}, or -1 for the last)")
-        languages = [config.task.source, *config.task.targets]
+        _check_against_backbone(config, backbone, has_mlm)
         mono, pairs = needed(config.task, has_mlm)  # perplexity for every language, XSR for every target
-        with dist.rank0_first():  # one rank tokenises into the shared cache, the others open what it wrote
+        with world.main_first():  # one rank tokenises into the shared cache, the others open what it wrote
             self.corpora = load_corpora(config.data, config.task, config.model, self.tokenizer, mono, pairs,
-                                        progress=world.rank == 0)
+                                        progress=world.is_main)
         # ZeRO-3 gathers each layer's parameters collectively in every forward: where a count of forwards can differ
         # between ranks (evaluation shards, embedding chunks), every rank runs the most any rank needs
-        self.agree = ((lambda n: dist.all_reduce_max_int(n, world.device))
-                      if train.zero_stage == 3 and world.size > 1 else None)
-        self.model = MultiTaskModel(backbone, len(LABELS[config.task.name]), method.xsr_layer,
-                                    gather=dist.AutogradGather(world.rank, world.size),
+        lockstep = train.zero_stage == 3 and world.size > 1
+        self.model = MultiTaskModel(backbone, len(LABELS[config.task.name]), method.xsr_layer, gather=world.gather_rows(),
                                     embed_chunk_tokens=config.model.embed_chunk_tokens,
-                                    agree_chunks=self.agree)
-        if method.name == "frozen":
-            freeze_bottom(self.model, method.frozen_layers)
-        if method.name == "gem" and method.gem.target == "update" and train.zero_stage == 0 \
-                and train.precision != "fp32":
-            raise ConfigError(f"method.gem.target: update edits the optimizer's master weights, which ZeRO 0 "
-                              f"keeps out of reach in {train.precision}; use train.zero_stage >= 1 or fp32")
-        # gem.anchor: pretrained: a frozen copy of the pre-trained model gives each memory batch's reference loss
-        self.reference = None
-        if method.name == "gem" and method.gem.anchor == "pretrained":
-            self.reference = copy.deepcopy(self.model).requires_grad_(False).to(world.device)
-        self.names = {id(p): n for n, p in self.model.named_parameters()}
-        self.engine = dist.build_engine(self.model, *self._optimizer(), self._deepspeed_config())
-        self.partition = GradientPartition(self.engine, self.names)
+                                    agree_chunks=world.max if lockstep else None)
         self.main = tagging_source(config.task.name, self.corpora.train, self.tokenizer.pad_token_id)
-        mlm_train = {lang: self.corpora.mono_train[lang] for lang in (languages if method.mlm_languages == "all" else ["en"])
-                     if lang in self.corpora.mono_train}
-        self.corpora.mono_train = mlm_train
+        languages = [config.task.source, *config.task.targets]
+        self.corpora.mono_train = {lang: self.corpora.mono_train[lang] for lang in
+                                   (languages if method.mlm_languages == "all" else ["en"])
+                                   if lang in self.corpora.mono_train}
         self.memories = memory_sources(method, self.corpora, self.tokenizer, train.seed) if method.memory else []
         # the same constraints over the held-out memory data (fixed batches: memory_loss/<name> at dev evaluations)
-        held_out = SimpleNamespace(mono_train={lang: self.corpora.mono_eval[lang] for lang in mlm_train
+        held_out = SimpleNamespace(mono_train={lang: self.corpora.mono_eval[lang] for lang in self.corpora.mono_train
                                                if lang in self.corpora.mono_eval}, pairs_train=self.corpora.pairs_eval)
         self.held_out = memory_sources(method, held_out, self.tokenizer, train.seed) \
             if method.memory and config.eval.memory_loss_examples else []
+        self.timer = PhaseTimer(world.device)  # off unless DISTGEM_PROFILE=1 (bench/)
+        self.method = METHODS[method.name](method, self.memories, world, train.zero_stage > 0, self.timer)
+        self.method.prepare(self.model)
+        self.names = {id(p): n for n, p in self.model.named_parameters()}
+        self.engine = build_engine(self.model, *self._optimizer(), self._deepspeed_config())
+        self.partition = GradientPartition(self.engine, self.names)
         self.streams = {s.name: BatchStream(s.size, train.batch_size if s is self.main else method.memory_batch_size,
                                             train.seed, s.name, s.lengths() if train.group_by_length else None)
                         for s in [self.main, *self.memories]}
-        self.buffer: memory.MemoryBuffer | None = None
-        self.task_buffer: memory.MemoryBuffer | None = None
-        self.layout: memory.Layout | None = None
-        self.timer = PhaseTimer(world.device)  # off unless DISTGEM_PROFILE=1 (bench/)
-        self.projector = Projector(method.gem, [s.name for s in self.memories], self.partition, self.timer)
+        self.layout: Layout | None = None
+        self.buffer: MemoryBuffer | None = None  # rows 0..k-1: the memory gradients
+        self.task_buffer: MemoryBuffer | None = None  # the task gradient accumulated over micro-batches
+        self.evaluator = Evaluator(self.engine, world, self.tokenizer, config.eval.batch_size, lockstep)
         self.state = {"step": 0, "best": None, "best_step": None, "bad_evals": 0, "history": [], "backbone": None,
-                      "gem": {"violated_steps": 0, "steps": 0, "fallbacks": 0}}
+                      "gem": self.method.state_dict() or {"violated_steps": 0, "steps": 0, "fallbacks": 0}}
         self._trace_started = False
         self.stop_requested = False
-        self.checkpoints = Checkpointer(self.run_dir / "checkpoints", self.engine, world.rank)
+        self.checkpoints = Checkpointer(self.run_dir / "checkpoints", self.engine, world)
 
     # --- set-up -----------------------------------------------------------------------------
     def _optimizer(self):
         train = self.config.train
         decay, no_decay = [], []
-        for name, param in self.model.named_parameters():
+        for param in self.model.parameters():
             if param.requires_grad:
                 (no_decay if param.ndim < 2 else decay).append(param)
         optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": train.weight_decay},
@@ -145,84 +130,60 @@ class Trainer:
         return optimizer, schedule
 
     def _deepspeed_config(self) -> dict:
-        train = self.config.train
-        per_rank = train.batch_size // self.world.size
-        if train.batch_size % (self.world.size * train.gradient_accumulation):
-            raise ConfigError(f"train.batch_size {train.batch_size} must divide into {self.world.size} ranks x "
-                                   f"train.gradient_accumulation {train.gradient_accumulation}")
-        if self.config.method.memory_batch_size % (self.world.size * train.gradient_accumulation):
-            raise ConfigError(f"method.memory_batch_size {self.config.method.memory_batch_size} must divide into "
-                                   f"{self.world.size} ranks x {train.gradient_accumulation} micro-batches")
+        train, size = self.config.train, self.world.size
+        for key, batch in (("train.batch_size", train.batch_size),
+                           ("method.memory_batch_size", self.config.method.memory_batch_size)):
+            if batch % (size * train.gradient_accumulation):
+                raise ConfigError(f"{key} {batch} must divide into {size} ranks x "
+                                  f"train.gradient_accumulation {train.gradient_accumulation} micro-batches")
         path = train.deepspeed_config.format(stage=train.zero_stage)
-        path = path if Path(path).is_absolute() or Path(path).exists() else str(dist.ROOT / path)
-        return dist.deepspeed_config(path, micro_batch=per_rank // train.gradient_accumulation,
-                                     world_size=self.world.size, zero_stage=train.zero_stage,
-                                     precision=train.precision, gradient_clipping=train.gradient_clipping)
+        path = path if Path(path).is_absolute() or Path(path).exists() else str(ROOT / path)
+        return deepspeed_config(path, micro_batch=train.batch_size // size // train.gradient_accumulation,
+                                world_size=size, zero_stage=train.zero_stage, precision=train.precision,
+                                gradient_clipping=train.gradient_clipping)
 
     # --- the step ---------------------------------------------------------------------------
     def step(self, step: int) -> dict[str, float]:
         """One optimizer step of the configured method; returns what the log shows."""
-        method, k = self.config.method, len(self.memories)
-        stats: dict[str, float] = {}
-        refresh = k and (self.buffer is None or step % method.gem.refresh_every == 0 or method.name != "gem")
-        losses = torch.zeros(k + 2, dtype=torch.float64)  # k+1 losses, then the preemption flag
-        excess = torch.zeros(k, dtype=torch.float64) if self.reference is not None else None
-        if refresh:
-            for i, source in enumerate(self.memories):
-                losses[i] = self._backward(source, step, row=i, excess=excess)
-        losses[k] = self._backward(self.main, step, row=None)
-        pieces = self.partition.pieces()  # stage 0: untouched parameters get zero gradients, in every method
-        grads = memory.runs(pieces, self.layout) if self.buffer is not None or self.task_buffer is not None else []
-        if self.task_buffer is not None:  # micro-batches were accumulated outside the optimizer's partition
-            self.task_buffer.restore(0, grads)
-        check = None
-        if method.name == "mtf":
-            weights = torch.tensor([[method.mtf_weights[s.name.split(".")[0]] for s in self.memories]])
-            with self.timer.phase("update"):
-                memory.combine(grads, self.buffer.data, weights)
-        project_update = method.name == "gem" and method.gem.target == "update"
-        if method.name == "gem" and not project_update:
-            check = self.projector.gradient(grads, self.buffer.data, len(self.layout.group_names),
-                                            self.state["gem"], stats)
+        method, reduction = self.method, Reduction()
+        # memory gradients, each captured into its row of the buffer (kept there on steps that skip them)
+        refresh = bool(self.memories) and (self.buffer is None or method.refresh(step))
+        losses = [self._backward(source, step, row=i) for i, source in enumerate(self.memories)] if refresh else []
+        losses.append(self._backward(self.main, step))  # the task gradient, where DeepSpeed reduced it
+        view = self._view(reduction)
+        method.after_backward(view)  # MTF adds the memory gradients, GEM projects onto their constraints
         predict = self.config.eval.predicted_change and self.buffer is not None
-        before = self._values() if predict or project_update else None
+        before = self._values() if predict or method.edits_update else None
         with self.timer.phase("optimizer"):
             self.engine.step()
-        if project_update:
-            if excess is not None:  # L_i(theta) - L_i(theta_0) on this step's memory batches, global mean
-                excess = dist.all_reduce_sum(excess.to(self.world.device)).cpu() / self.world.size
-                stats.update({f"gem/excess/{s.name}": float(e) for s, e in zip(self.memories, excess)})
-            check = self.projector.update(before, self._values(), self.layout, self.buffer.data, self.state["gem"],
-                                          stats, excess)
-        # one small all-reduce per step: the losses for the log, whether any rank was asked to stop, and
-        # (GEM, ZeRO 1-3) this rank's part of the post-projection check and of the predicted changes, so
-        # that neither costs a collective of its own
-        losses[k + 1] = float(PREEMPTION.requested)
-        partial = check is not None and check["partial"] is not None
-        parts = [losses.to(self.world.device)]  # on the device: NCCL reduces no host tensor
-        if partial:
-            parts.append(check["partial"].flatten())
-        if predict:
-            # first order: L_i(theta + delta) - L_i(theta) ~ <g_i, delta> for the step actually taken
-            # (after the optimizer, weight decay included); stage 0 holds the whole vector on every rank
+        method.after_step(view, before)  # GEM's update target projects the step the optimizer took
+        # one small all-reduce for everything the step reports
+        reduction.add("losses", torch.tensor(losses, dtype=torch.float64))
+        reduction.add("stop", torch.tensor([float(PREEMPTION.requested)]))
+        if predict:  # first order: L_i(theta + delta) - L_i(theta) ~ <g_i, delta> for the step actually taken
             delta = self._values().sub_(before)
-            parts.append((self.buffer.data @ delta).double() / (1 if self.partition.stage else self.world.size))
+            reduction.add("predicted", (self.buffer.data @ delta).double() / (1 if self.partition.stage else self.world.size))
         with self.timer.phase("reduce_losses"):
-            reduced = dist.all_reduce_sum(torch.cat(parts) if len(parts) > 1 else parts[0]).cpu()
-        values = reduced.tolist()
-        self.stop_requested = values[k + 1] > 0
-        stats.update({f"loss/{s.name}": v / self.world.size
-                      for s, v in zip([*self.memories, self.main], values) if refresh or s is self.main})
+            reduced = reduction.sum(self.world)
+        self.stop_requested = bool(reduced["stop"][0] > 0)
+        stats = view.stats
+        reported = self.memories if refresh else []
+        stats.update({f"loss/{s.name}": v / self.world.size for s, v in zip([*reported, self.main], reduced["losses"].tolist())})
         if predict:
-            stats.update({f"gem/predicted_change/{s.name}": v for s, v in zip(self.memories, values[-k:])})
-        if check is not None:
-            after = reduced[k + 2:k + 2 + check["scale"].numel()].view_as(check["scale"]) if partial \
-                else check["after"].cpu()
-            # after the update, on the gradient actually written: >= -tol means no constraint is violated
-            stats["gem/min_constraint_after"] = float(((after - check["offset"]) / check["scale"]).min())
+            stats.update({f"gem/predicted_change/{s.name}": v for s, v in zip(self.memories, reduced["predicted"].tolist())})
+        method.report(reduced, stats)
         stats["lr"] = self.engine.get_lr()[0]
         stats.update(self.timer.take())
         return stats
+
+    def _view(self, reduction: Reduction) -> StepView:
+        """The task gradient (restored from its accumulation buffer) and what a method may touch."""
+        pieces = self.partition.pieces()  # stage 0: untouched parameters get zero gradients, in every method
+        grads = runs(pieces, self.layout) if self.buffer is not None or self.task_buffer is not None else []
+        if self.task_buffer is not None:  # micro-batches were accumulated outside the optimizer's partition
+            self.task_buffer.restore(0, grads)
+        return StepView(grads, self.buffer.data if self.buffer is not None else None, self.layout, self._values,
+                        self.partition, reduction)
 
     def _values(self) -> torch.Tensor:
         """A float32 copy of this rank's trainable values in the memory buffer's layout, padding zeroed."""
@@ -236,7 +197,7 @@ class Trainer:
             values[padding] = 0.0
         return values
 
-    def _backward(self, source, step: int, row: int | None, excess: torch.Tensor | None = None) -> float:
+    def _backward(self, source, step: int, row: int | None = None) -> float:
         """Forward and backward of one task over this rank's micro-batches; the loss is scaled so that
         summing over micro-batches and averaging over ranks gives the global batch's mean."""
         batch = self.streams[source.name].next()
@@ -244,7 +205,7 @@ class Trainer:
         scale = self.world.size / max(source.units(whole), 1)
         # XSR ranks each pair against the whole global batch: accumulation would shrink its negatives
         accumulation = 1 if source.kind == "xsr" else self.config.train.gradient_accumulation
-        micro_batches = rank_micro_batches(batch, self.world.rank, self.world.size, accumulation)
+        micro_batches = self.world.micro_batches(batch, accumulation)
         total = 0.0
         for j, indices in enumerate(micro_batches):
             with self.timer.phase("zero"):
@@ -255,20 +216,14 @@ class Trainer:
                 loss = self.engine(task=source.kind, scale=scale, **inputs)["loss"]
                 self.engine.backward(loss)
                 total += loss.detach().item()
-            if excess is not None:  # the pre-trained model's loss on the same batch
-                with torch.no_grad(), self.timer.phase("reference"):
-                    self.reference.train(self.model.training)
-                    reference = self.reference(task=source.kind, scale=scale, **inputs)["loss"]
-                excess[row] += loss.detach().item() - reference.item()
+            if row is not None:
+                self.method.after_memory_backward(row, self.model, inputs, scale, loss.detach().item())
             pieces = self.partition.pieces()
             self._ensure_buffers(pieces)
             if row is not None or self.task_buffer is not None:
                 with self.timer.phase("capture"):
-                    grads = memory.runs(pieces, self.layout)
-                    if row is not None:
-                        self.buffer.capture(row, grads, accumulate=j > 0)
-                    else:
-                        self.task_buffer.capture(0, grads, accumulate=j > 0)
+                    buffer = self.buffer if row is not None else self.task_buffer
+                    buffer.capture(row or 0, runs(pieces, self.layout), accumulate=j > 0)
         return total
 
     def _ensure_buffers(self, pieces) -> None:
@@ -276,83 +231,34 @@ class Trainer:
             return
         per_layer = self.config.method.name == "gem" and self.config.method.gem.per_layer
         names = [parameter_group(n) if n else "padding" for n in self.partition.piece_names()] if per_layer else None
-        self.layout = memory.Layout.of(pieces, names)
+        self.layout = Layout.of(pieces, names)
         if self.memories:
-            self.buffer = memory.MemoryBuffer(len(self.memories), self.layout, self.world.device)
+            self.buffer = MemoryBuffer(len(self.memories), self.layout, self.world.device)
         if self.config.train.gradient_accumulation > 1:
-            self.task_buffer = memory.MemoryBuffer(1, self.layout, self.world.device)
+            self.task_buffer = MemoryBuffer(1, self.layout, self.world.device)
 
-    # --- evaluation ---------------------------------------------------------------------------
-    def _forward(self, task: str, batch: dict) -> dict:
-        with torch.no_grad():
-            return self.engine(task=task, **{k: v.to(self.world.device) for k, v in batch.items()})
-
-    def _eval_args(self):
-        return self._forward, dist.all_gather_objects, self.agree
-
+    # --- evaluation -----------------------------------------------------------------------------
     def evaluate_tagging(self, corpora: dict, save_as: str | None = None) -> dict[str, dict[str, float]]:
         """Scores per language; with `save_as`, also the word-level tags under predictions/<save_as>/."""
-        task = self.config.task.name
-        self.engine.eval()
-        try:
-            scores = {}
-            for lang, corpus in corpora.items():
-                predicted = evaluation.tagging_predictions(*self._eval_args(), corpus, self.tokenizer.pad_token_id,
-                                                           self.config.eval.batch_size, self.world.rank, self.world.size)
-                scores[lang] = tagging.score(task, corpus.tags, predicted)
-                if save_as and self.world.rank == 0:
-                    directory = self.run_dir / "predictions" / save_as
-                    directory.mkdir(parents=True, exist_ok=True)
-                    names = tagging.LABELS[task]
-                    (directory / f"{lang}.json").write_text(json.dumps([[names[i] for i in s] for s in predicted]))
-            return scores
-        finally:
-            self.engine.train()
+        return self.evaluator.tagging(self.config.task.name, corpora,
+                                      self.run_dir / "predictions" / save_as if save_as else None)
 
     def evaluate_memory(self) -> dict:
         """MLM perplexity per language and XSR P@1/5/10 per pair (Table 1)."""
-        self.engine.eval()
-        try:
-            ppl = {lang: evaluation.mlm_perplexity(*self._eval_args(), examples, self.tokenizer, self.config.eval.batch_size,
-                                                   self.world.rank, self.world.size)
-                   for lang, examples in self.corpora.mono_eval.items()}
-            xsr = {lang: evaluation.xsr_precision(*self._eval_args(), pairs, self.tokenizer, self.config.eval.batch_size,
-                                                  self.world.rank, self.world.size)
-                   for lang, pairs in self.corpora.pairs_eval.items()}
-        finally:
-            self.engine.train()
-        return {"mlm_perplexity": ppl, "xsr": xsr}
+        return self.evaluator.memory(self.corpora.mono_eval, self.corpora.pairs_eval)
 
     def evaluate_memory_losses(self) -> dict[str, float]:
-        """Each constraint's loss on `eval.memory_loss_examples` held-out examples spread over its data (the same
-        examples and MLM masks every time, no dropout), split over the ranks as a training batch is."""
-        size, rank = self.world.size, self.world.rank
-        losses = torch.zeros(len(self.held_out), dtype=torch.float64)
-        self.engine.eval()
-        try:
-            for i, source in enumerate(self.held_out):
-                indices = spread(source.size, min(self.config.eval.memory_loss_examples, source.size) // size * size)
-                if not indices:
-                    continue
-                scale = size / max(source.units(source.batch(indices, 0)), 1)
-                mine = rank_micro_batches(indices, rank, size, 1)[0]
-                with torch.no_grad():
-                    inputs = {k: v.to(self.world.device) for k, v in source.batch(mine, 0).items()}
-                    losses[i] = float(self.engine(task=source.kind, scale=scale, **inputs)["loss"])
-        finally:
-            self.engine.train()
-        reduced = dist.all_reduce_sum(losses.to(self.world.device)).cpu() / size
-        return {s.name: float(v) for s, v in zip(self.held_out, reduced)}
+        return self.evaluator.memory_losses(self.held_out, self.config.eval.memory_loss_examples)
 
     # --- the run ------------------------------------------------------------------------------
     def train(self, resume: bool = False) -> dict:
         config = self.config
         PREEMPTION.install()
-        if self.world.rank == 0:
+        if self.world.is_main:
             (self.run_dir / PREEMPTED_MARKER).unlink(missing_ok=True)
         if resume and self.checkpoints.latest() is not None:
             self._restore(self.checkpoints.load(self.checkpoints.latest()))
-        log = RunLog(self.run_dir, self.world.rank == 0, config.output.tensorboard, config.train.steps, self.state["step"])
+        log = RunLog(self.run_dir, self.world.is_main, config.output.tensorboard, config.train.steps, self.state["step"])
         started = time.perf_counter()
         if config.eval.before_training and self.state["backbone"] is None:
             self.state["backbone"] = self.evaluate_memory()
@@ -364,12 +270,11 @@ class Trainer:
         while self.state["step"] < config.train.steps:
             step = self.state["step"]
             tick = time.perf_counter()
-            dist.comm_phase(f"step {step + 1}")
             stats = self.step(step)
-            dist.comm_phase("between steps")
             stats["samples_per_s"] = config.train.batch_size / (time.perf_counter() - tick)
             stats.update(memory_mb(self.world.device))  # this rank's; results.json has every rank's peak
             self.state["step"] = step + 1
+            self.state["gem"] = self.method.state_dict() or self.state["gem"]
             every = config.eval.memory_loss_every
             held = self.evaluate_memory_losses() if self.held_out and every and (step + 1) % every == 0 else None
             if held is not None:  # observed after the step's timing: it changes nothing in training
@@ -385,21 +290,21 @@ class Trainer:
                     or self.stop_requested:
                 self.checkpoints.save(f"step{step + 1}", self._client_state())
             if self.stop_requested:
-                if self.world.rank == 0:
+                if self.world.is_main:
                     (self.run_dir / PREEMPTED_MARKER).write_text(f"{step + 1}\n")
                 log.message(f"preempted: checkpoint at step {step + 1}; exiting with code {PREEMPTED_EXIT} to be requeued")
                 log.close()
                 raise Preempted(step + 1)
         train_seconds = time.perf_counter() - started
         if config.output.save_final:
-            dist.save_weights(self.engine, self.model, self.run_dir / "final.safetensors", self.world.rank)
+            save_full_weights(self.model, self.run_dir / "final.safetensors", self.world)
         if self.state["best_step"] is not None:
             self.checkpoints.load("best", module_only=True)
         test = self.evaluate_tagging(self.corpora.test, save_as="test" if config.output.save_predictions else None)
         after = self.evaluate_memory() if config.eval.after_training else None
-        rss = dist.all_gather_objects(round(peak_rss_mb(), 1))  # per rank: the data stays memory-mapped
+        rss = self.world.gather(round(peak_rss_mb(), 1))  # per rank: the data stays memory-mapped
         results = build_results(config, self.world.size, self.state, test, after, train_seconds, rss)
-        if self.world.rank == 0:
+        if self.world.is_main:
             write_json(self.run_dir / "results.json", results)
             log.scalars(self.state["step"], _flatten("test", {lang: m["score"] for lang, m in test.items()}))
             if after:
@@ -407,7 +312,7 @@ class Trainer:
             log.hparams(_hparams(config), {"hparam/test_average": results["test"]["average"],
                                           "hparam/dev_best": self.state["best"] or 0.0})
         log.close()
-        dist.barrier()
+        self.world.barrier()
         return results
 
     def _evaluate_dev(self, step: int, log: RunLog, held: dict | None = None) -> bool:
@@ -435,7 +340,7 @@ class Trainer:
 
     def _trace(self, step: int, stats: dict) -> None:
         """Append the step's statistics to steps.jsonl (rank 0; a resumed run rewrites from its checkpoint)."""
-        if self.world.rank != 0:
+        if not self.world.is_main:
             return
         path = self.run_dir / "steps.jsonl"
         if self._trace_started is False:
@@ -451,11 +356,27 @@ class Trainer:
 
     def _restore(self, client: dict) -> None:
         self.state = client["state"]
+        self.method.load_state_dict(self.state.get("gem", {}))
         for name, stream in self.streams.items():
             stream.load_state_dict(client["streams"][name])
         if client.get("memory") is not None:
             self._ensure_buffers(self.partition.pieces())
             self.buffer.data.copy_(client["memory"])
+
+
+def _check_against_backbone(config: RunConfig, backbone, has_mlm: bool) -> None:
+    """Config values that only the backbone can judge, checked before anything is built."""
+    method = config.method
+    if "mlm" in method.memory and not has_mlm:
+        raise ConfigError(f"method.memory: {config.model.backbone} has no masked-LM head; use [xsr]")
+    layers = getattr(backbone.config, "num_hidden_layers", None)
+    if layers is not None and not -(layers + 1) <= method.xsr_layer <= layers:
+        raise ConfigError(f"method.xsr_layer: {method.xsr_layer} is not a layer of {config.model.backbone} "
+                          f"({layers} layers: 0 = embeddings .. {layers}, or -1 for the last)")
+    if method.name == "gem" and method.gem.target == "update" and config.train.zero_stage == 0 \
+            and config.train.precision != "fp32":
+        raise ConfigError(f"method.gem.target: update edits the optimizer's master weights, which ZeRO 0 "
+                          f"keeps out of reach in {config.train.precision}; use train.zero_stage >= 1 or fp32")
 
 
 def _seed_everything(seed: int) -> None:
@@ -480,5 +401,3 @@ def _hparams(config: RunConfig) -> dict:
             "memory": "+".join(m.memory) or "none", "mlm_languages": m.mlm_languages, "seed": config.train.seed,
             "lr": config.train.lr, "zero_stage": config.train.zero_stage, "per_language": m.gem.per_language,
             "per_layer": m.gem.per_layer, "refresh_every": m.gem.refresh_every, "memory_strength": m.gem.memory_strength}
-
-

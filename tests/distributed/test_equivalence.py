@@ -60,7 +60,7 @@ def two_ranks(micro, tmp_path_factory):
         if (method, stage) not in cache:
             run_dir = tmp_path_factory.mktemp(f"{method}-zero{stage}")
             run_training(micro, run_dir, 2, {**COMMON, **METHODS[method], "train.zero_stage": stage},
-                         env={"DISTGEM_COMM_LOG": str(run_dir / "comm")})
+                         collectives=run_dir / "comm")
             cache[method, stage] = run_dir
         return cache[method, stage]
 

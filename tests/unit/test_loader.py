@@ -7,8 +7,14 @@ import pytest
 
 import torch
 
-from distgem.data.loader import MEGABATCH, BatchStream, group_by_length, rank_micro_batches
+from distgem.data.loader import MEGABATCH, BatchStream, group_by_length
 from distgem.data.rows import ConcatRows
+from distgem.distributed.world import World
+
+
+def rank_micro_batches(batch, rank: int, size: int, accumulation: int):
+    """The world's slice of a global batch for `rank` of `size` (no process group needed)."""
+    return World(rank, size, rank, torch.device("cpu")).micro_batches(batch, accumulation)
 
 SIZE, BATCH = 53, 24  # an epoch that is no multiple of the batch: global batches straddle epoch ends
 LENGTHS = torch.randint(1, 60, (SIZE,), generator=torch.Generator().manual_seed(5))

@@ -1,7 +1,7 @@
 """Evaluation in lockstep: under ZeRO-3 every rank runs as many forwards as the rank with the most batches."""
 from __future__ import annotations
 
-from distgem.distributed.world import lockstep
+from distgem.train.evaluation import lockstep
 
 
 def test_lockstep_pads_a_short_rank_to_the_agreed_count_with_dropped_forwards():

@@ -8,11 +8,21 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from distgem.gem import projection
-from distgem.gem.projection import apply_projection, gram_from_pieces, project, solve, solve_dual, split_gram
+from distgem.gem import gram, qp
+from distgem.gem.buffer import Layout, runs
+from distgem.gem.projector import Projector, project
+from distgem.gem.qp import solve, solve_dual
 
 SOLVERS = ["exact", "qpth"]
 F64 = torch.float64
+
+
+def gram_of(memories, *pieces):
+    """(memory Gram, dots <g_i, g>) through the engine's own pass over the gradient's pieces (`project`'s numbers)."""
+    layout = Layout.of(pieces)
+    full = gram.partial_gram(memories, runs(pieces, layout), 1)[0]
+    k = memories.shape[0]
+    return full[:k, :k], full[:k, k]
 
 
 @st.composite
@@ -65,7 +75,7 @@ def test_projection_is_feasible_and_optimal(instance, solver, gamma):
     if (memories @ grad >= 0).all():
         assert new is grad
         return
-    v = solve_dual(*split_gram(gram_from_pieces([torch.cat([memories, grad[None]])])), gamma, solver)
+    v = solve_dual(*gram_of(memories, grad), gamma, solver)
     torch.testing.assert_close(new, grad + memories.T @ v, rtol=1e-12, atol=1e-12 * float(new.abs().max()))
     check_optimal(grad, memories, new, v, gamma)
 
@@ -138,27 +148,26 @@ def test_dtype_and_device_are_preserved(dtype, rtol, solver):
     # constraints hold on the values actually returned, up to the rounding of one cast to dtype
     r = memories_d.to(F64) @ new.to(F64)
     assert (r >= -rtol * memories.norm(dim=1) * grad.norm()).all()
-    v = solve_dual(*split_gram(gram_from_pieces([torch.cat([memories_d, grad_d[None]])])), 0.0, solver)
+    v = solve_dual(*gram_of(memories_d, grad_d), 0.0, solver)
     assert v.dtype == F64 and v.device == grad_d.device
 
 
-def test_gram_from_pieces_equals_the_full_gram_and_accumulates_in_float64(monkeypatch):
+def test_the_torch_gram_over_pieces_equals_the_full_gram_and_accumulates_in_float64(monkeypatch):
     gen = torch.Generator().manual_seed(2)
     # offset rows: their inner products are large sums of same-sign terms, where fp32 accumulation drifts
     rows = (torch.randn(5, 200_003, generator=gen) + 3).to(torch.float32)
     expected = rows.to(F64) @ rows.to(F64).T
-    monkeypatch.setattr(projection, "CHUNK", 4099)  # several blocks per piece
+    monkeypatch.setitem(gram._STATE, "lib", None)  # the torch path (CUDA's); the C path: tests/unit/test_memory.py
+    monkeypatch.setattr(gram, "_chunk", lambda device: 4099)  # several chunks per piece
     for seed in range(3):
         cuts = sorted(torch.randint(0, rows.shape[1], (4,), generator=torch.Generator().manual_seed(seed)).tolist())
-        pieces = [p for p in torch.tensor_split(rows, cuts, dim=1)]
+        pieces = [p.clone() for p in torch.tensor_split(rows[4], cuts)]
         pieces[0] = pieces[0].to(torch.bfloat16)  # mixed dtypes: each piece is upcast before multiplying
-        exp = sum(p.to(F64) @ p.to(F64).T for p in pieces)  # on the bf16 piece's own values
-        gram = gram_from_pieces(pieces)
-        assert gram.dtype == F64 and gram.shape == (5, 5)
-        torch.testing.assert_close(gram, exp, rtol=1e-13, atol=0)
+        task = torch.cat([p.to(F64) for p in pieces])
+        mem_gram, dots = gram_of(rows[:4], *pieces)
+        torch.testing.assert_close(mem_gram, expected[:4, :4], rtol=1e-13, atol=0)
+        torch.testing.assert_close(dots, rows[:4].to(F64) @ task, rtol=1e-13, atol=0)
     assert not torch.allclose(rows @ rows.T, expected.float(), rtol=1e-7, atol=0), "fp32 would have drifted"
-    mem_gram, dots = split_gram(expected)
-    assert torch.equal(mem_gram, expected[:4, :4]) and torch.equal(dots, expected[:4, 4])
 
 
 @pytest.mark.parametrize("solver", SOLVERS)
@@ -187,17 +196,17 @@ def test_auto_uses_exact_for_small_problems_and_qpth_for_large_batches():
     torch.testing.assert_close(large.v, solve(grams, dots, solver="exact").v, rtol=1e-5, atol=1e-7)
 
 
-def test_apply_projection_writes_in_place_per_piece():
+def test_the_update_writes_in_place_per_piece():
     gen = torch.Generator().manual_seed(5)
     memories = torch.randn(3, 50, generator=gen)
     grad = torch.randn(50, generator=gen) - 2 * memories[0]
     expected = project(grad, memories)
-    flat = grad.clone()
-    pieces, memory_pieces = list(flat.split([20, 30])), list(memories.split([20, 30], dim=1))
-    v = solve_dual(*split_gram(gram_from_pieces([torch.cat([m, g[None]]) for m, g in zip(memory_pieces, pieces)])))
-    apply_projection(pieces, memory_pieces, v)
-    assert not torch.allclose(flat, grad)
-    torch.testing.assert_close(flat, expected)  # the views were written, in the gradient's own storage
+    pieces = [grad[:20].clone(), grad[20:].clone()]  # two storages: two runs
+    layout = Layout.of(pieces)
+    v = solve_dual(*gram_of(memories, *pieces))
+    gram.combine(runs(pieces, layout), memories, v[None])
+    assert not torch.allclose(torch.cat(pieces), grad)
+    torch.testing.assert_close(torch.cat(pieces), expected)  # the pieces were written, in their own storage
 
 
 def test_zero_and_non_finite_inputs_give_finite_v():
@@ -219,7 +228,7 @@ def test_qpth_failures_fall_back_to_the_exact_solver(monkeypatch, failure):
     grams, dots = memories @ memories.mT, (memories @ grads[..., None])[..., 0]
     expected = solve_dual(grams, dots, 0.0, "exact")
 
-    real = projection.QPFunction
+    real = qp.QPFunction
 
     def broken(**options):
         def call(Q, p, G, h, A, b):
@@ -233,12 +242,19 @@ def test_qpth_failures_fall_back_to_the_exact_solver(monkeypatch, failure):
             return u
         return call
 
-    monkeypatch.setattr(projection, "QPFunction", broken)
-    before = projection.COUNTERS["qpth_fallbacks"]
+    monkeypatch.setattr(qp, "QPFunction", broken)
     result = solve(grams, dots, 0.0, "qpth")
     n_bad = 4 if failure in ("raise", "inaccurate") else 1  # qpth's print does not say which element
-    assert result.fallbacks == n_bad and projection.COUNTERS["qpth_fallbacks"] == before + n_bad
+    assert result.fallbacks == n_bad
     torch.testing.assert_close(result.v, expected)
+    if failure not in ("raise", "inaccurate"):
+        return
+    # a run counts them: the projector's counters are the run state's "gem" entry (results.json, TensorBoard)
+    projector = Projector(["a", "b", "c", "d", "e", "f"], solver="qpth")
+    grad = -memories[0].sum(0)
+    layout = Layout.of([grad])
+    projector.gradient(runs([grad], layout), memories[0], 1, {})
+    assert projector.counters["fallbacks"] == 1 and projector.counters["violated_steps"] == 1
 
 
 def test_invalid_arguments_are_refused():
@@ -265,16 +281,16 @@ def test_cuda_matches_cpu(solver):
 
 def _solve_on(path, G, d, gamma):
     """solve_dual(..., "exact") forced onto one of its three implementations of the same algorithm."""
-    limits = {"SCALAR_MAX_K": projection.SCALAR_MAX_K, "HOST_MAX_SYSTEMS": projection.HOST_MAX_SYSTEMS}
+    limits = {"SCALAR_MAX_K": qp.SCALAR_MAX_K, "HOST_MAX_SYSTEMS": qp.HOST_MAX_SYSTEMS}
     try:
         if path != "scalar":
-            projection.SCALAR_MAX_K = 0
+            qp.SCALAR_MAX_K = 0
         if path == "torch":
-            projection.HOST_MAX_SYSTEMS = 0
+            qp.HOST_MAX_SYSTEMS = 0
         return solve_dual(G, d, gamma, "exact")
     finally:
         for name, value in limits.items():
-            setattr(projection, name, value)
+            setattr(qp, name, value)
 
 
 @settings(max_examples=150, deadline=None)
@@ -294,16 +310,16 @@ def test_host_exact_solver_equals_the_torch_one(instance, gamma):
 def test_scalar_path_handles_only_one_small_qp():
     """Batched QPs and k > SCALAR_MAX_K take the array solvers; the scalar one answers one small QP."""
     calls = []
-    original = projection._solve_scalar
+    original = qp._solve_scalar
     try:
-        projection._solve_scalar = lambda *a: calls.append(len(a[1])) or original(*a)
+        qp._solve_scalar = lambda *a: calls.append(len(a[1])) or original(*a)
         G, d = torch.eye(4, dtype=F64), -torch.ones(4, dtype=F64)
         for k in (1, 3, 4):
             solve_dual(G[:k, :k], d[:k], 0.0, "auto")
         solve_dual(G[:2, :2].expand(3, 2, 2), d[:2].expand(3, 2), 0.0, "exact")
         solve_dual(G[:2, :2], d[:2], 0.0, "qpth")
     finally:
-        projection._solve_scalar = original
+        qp._solve_scalar = original
     assert calls == [1, 3]
     # identity Gram, all dots -1: each constraint independently needs v_i = 1
     torch.testing.assert_close(solve_dual(G[:3, :3], d[:3]), torch.ones(3, dtype=F64))

@@ -7,7 +7,7 @@ import pickle
 import pytest
 import torch
 
-from distgem.distributed.world import safe_torch_load
+from distgem.distributed.checkpoint import safe_torch_load
 
 
 class Payload:

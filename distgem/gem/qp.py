@@ -1,12 +1,12 @@
-"""GEM's dual QP and the projection g~ = g + M^T v: pure tensor math, nothing about models or ranks.
+"""GEM's dual QP: v* from the Gram, pure math on (k+1)^2 numbers, nothing about models, partitions or ranks.
 
 With M the k x P matrix of memory gradients and g the task gradient, GEM solves
 
     v* = argmin_{v >= gamma}  1/2 v^T (M M^T) v + (M g)^T v        and sets  g~ = g + M^T v*
 
-Everything the solver needs is the (k+1) x (k+1) Gram of [g_1..g_k, g] (task gradient LAST), which
-a distributed caller sums over partitions (`gram_from_pieces`, one all-reduce), so that every rank
-solves the same QP from the same numbers. Numerics (docs/PROJECTION.md):
+Everything the solver needs is the k x k Gram of the memories and the dots <g_i, g>, which the caller
+sums over partitions (distgem.gem.gram, one all-reduce), so that every rank solves the same QP from the
+same numbers. Numerics (docs/PROJECTION.md):
 
 - float64 throughout; the Gram is accumulated in float64 even from fp32/bf16 gradients;
 - the QP is rescaled before any regulariser: each memory by its own norm (the Gram becomes the
@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,8 +34,6 @@ QPTH_TOL = 1e-7
 """The same residual accepted from qpth's interior point before falling back to the exact solver."""
 EXACT_MAX_SYSTEMS = 4096
 """`auto`: exact while batch x 2^k subsystems stay under this (k <= 12 for one QP), else qpth (docs/PROJECTION.md)."""
-CHUNK = 1 << 16
-"""Columns converted to float64 at a time (Gram and update): bounds the temporary to (k+1) x CHUNK."""
 SUBSET_BLOCK = 1 << 22
 """Matrix entries per batched solve in the exact solver (subsets x batch x k x k)."""
 HOST_MAX_SYSTEMS = 512
@@ -46,12 +43,10 @@ SCALAR_MAX_K = 3
 """`exact` on one QP with k <= this runs in plain Python floats (`_solve_scalar`, ~10-30 us): the same
 algorithm again, without numpy's per-call cost (~60 small array ops, ~0.2-0.3 ms for a 2 x 2 QP)."""
 SOLVERS = ("auto", "exact", "qpth")
-COUNTERS = {"qpth_fallbacks": 0}
-"""Batch elements that qpth got wrong (inaccurate, NaN, KKT violated) and the exact solver re-solved."""
 
 
 @dataclass
-class Projection:
+class Dual:
     """A solved dual: v for the original problem and how it was obtained."""
 
     v: torch.Tensor
@@ -64,7 +59,7 @@ class Projection:
     """Batch elements re-solved by the exact solver after qpth failed."""
 
 
-def solve(gram: torch.Tensor, dots: torch.Tensor, memory_strength: float = 0.0, solver: str = "auto") -> Projection:
+def solve(gram: torch.Tensor, dots: torch.Tensor, memory_strength: float = 0.0, solver: str = "auto") -> Dual:
     """Solve the dual for every leading batch index of `gram` (..., k, k) and `dots` (..., k)."""
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
@@ -79,7 +74,7 @@ def solve(gram: torch.Tensor, dots: torch.Tensor, memory_strength: float = 0.0, 
         d_list = dots.detach().reshape(k).tolist()
         v_list = _solve_scalar(gram.detach().reshape(k, k).tolist(), d_list, memory_strength)
         if v_list is not None:
-            return Projection(torch.tensor(v_list, dtype=torch.float64, device=gram.device).reshape(*batch, k),
+            return Dual(torch.tensor(v_list, dtype=torch.float64, device=gram.device).reshape(*batch, k),
                               torch.tensor(any(x < 0 for x in d_list), device=gram.device).reshape(batch), "exact")
     G = gram.detach().to(torch.float64).expand(*batch, k, k).reshape(-1, k, k)
     d = dots.detach().to(torch.float64).expand(*batch, k).reshape(-1, k)
@@ -87,11 +82,11 @@ def solve(gram: torch.Tensor, dots: torch.Tensor, memory_strength: float = 0.0, 
     if solver == "auto":  # CPU crossover with qpth's 5-20 ms per call, docs/PROJECTION.md
         solver = "exact" if 2**k * max(G.shape[0], 1) <= EXACT_MAX_SYSTEMS else "qpth"
     if k == 0 or G.shape[0] == 0:
-        return Projection(d.clone().reshape(*batch, k), violated.reshape(batch), solver)
+        return Dual(d.clone().reshape(*batch, k), violated.reshape(batch), solver)
 
     if solver == "exact" and 2**k * G.shape[0] <= HOST_MAX_SYSTEMS:
         v = torch.from_numpy(_solve_host(G.cpu().numpy(), d.cpu().numpy(), memory_strength)).to(G.device)
-        return Projection(v.reshape(*batch, k), violated.reshape(batch), solver)
+        return Dual(v.reshape(*batch, k), violated.reshape(batch), solver)
     finite = torch.isfinite(G).all(-1).all(-1) & torch.isfinite(d).all(-1)
     G, d = torch.where(finite[:, None, None], G, 0.0), torch.where(finite[:, None], d, 0.0)
     C, p, lower, scale = _rescale(G, d, memory_strength)
@@ -103,67 +98,13 @@ def solve(gram: torch.Tensor, dots: torch.Tensor, memory_strength: float = 0.0, 
     v = torch.maximum(u, lower) * scale  # interior point: u may sit a rounding error below its bound
     # Non-finite Gram (an fp16 overflow step): no projection; the caller's overflow check still sees it.
     v = torch.where((finite & torch.isfinite(v).all(-1))[:, None], v, 0.0)
-    return Projection(v.reshape(*batch, k), violated.reshape(batch), solver, fallbacks)
+    return Dual(v.reshape(*batch, k), violated.reshape(batch), solver, fallbacks)
 
 
 def solve_dual(gram: torch.Tensor, dots: torch.Tensor, memory_strength: float = 0.0,
                solver: str = "auto") -> torch.Tensor:
     """v* >= memory_strength minimising 1/2 v^T gram v + dots^T v, float64 (..., k), batched over leading dims."""
     return solve(gram, dots, memory_strength, solver).v
-
-
-def project(grad: torch.Tensor, memories: torch.Tensor, memory_strength: float = 0.0,
-            solver: str = "auto") -> torch.Tensor:
-    """GEM on flat vectors: `grad` itself when no <g_i, g> < 0, else a new grad + memories^T v* (grad's dtype)."""
-    if grad.dim() != 1 or memories.dim() != 2 or memories.shape[1] != grad.shape[0]:
-        raise ValueError(f"want grad (P,) and memories (k, P), got {tuple(grad.shape)} and {tuple(memories.shape)}")
-    if grad.numel() == 0:
-        return grad
-    gram = gram_from_pieces(stacked_blocks(memories, grad))
-    mem_gram, dots = split_gram(gram)
-    if not bool((dots < 0).any()) or not bool(torch.isfinite(gram).all()):
-        return grad
-    v = solve_dual(mem_gram, dots, memory_strength, solver)
-    out = grad.clone()
-    apply_projection([out], [memories], v)
-    return out
-
-
-def gram_from_pieces(pieces: Iterable[torch.Tensor]) -> torch.Tensor:
-    """(k+1, k+1) float64 Gram of the rows [g_1..g_k, g], summed over column pieces (k+1, p_j) of any float dtype."""
-    gram = None
-    for piece in pieces:
-        if piece.dim() != 2:
-            raise ValueError(f"pieces are (k+1, p_j) row stacks, got shape {tuple(piece.shape)}")
-        if gram is None:
-            gram = torch.zeros(piece.shape[0], piece.shape[0], dtype=torch.float64, device=piece.device)
-        for block in _float64_blocks(piece):
-            gram.addmm_(block, block.T)
-    if gram is None:
-        raise ValueError("gram_from_pieces needs at least one piece")
-    return gram
-
-
-def split_gram(gram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(..., k+1, k+1) Gram with the task gradient last -> (memory Gram (..., k, k), dots <g_i, g> (..., k))."""
-    k = gram.shape[-1] - 1
-    return gram[..., :k, :k], gram[..., :k, k]
-
-
-def apply_projection(grad_pieces: Sequence[torch.Tensor], memory_pieces: Sequence[torch.Tensor],
-                     v: torch.Tensor) -> None:
-    """g <- g + M^T v in place on each local piece (flat g_j, M_j (k, numel)); computed in float64, rounded once."""
-    for grad, memories in zip(grad_pieces, memory_pieces, strict=True):
-        flat = grad.view(-1)
-        if memories.shape != (v.shape[-1], flat.numel()):
-            raise ValueError(f"memory piece {tuple(memories.shape)} does not match "
-                             f"grad piece {flat.numel()} and k={v.shape[-1]}")
-        weights = v.to(device=memories.device, dtype=torch.float64)
-        for start in range(0, flat.numel(), CHUNK):
-            stop = min(start + CHUNK, flat.numel())
-            update = weights @ memories[:, start:stop].to(torch.float64)
-            update += flat[start:stop]
-            flat[start:stop].copy_(update)
 
 
 # --- rescaling and solvers -----------------------------------------------------------------------
@@ -255,7 +196,6 @@ def _solve_qpth(C: torch.Tensor, p: torch.Tensor, lower: torch.Tensor) -> tuple[
     if n_bad:
         u = u.clone()
         u[bad] = _solve_exact(C[bad], p[bad], lower[bad])
-        COUNTERS["qpth_fallbacks"] += n_bad
     return u, n_bad
 
 
@@ -357,24 +297,3 @@ def _gauss(A: list, b: list) -> list | None:
     for r in range(n - 1, -1, -1):
         x[r] = (A[r][n] - sum(A[r][j] * x[j] for j in range(r + 1, n))) / A[r][r]
     return x
-
-
-# --- helpers -------------------------------------------------------------------------------------
-
-def stacked_blocks(memories: torch.Tensor, grad: torch.Tensor, chunk: int = CHUNK) -> Iterator[torch.Tensor]:
-    """Column chunks of [memories; grad] as float64 (k+1, n) blocks, without stacking the whole vectors
-    (one reused buffer: consume each block before taking the next)."""
-    k, P = memories.shape
-    buffer = torch.empty(k + 1, min(chunk, P), dtype=torch.float64, device=grad.device)
-    for start in range(0, P, chunk):
-        stop = min(start + chunk, P)
-        block = buffer[:, : stop - start]
-        block[:k].copy_(memories[:, start:stop])
-        block[k].copy_(grad[start:stop])
-        yield block
-
-
-def _float64_blocks(piece: torch.Tensor) -> Iterator[torch.Tensor]:
-    """Column blocks of a (rows, p) tensor as float64, at most CHUNK columns each (views when already float64)."""
-    for start in range(0, piece.shape[1], CHUNK):
-        yield piece[:, start:start + CHUNK].to(torch.float64)
