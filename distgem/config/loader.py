@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -28,6 +29,26 @@ class FieldError(ValueError):
         super().__init__(message)
 
 
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, lt: float | None = None,
+            le: float | None = None) -> Any:
+    """A numeric field with its valid range (checked on loading, with the dotted key named; tests draw values
+    outside it): `lr: float = bounded(1e-5, gt=0)`. None, where the type allows it, is always valid."""
+    bounds = {name: value for name, value in (("ge", ge), ("gt", gt), ("lt", lt), ("le", le)) if value is not None}
+    return dataclasses.field(default=default, metadata={"bounds": bounds})
+
+
+BOUND_TEXT = {"ge": ">=", "gt": ">", "lt": "<", "le": "<="}
+BOUND_HOLDS = {"ge": lambda v, b: v >= b, "gt": lambda v, b: v > b, "lt": lambda v, b: v < b, "le": lambda v, b: v <= b}
+
+
+def out_of_bounds(value: Any, bounds: dict[str, float]) -> str | None:
+    """Why `value` is outside `bounds` (`must be >= 1`), or None when it is inside (or None)."""
+    if value is None or not bounds:
+        return None
+    failed = [f"{BOUND_TEXT[kind]} {limit:g}" for kind, limit in bounds.items() if not BOUND_HOLDS[kind](value, limit)]
+    return f"must be {' and '.join(f'{BOUND_TEXT[k]} {v:g}' for k, v in bounds.items())}" if failed else None
+
+
 def require(condition: bool, field: str, message: str) -> None:
     """Raise FieldError(field, message) unless condition holds (for __post_init__ checks)."""
     if not condition:
@@ -39,7 +60,9 @@ def load_config(cls: type, paths: list[str | os.PathLike] = (), overrides: list[
     raw: dict = {}
     sources: dict[str, str] = {}
     for path in paths:
-        _merge(raw, sources, _read_yaml(Path(path)), "", os.fspath(path))
+        data, where = _read_yaml(Path(path))
+        _merge(raw, sources, data, "", os.fspath(path))
+        sources.update(where)  # each value is reported against the file that set it, an included one too
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
@@ -65,6 +88,9 @@ def build(cls: type, raw: dict, sources: dict[str, str] | None = None, prefix: s
         dotted = prefix + name
         if name in raw:
             values[name] = _convert(raw[name], hints[name], dotted, sources)
+            problem = out_of_bounds(values[name], field.metadata.get("bounds", {}))
+            if problem:
+                raise ConfigError(f"{_where(sources, dotted)}: '{dotted}' {problem}, got {values[name]!r}")
         elif dataclasses.is_dataclass(hints[name]) and field.default is dataclasses.MISSING \
                 and field.default_factory is dataclasses.MISSING:
             values[name] = build(hints[name], {}, sources, dotted + ".")
@@ -94,7 +120,8 @@ class _OverrideValue(str):
     """A `--set` value: still text, parsed to the field's type when the field is known."""
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> tuple[dict, dict[str, str]]:
+    """(the file's values with its includes merged under them, the file that set each dotted key)."""
     if path.resolve() in seen:
         raise ConfigError(f"{path}: include cycle ({' -> '.join(map(str, seen))})")
     try:
@@ -110,10 +137,13 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"{path}: expected a mapping at the top level")
     includes = data.pop(INCLUDE_KEY, [])
     merged: dict = {}
+    sources: dict[str, str] = {}
     for include in [includes] if isinstance(includes, str) else includes:
-        _merge(merged, {}, _read_yaml(path.parent / include, seen + (path.resolve(),)), "", str(path))
-    _merge(merged, {}, data, "", str(path))
-    return merged
+        included, where = _read_yaml(path.parent / include, seen + (path.resolve(),))
+        _merge(merged, sources, included, "", str(path.parent / include))
+        sources.update(where)
+    _merge(merged, sources, data, "", str(path))
+    return merged, sources
 
 
 def _merge(into: dict, sources: dict, new: dict, prefix: str, source: str) -> None:
@@ -224,18 +254,18 @@ def _scalar(value: Any, hint: Any, dotted: str, where: str) -> Any:
         elif isinstance(value, int) and not isinstance(value, bool):
             return value
     elif hint is float:
-        if text:
+        number = None
+        if text or isinstance(value, str):  # YAML 1.1 reads `1e-5` (no dot) as a string
             try:
-                return float(value.strip())
+                number = float(value.strip())
             except ValueError:
                 pass
         elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        elif isinstance(value, str):  # YAML 1.1 reads `1e-5` (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
+            number = float(value)
+        if number is not None:
+            if not math.isfinite(number):  # no setting of a training run means anything at inf or nan
+                raise ConfigError(f"{where}: '{dotted}' must be a finite number, got {str(value)!r}")
+            return number
     else:
         raise ConfigError(f"{where}: '{dotted}': unsupported field type {hint!r}")
     name = getattr(hint, "__name__", str(hint))

@@ -64,4 +64,4 @@ def update(path: Path) -> bool:
 
 
 if __name__ == "__main__":
-    print("updated" if update(Path(__file__).resolve().parents[1] / "docs" / "USAGE.md") else "up to date")
+    print("updated" if update(Path(__file__).resolve().parents[2] / "docs" / "USAGE.md") else "up to date")

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-from distgem.config.loader import dump_yaml, load_config, require
+from distgem.config.loader import bounded, dump_yaml, load_config, require
 
 LANGUAGES = ("en", "es", "fr", "el", "ru", "de", "nl")
 
@@ -19,21 +19,19 @@ LANGUAGES = ("en", "es", "fr", "el", "ru", "de", "nl")
 class ModelConfig:
     backbone: str = "embedded:tiny"
     """HF directory or hub name (bert-base-multilingual-cased, xlm-roberta-base), or embedded:tiny|small."""
-    max_length: int = 128
+    max_length: int = bounded(128, ge=8)
     """Subword window; longer sentences are split into overlapping windows, never truncated."""
-    stride: int = 32
+    stride: int = bounded(32, ge=0)
     """Subwords of left context carried into the next window of a long sentence."""
-    dropout: float | None = None
+    dropout: float | None = bounded(None, ge=0, lt=1)
     """Override the backbone's hidden and attention dropout (0 for exact equivalence tests)."""
-    embed_chunk_tokens: int = 2048
+    embed_chunk_tokens: int = bounded(2048, ge=0)
     """Sentence embeddings (XSR) of a batch whose padded size exceeds this many tokens run in length-sorted
     chunks of at most this many, each cut to its own longest sentence: the same embeddings without the
     padding's compute and activations; 0: one pass."""
 
     def __post_init__(self):
-        require(self.max_length >= 8, "max_length", "must be at least 8")
-        require(self.embed_chunk_tokens >= 0, "embed_chunk_tokens", "must be 0 (one pass) or a token budget")
-        require(0 <= self.stride < self.max_length - 2, "stride", "must be in [0, max_length - 2)")
+        require(self.stride < self.max_length - 2, "stride", "must be below max_length - 2")
 
 
 @dataclass
@@ -50,11 +48,11 @@ class DataConfig:
     """One sentence per line (MLM), per language."""
     parallel: str = "{root}/parallel/en-{lang}.{side}"
     """Aligned pair template; {side} is `en` or the language code."""
-    xsr_eval_pairs: int = 500
+    xsr_eval_pairs: int = bounded(500, ge=10)
     """Last N pairs of every parallel file are held out for XSR evaluation (never used as memory)."""
-    mlm_eval_sentences: int = 500
+    mlm_eval_sentences: int = bounded(500, ge=10)
     """Last N sentences of every mono file are held out for perplexity."""
-    mono_sentences: int = 0
+    mono_sentences: int = bounded(0, ge=0)
     """Read only the first N sentences of every mono corpus (0 = all; the paper: 1M, 100K of them held out)."""
     paths: dict[str, str] = field(default_factory=dict)
     """Per-language paths that win over the templates, keyed `<pos|ner|mono|parallel>.<lang>` (e.g. pos.en: hf:universal_dependencies/en_ewt)."""
@@ -62,15 +60,12 @@ class DataConfig:
     """Split of an hf: dataset read for train, dev and test (mono and parallel read `train`, else the only split)."""
     cache_dir: str = ""
     """Tokenised corpora (Arrow, memory-mapped, shared by runs and ranks); empty = $DISTGEM_CACHE/datasets or ~/.cache/distgem/datasets."""
-    num_proc: int = 1
+    num_proc: int = bounded(1, ge=1)
     """Processes that tokenise a corpus on a cache miss (Dataset.map num_proc)."""
 
     def __post_init__(self):
-        require(self.xsr_eval_pairs >= 10, "xsr_eval_pairs", "must be at least 10")
-        require(self.mlm_eval_sentences >= 10, "mlm_eval_sentences", "must be at least 10")
         require(self.mono_sentences == 0 or self.mono_sentences >= 2 * self.mlm_eval_sentences, "mono_sentences",
                 "must be 0 (all) or at least twice mlm_eval_sentences")
-        require(self.num_proc >= 1, "num_proc", "must be >= 1")
         require(set(self.hub_splits) == {"train", "dev", "test"}, "hub_splits", "needs exactly train, dev and test")
         for key in self.paths:
             kind, _, lang = key.partition(".")
@@ -94,7 +89,7 @@ class TaskConfig:
 
 @dataclass
 class GemConfig:
-    memory_strength: float = 0.0
+    memory_strength: float = bounded(0.0, ge=0)
     """GEM's margin: lower bound on the dual variables (0 = the paper's default). A projected step then
     adds at least this many times each memory gradient to what is projected: to the gradient (before
     AdamW normalises it; 0.1 kept retrieval on a real encoder, docs/RESULTS.md), or with target: update
@@ -106,7 +101,7 @@ class GemConfig:
     """One constraint per memory task and language instead of one per memory task."""
     per_layer: bool = False
     """One QP per parameter group (embeddings, each layer, heads) instead of one over all parameters."""
-    refresh_every: int = 1
+    refresh_every: int = bounded(1, ge=1)
     """Recompute memory gradients every R steps (1 = every step, the paper)."""
     target: Literal["gradient", "update"] = "gradient"
     """What is projected: the gradient before the optimizer (the paper), or the step the optimizer
@@ -118,8 +113,6 @@ class GemConfig:
     excess over the pre-trained loss: one more forward per memory task and step, on a frozen copy)."""
 
     def __post_init__(self):
-        require(self.memory_strength >= 0, "memory_strength", "must be >= 0")
-        require(self.refresh_every >= 1, "refresh_every", "must be >= 1")
         if self.anchor == "pretrained":
             require(self.target == "update", "anchor", "pretrained needs target: update (the step it constrains)")
             require(self.refresh_every == 1, "anchor", "pretrained needs refresh_every: 1 (fresh losses every step)")
@@ -136,11 +129,11 @@ class MethodConfig:
     """MLM memory over English only (MLM(en)) or the source and all targets (MLM(all))."""
     mtf_weights: dict[str, float] = field(default_factory=lambda: {"mlm": 1.0, "xsr": 1.0})
     """Weights of the memory losses added to the task loss in mtf."""
-    frozen_layers: int = 3
+    frozen_layers: int = bounded(3, ge=0)
     """frozen: embeddings and the bottom N encoder layers do not train."""
     xsr_layer: int = -1
     """Hidden layer whose masked mean is the sentence embedding (-1 = last; XTREME uses 8 of 12)."""
-    memory_batch_size: int = 16
+    memory_batch_size: int = bounded(16, ge=2)
     """Global batch of every memory task (the paper: 16)."""
     gem: GemConfig = field(default_factory=GemConfig)
 
@@ -149,30 +142,30 @@ class MethodConfig:
         require(bool(self.memory) == needs_memory, "memory",
                 f"{self.name} takes {'one or more memory tasks' if needs_memory else 'no memory tasks'}")
         require(len(set(self.memory)) == len(self.memory), "memory", "lists a task twice")
-        require(self.frozen_layers >= 0, "frozen_layers", "must be >= 0")
-        require(self.memory_batch_size >= 2, "memory_batch_size", "must be >= 2 (XSR ranks within the batch)")
+        for task, weight in self.mtf_weights.items():
+            require(weight >= 0, "mtf_weights", f"{task}: {weight:g} must be >= 0")
 
 
 @dataclass
 class TrainConfig:
-    seed: int = 0
+    seed: int = bounded(0, ge=0)
     """Seeds model initialisation, data order, masking and dropout."""
-    steps: int = 1000
+    steps: int = bounded(1000, ge=1)
     """Optimizer steps (each runs every task once)."""
-    batch_size: int = 16
+    batch_size: int = bounded(16, ge=1)
     """Global batch (every task): micro_batch_size x gradient_accumulation x ranks."""
-    gradient_accumulation: int = 1
+    gradient_accumulation: int = bounded(1, ge=1)
     """Micro-batches per rank and step for the task and MLM (XSR batches are never split)."""
-    lr: float = 1e-5
+    lr: float = bounded(1e-5, gt=0)
     """AdamW learning rate (the paper: Adam, 1e-5)."""
-    weight_decay: float = 0.0
+    weight_decay: float = bounded(0.0, ge=0)
     """L2 via decoupled weight decay (AdamW); the paper's naive baseline."""
-    warmup_steps: int = 0
+    warmup_steps: int = bounded(0, ge=0)
     """Linear warm-up of the learning rate, then constant."""
     group_by_length: bool = False
     """Batch examples of similar length (each epoch still a permutation of seed and epoch): less padding,
     up to 2x faster steps on CPU; off reproduces uniformly random batches."""
-    gradient_clipping: float = 0.0
+    gradient_clipping: float = bounded(0.0, ge=0)
     """0 disables (DeepSpeed's own default of 1.0 would clip the projected gradient)."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """fp16 uses DeepSpeed's loss scaling (GPU only); the projection is scale-invariant."""
@@ -180,21 +173,21 @@ class TrainConfig:
     """DeepSpeed ZeRO stage; GEM works on each rank's gradient partition at every stage."""
     deepspeed_config: str = "configs/deepspeed/zero{stage}.json"
     """DeepSpeed JSON; its "auto" fields are filled from this section (relative paths: cwd, then the repo)."""
-
-    def __post_init__(self):
-        require(self.steps >= 1, "steps", "must be >= 1")
-        require(self.batch_size >= 1, "batch_size", "must be >= 1")
-        require(self.gradient_accumulation >= 1, "gradient_accumulation", "must be >= 1")
-        require(self.lr > 0, "lr", "must be > 0")
+    nonfinite: Literal["stop", "skip"] = "stop"
+    """A step whose loss or gradient is not finite (fp32/bf16; fp16 overflows are DeepSpeed's to skip) is never
+    applied: its gradient is zeroed before the optimizer. `stop` ends the run (exit code 3, results.json status
+    "diverged") after `nonfinite_limit` such steps in a row; `skip` only counts them (docs/USAGE.md)."""
+    nonfinite_limit: int = bounded(3, ge=1)
+    """Consecutive non-finite steps after which `nonfinite: stop` ends the run."""
 
 
 @dataclass
 class EvalConfig:
-    every: int = 100
+    every: int = bounded(100, ge=1)
     """Evaluate the targets' dev sets every E steps (early stopping on their average)."""
-    patience: int = 5
+    patience: int = bounded(5, ge=0)
     """Stop after this many evaluations without improvement (0 = never stop early)."""
-    batch_size: int = 64
+    batch_size: int = bounded(64, ge=1)
     """Evaluation batch (windows or sentences) per rank."""
     before_training: bool = True
     """Evaluate the backbone first (Table 1's backbone row; the same for every run of one backbone)."""
@@ -202,11 +195,11 @@ class EvalConfig:
     """Measure MLM perplexity and XSR P@k after training (Table 1's method rows)."""
     memory: bool = True
     """Also measure MLM perplexity and XSR P@k at every dev evaluation (forgetting curves)."""
-    memory_loss_examples: int = 64
+    memory_loss_examples: int = bounded(64, ge=0)
     """At every dev evaluation, each memory constraint's loss on this many fixed held-out examples, spread
     evenly over its held-out data so that every language of a pooled constraint has its share
     (`memory_loss/<constraint>`: does the constraint protect anything?); 0 disables."""
-    memory_loss_every: int = 0
+    memory_loss_every: int = bounded(0, ge=0)
     """Also measure those held-out memory losses every N steps between dev evaluations (a forgetting
     curve at the cost of a forward over those examples; it changes nothing in training); 0 = only at dev
     evaluations."""
@@ -214,17 +207,17 @@ class EvalConfig:
     """Every step, each memory loss's first-order predicted change <g_i, theta_after - theta_before> for
     the step actually taken (`gem/predicted_change/<constraint>`); costs two copies of the partition."""
 
-    def __post_init__(self):
-        require(self.memory_loss_examples >= 0, "memory_loss_examples", "must be >= 0")
-        require(self.memory_loss_every >= 0, "memory_loss_every", "must be >= 0")
-
 
 @dataclass
 class OutputConfig:
     run_dir: str = "runs/default"
     """Where config.yaml, results.json, steps.jsonl, tensorboard/ and checkpoints/ go."""
-    checkpoint_every: int = 0
-    """Save a resumable checkpoint every N steps (0 = only the best and the last)."""
+    checkpoint_every: int = bounded(0, ge=0)
+    """Save a resumable checkpoint every N steps (0 = none but `best` and the one a preemption signal asks
+    for)."""
+    keep_checkpoints: int = bounded(2, ge=1)
+    """Resumable checkpoints kept (the newest; `best` is kept besides them): an older one is deleted only after
+    a newer one is complete."""
     tensorboard: bool = True
     """Write TensorBoard events (rank 0)."""
     save_predictions: bool = False

@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from distgem.data.rows import iter_rows
-from distgem.errors import UserError
+from distgem.errors import InputError, UserError
 
 PREFIX = "hf:"
 TOKEN_COLUMNS = ("tokens", "words")
@@ -109,6 +109,7 @@ def tagged_rows(spec: str, split: str, tag_columns: Sequence[str]) -> Iterator[t
     token_column, tag_column = tagged_columns(dataset, spec, tag_columns)
     names = tag_names(dataset, tag_column)
     for number, row in enumerate(iter_rows(dataset, [token_column, tag_column]), start=1):
+        _refuse_nul(spec, split, number, *row[token_column])
         tags = [names[t] for t in row[tag_column]] if names is not None else list(row[tag_column])
         kept = [(w, t) for w, t in zip(row[token_column], tags) if t != SKIP_TAG]
         if kept:
@@ -122,8 +123,15 @@ def mono_rows(spec: str, split: str | None = None) -> Iterator[tuple[int, str]]:
     if column is None:
         raise UserError(f"{spec}: expected a text column ({'/'.join(TEXT_COLUMNS)}), found {', '.join(dataset.features)}")
     for number, row in enumerate(iter_rows(dataset, [column]), start=1):
+        _refuse_nul(spec, split, number, row[column] or "")
         for sentence in split_sentences(row[column] or ""):
             yield number, sentence
+
+
+def _refuse_nul(spec: str, split: str, row: int, *texts: str) -> None:
+    """A NUL character is never part of a sentence (as in files: distgem.data.lines)."""
+    if any("\0" in text for text in texts):
+        raise InputError(where(spec, split), row, "NUL byte")
 
 
 def split_sentences(text: str) -> list[str]:
@@ -148,6 +156,7 @@ def parallel_rows(spec: str, lang: str, split: str | None = None) -> Iterator[tu
         raise UserError(f"{spec}: expected a translation column or source_sentence/target_sentence, "
                         f"found {', '.join(features)}")
     for number, row in enumerate(iter_rows(dataset, columns), start=1):
+        _refuse_nul(spec, split, number, *(s or "" for s in pick(row)))
         source, target = (" ".join((s or "").split()) for s in pick(row))
         if source and target:  # an empty side cannot be retrieved: the row is not a pair
             yield number, source, target

@@ -12,7 +12,9 @@ _BOM = b"\xef\xbb\xbf"
 def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
     """Yield (1-based line number, text without line ending or trailing whitespace).
 
-    Raises InputError for a missing, unreadable or empty file and for invalid UTF-8, naming the line.
+    Raises InputError for a missing, unreadable or empty file, for invalid UTF-8 and for a NUL byte (a
+    binary file, or a corpus truncated onto zeros by a crash: never a character of a real sentence, and
+    a tokenizer would take it as part of a token), naming the line.
     """
     try:
         handle = open(path, "rb")
@@ -27,6 +29,9 @@ def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
         for number, raw in enumerate(handle, start=1):
             if number == 1 and raw.startswith(_BOM):
                 raw = raw[len(_BOM):]
+            nul = raw.find(b"\0")
+            if nul >= 0:
+                raise InputError(path, number, f"NUL byte (at column {nul + 1})")
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:

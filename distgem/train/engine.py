@@ -373,6 +373,9 @@ def _check_against_backbone(config: RunConfig, backbone, has_mlm: bool) -> None:
     if layers is not None and not -(layers + 1) <= method.xsr_layer <= layers:
         raise ConfigError(f"method.xsr_layer: {method.xsr_layer} is not a layer of {config.model.backbone} "
                           f"({layers} layers: 0 = embeddings .. {layers}, or -1 for the last)")
+    if method.name == "frozen" and layers is not None and method.frozen_layers > layers:
+        raise ConfigError(f"method.frozen_layers: {method.frozen_layers} is more than the {layers} layers of "
+                          f"{config.model.backbone}")
     if method.name == "gem" and method.gem.target == "update" and config.train.zero_stage == 0 \
             and config.train.precision != "fp32":
         raise ConfigError(f"method.gem.target: update edits the optimizer's master weights, which ZeRO 0 "

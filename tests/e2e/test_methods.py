@@ -66,11 +66,15 @@ def test_frozen_layers_do_not_move(micro, tmp_path):
     assert any(".layer.1." in k for k in moved)
 
 
-def test_a_retrieval_layer_the_backbone_lacks_is_a_one_line_config_error(micro, tmp_path):
-    result = run_training(micro, tmp_path, 1, {"method.xsr_layer": 9}, check=False,
-                          args=("--config", str(ROOT / "configs" / "methods" / "gem-xsr.yaml")))
+@pytest.mark.parametrize("setting,method,message", [
+    ({"method.xsr_layer": 9}, "gem-xsr", "method.xsr_layer: 9 is not a layer of"),
+    ({"method.frozen_layers": 3}, "frozen", "method.frozen_layers: 3 is more than the 2 layers"),
+])
+def test_a_layer_the_backbone_lacks_is_a_one_line_config_error(micro, tmp_path, setting, method, message):
+    result = run_training(micro, tmp_path, 1, setting, check=False,
+                          args=("--config", str(ROOT / "configs" / "methods" / f"{method}.yaml")))
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "method.xsr_layer: 9 is not a layer of" in result.stderr.strip().splitlines()[-1]
+    assert message in result.stderr.strip().splitlines()[-1]
 
 
 def test_projecting_the_update_at_zero_stage_0_needs_fp32(micro, tmp_path):

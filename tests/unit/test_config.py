@@ -37,7 +37,7 @@ def test_override_values_parse_to_the_field_type(write):
     (["train.steps=ten"], "--set train.steps: 'train.steps' must be int, got 'ten'"),
     (["train.steps=1.5"], "--set train.steps: 'train.steps' must be int, got '1.5'"),
     (["train.zero_stage=4"], "--set train.zero_stage: 'train.zero_stage' must be one of 0, 1, 2, 3, got '4'"),
-    (["method.gem.memory_strength=-1"], "--set method.gem.memory_strength: 'method.gem.memory_strength': must be >= 0"),
+    (["method.gem.memory_strength=-1"], "--set method.gem.memory_strength: 'method.gem.memory_strength' must be >= 0, got -1.0"),
     (["train=3"], "--set train: 'train' is a section; set its keys, e.g. train.<key>=..."),
     (["train.lr"], "--set 'train.lr': expected section.key=value"),
 ])
@@ -59,6 +59,23 @@ def test_bad_yaml_names_file_and_key(write):
         load_run_config([broken])
     with pytest.raises(ConfigError, match="no such config file"):
         load_run_config([write("f.yaml", "include: missing.yaml\n").parent / "missing.yaml"])
+
+
+def test_an_error_in_an_included_file_names_that_file(write):
+    """The file that set the value is named, not the one that included it (nested includes too)."""
+    bad = write("unknown.yaml", "train:\n  lr: abc\n")
+    inner = write("inner.yaml", "include: unknown.yaml\n")
+    outer = write("inc.yaml", "include: inner.yaml\neval:\n  every: 10\n")
+    with pytest.raises(ConfigError, match=rf"^{bad}: 'train.lr' must be float, got 'abc'$"):
+        load_run_config([outer])
+    typo = write("typo.yaml", "train:\n  stepz: 3\n")
+    with pytest.raises(ConfigError, match=rf"^{typo}: unknown key 'train.stepz'"):
+        load_run_config([write("top.yaml", "include: typo.yaml\n")])
+    # and a value the including file overrides is the including file's
+    fixed = write("fixed.yaml", "include: unknown.yaml\ntrain:\n  lr: 0\n")
+    with pytest.raises(ConfigError, match=rf"^{fixed}: 'train.lr' must be > 0, got 0.0$"):
+        load_run_config([fixed])
+    assert inner.exists()
 
 
 def test_cross_field_check_names_the_section_key(write):

@@ -87,6 +87,16 @@ def test_invalid_utf8_empty_file_and_missing_file(write, tmp_path):
         list(read_conllu(write("c.conllu", "# only a comment\n\n")))
 
 
+def test_a_nul_byte_is_refused_with_path_line_and_column(write):
+    """A NUL is never part of a sentence (a binary file, a corpus a crash truncated onto zeros)."""
+    with pytest.raises(InputError, match=r"m\.txt:2: NUL byte \(at column 4\)"):
+        list(read_text(write("m.txt", b"one line\nbad\x00word\n")))
+    with pytest.raises(InputError, match=r"n\.conllu:16: NUL byte"):
+        list(read_conllu(write("n.conllu", CONLLU.encode() + b"1\tca\x00f\tx\tNOUN\t_\t_\t0\troot\t_\t_\n")))
+    with pytest.raises(InputError, match=r"p\.es:1: NUL byte"):
+        list(read_parallel(write("p.en", "a b\n"), write("p.es", b"\x00 c\n")))
+
+
 CONLL = """-DOCSTART- -X- O O
 
 El DA O
