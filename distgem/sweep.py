@@ -107,21 +107,22 @@ def train_arguments(run: Run) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="sweep_command", required=True)
+    sub = parser.add_subparsers(dest="sweep_command", required=True, metavar="SUBCOMMAND",
+                                help="list, size, resolve or sbatch-args")
     for name, help_text in (("list", "print every run of the grid (index, id, finished?)"),
                             ("size", "print the number of runs"),
                             ("logs", "print the directory for the array's Slurm logs"),
                             ("sbatch-args", "print sbatch options for the array from the grid's resources")):
         command = sub.add_parser(name, help=help_text)
-        command.add_argument("grid")
-        command.add_argument("--json", action="store_true")
+        command.add_argument("grid", help="a sweep grid (configs/sweep*.yaml)")
+        command.add_argument("--json", action="store_true", help="one JSON object instead of text")
         if name == "list":
             command.add_argument("--summary", nargs="+", default=[], metavar="RUNS_JSONL",
                                  help="report summaries (distgem report's runs.jsonl): a run kept there counts as "
                                       "done though its directory is gone")
     resolve = sub.add_parser("resolve", help="print shell assignments for one array element")
-    resolve.add_argument("grid")
-    resolve.add_argument("index", type=int)
+    resolve.add_argument("grid", help="a sweep grid (configs/sweep*.yaml)")
+    resolve.add_argument("index", type=int, help="the array element (SLURM_ARRAY_TASK_ID)")
 
 
 def run(args: argparse.Namespace) -> int:

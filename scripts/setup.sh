@@ -19,3 +19,10 @@ export TOKENIZERS_PARALLELISM="${TOKENIZERS_PARALLELISM:-false}"
 if ! python -c "import torch, sys; sys.exit(not torch.cuda.is_available())" 2>/dev/null; then
     export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"
 fi
+# DeepSpeed compiles its CPU communication op on first use; build it once here, under distgem's own lock
+# (a build killed half-way must not leave every later run waiting: docs/USAGE.md, "When a run fails")
+if [ "${DS_ACCELERATOR:-}" = cpu ] && ! compgen -G "$TORCH_EXTENSIONS_DIR/deepspeed_shm_comm/*.so" >/dev/null; then
+    echo "[setup] building DeepSpeed's CPU communication op (once, about 20 s)" >&2
+    python -c "from distgem.distributed.deepspeed import prebuild_ops; prebuild_ops()" >&2 \
+        || { echo "[setup] the DeepSpeed op does not build" >&2; exit 1; }
+fi

@@ -1,17 +1,25 @@
-"""Atomic, resumable checkpoints that never unpickle arbitrary objects.
+"""Atomic, verified, resumable checkpoints that never unpickle arbitrary objects.
 
 Layout of `checkpoints/<tag>/`: DeepSpeed's own files (model and every rank's ZeRO partitions,
 optimizer and scheduler state; read back with `weights_only=True` and an explicit allowlist),
-`state.json` (step, early stopping, data positions), `rank<r>.safetensors` + `rank<r>.json` (this
-rank's RNG states and memory gradients). A checkpoint is written under `<tag>.tmp` and renamed
-once every rank has finished; `latest` names the newest resumable tag.
+`state.json` (step, early stopping, data positions), `config.yaml` (the resolved run config),
+`rank<r>.safetensors` + `rank<r>.json` (each rank's RNG states and memory gradients), and
+`manifest.json`, written last: the size and xxh3 digest of every other file.
+
+A checkpoint is written under `<tag>.tmp` and renamed once every rank has finished and the manifest
+is written, so a crash leaves either the previous checkpoint or the new one, whole. Resuming verifies
+the manifest and falls back to the newest intact checkpoint (saying which file was damaged); the
+newest `keep` step checkpoints are kept, older ones deleted only once a newer one is complete; `best`
+is kept aside and never pruned.
 """
 from __future__ import annotations
 
 import json
 import os
 import random
+import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,15 +28,18 @@ from safetensors.torch import load_file, save_file
 
 
 LATEST = "latest"
+MANIFEST = "manifest.json"
+STEP_TAG = re.compile(r"^step(\d+)$")
 
 
 class Checkpointer:
-    def __init__(self, directory: Path, engine, world):
-        self.directory, self.engine, self.world = Path(directory), engine, world
+    def __init__(self, directory: Path, engine, world, keep: int = 2):
+        self.directory, self.engine, self.world, self.keep = Path(directory), engine, world, keep
         self.rank = world.rank
 
-    def save(self, tag: str, client: dict) -> Path:
-        """Write checkpoint `tag` (all ranks call this); `best` is kept aside, other tags become `latest`."""
+    def save(self, tag: str, client: dict, config: str = "") -> Path:
+        """Write checkpoint `tag` (all ranks call this); `best` is kept aside, other tags become `latest`.
+        `config`: the resolved run config as YAML, kept with the checkpoint (`--resume` compares it)."""
         tmp = self.directory / f"{tag}.tmp"
         if self.world.is_main and tmp.exists():
             shutil.rmtree(tmp)
@@ -46,9 +57,11 @@ class Checkpointer:
         })
         if self.world.is_main:
             _write_json(tmp / "state.json", {"state": client["state"], "streams": client["streams"]})
-        self.world.barrier()
+            (tmp / "config.yaml").write_text(config, encoding="utf-8")
+        self.world.barrier()  # every rank's files are complete: the manifest can describe them
         final = self.directory / tag
         if self.world.is_main:
+            _write_json(tmp / MANIFEST, {"files": _describe(tmp)})
             old = self.directory / f"{tag}.old"
             if final.exists():
                 final.rename(old)
@@ -56,12 +69,42 @@ class Checkpointer:
             shutil.rmtree(old, ignore_errors=True)
             if tag != "best":
                 _write_text_atomic(self.directory / LATEST, tag)
+                self._prune()
         self.world.barrier()
         return final
+
+    def _prune(self) -> None:
+        """Delete step checkpoints beyond the newest `keep` (only called once the newest is complete)."""
+        steps = sorted(self.step_tags(), key=lambda t: int(STEP_TAG.match(t).group(1)), reverse=True)
+        for tag in steps[self.keep:]:
+            shutil.rmtree(self.directory / tag, ignore_errors=True)
+
+    def step_tags(self) -> list[str]:
+        return [p.name for p in self.directory.iterdir() if p.is_dir() and STEP_TAG.match(p.name)] \
+            if self.directory.is_dir() else []
 
     def latest(self) -> str | None:
         path = self.directory / LATEST
         return path.read_text().strip() if path.is_file() else None
+
+    def resumable(self) -> tuple[str | None, list[str]]:
+        """(the newest intact step checkpoint or None, a line for each newer one that is damaged), decided by the
+        main process and handed to every rank, so that all resume from the same step."""
+        choice: tuple[str | None, list[str]] = (None, [])
+        if self.world.is_main:
+            damaged = []
+            hint = self.latest()
+            candidates = sorted(self.step_tags(), key=lambda t: (t == hint, int(STEP_TAG.match(t).group(1))),
+                                reverse=True)
+            for tag in candidates:
+                problem = verify(self.directory / tag)
+                if problem is None:
+                    choice = (tag, damaged)
+                    break
+                damaged.append(f"{tag}: {problem}")
+            else:
+                choice = (None, damaged)
+        return self.world.gather(choice)[0]
 
     def load(self, tag: str, module_only: bool = False) -> dict:
         """Restore checkpoint `tag` into the engine (weights only with module_only) and return the client state."""
@@ -79,7 +122,55 @@ class Checkpointer:
         np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
         client = json.loads((path / "state.json").read_text())
         client["memory"] = tensors.get("memory")
+        config = path / "config.yaml"
+        client["config"] = config.read_text(encoding="utf-8") if config.is_file() else None
         return client
+
+
+def verify(directory: Path) -> str | None:
+    """Why a checkpoint cannot be trusted (a missing, truncated or altered file), or None when it is whole."""
+    try:
+        files = json.loads((directory / MANIFEST).read_text())["files"]
+    except FileNotFoundError:
+        return f"no {MANIFEST} (written by an older distgem, or never finished)"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"{MANIFEST} is unreadable"
+    for name, record in files.items():
+        path = directory / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != record["size"]:
+            return f"{name} has {path.stat().st_size} bytes, the manifest says {record['size']}"
+        if _digest(path) != record["xxh3"]:
+            return f"{name} does not match its digest"
+    return None
+
+
+def _describe(directory: Path) -> dict[str, dict]:
+    return {str(path.relative_to(directory)): {"size": path.stat().st_size, "xxh3": _digest(path)}
+            for path in sorted(directory.rglob("*")) if path.is_file() and path.name != MANIFEST}
+
+
+def _digest(path: Path) -> str:
+    from distgem.data.cache import file_digest  # xxh3, read in chunks
+
+    return file_digest(path)
+
+
+def config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """`key: saved -> current` for every setting that differs between two resolved configs."""
+    changes = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += config_changes(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changes.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return changes
+
+
+def note(message: str) -> None:
+    print(f"distgem: {message}", file=sys.stderr, flush=True)
 
 
 def _write_json(path: Path, data) -> None:

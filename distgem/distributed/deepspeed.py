@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -78,6 +79,37 @@ def deepspeed_config(path: str | os.PathLike, *, micro_batch: int, world_size: i
     config.setdefault("steps_per_print", 10**9)
     config.setdefault("wall_clock_breakdown", False)
     return config
+
+
+def prebuild_ops() -> None:
+    """Build (or load) the one op DeepSpeed JIT-compiles on CPU before the process group needs it.
+
+    DeepSpeed compiles its shared-memory communication op on first use, under torch's lock *file* in
+    $TORCH_EXTENSIONS_DIR: a build killed half-way leaves that file behind and every later run polls it
+    forever, silently. Here the build runs under distgem's own lock (an flock, released by the kernel when
+    its holder dies; a wait says what it waits for), and a torch lock file found while holding it is stale
+    (no distgem process is building) and is removed. On GPU nothing is compiled (torch's AdamW, no fused ops)."""
+    if torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR") != "cpu":
+        return
+    from torch.utils.cpp_extension import _get_build_directory
+
+    from distgem.store import lock
+
+    root = Path(_get_build_directory("deepspeed_shm_comm", False)).parent  # $TORCH_EXTENSIONS_DIR or torch's default
+    root.mkdir(parents=True, exist_ok=True)
+    with lock(root / ".distgem-build.lock", "DeepSpeed's CPU extension build"):
+        for stale in root.glob("**/lock"):
+            print(f"distgem: removing {stale}, left by an interrupted extension build", file=sys.stderr, flush=True)
+            stale.unlink(missing_ok=True)
+        from deepspeed.accelerator import get_accelerator
+
+        builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+        if builder is not None:
+            import contextlib
+            import io
+
+            with contextlib.redirect_stdout(io.StringIO()):  # ninja's and DeepSpeed's build chatter
+                builder.load()
 
 
 def build_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler, ds_config: dict):

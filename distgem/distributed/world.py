@@ -8,6 +8,7 @@ the ranks, gather these objects): no other module reads a rank or imports torch.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import socket
 from collections.abc import Callable, Iterator, Sequence
@@ -91,9 +92,7 @@ class World:
         def gather(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
             if not parallel:
                 return tensor, 0
-            from torch.distributed.nn.functional import all_gather
-
-            return torch.cat(all_gather(tensor), dim=0), rank * tensor.shape[0]
+            return _GatherRows.apply(tensor), rank * tensor.shape[0]
 
         return gather
 
@@ -122,6 +121,34 @@ class World:
         finally:
             if self.is_main:
                 dist.barrier(group=group)
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather along dim 0 with a backward that sums every rank's gradient of this rank's rows.
+
+    Each rank computes its loss over every rank's rows, so the gradient of a row is the sum over ranks
+    (torch.distributed.nn.functional.all_gather, deprecated since torch 2.10, does the same; its
+    replacement is private). The rows are a batch of sentence embeddings: all-reducing the whole gradient
+    and keeping one's own slice costs no more than a reduce-scatter would at that size."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        tensor = tensor.contiguous()
+        parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, tensor)
+        ctx.rows = tensor.shape[0]
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        total = grad.contiguous().clone()
+        dist.all_reduce(total, op=dist.ReduceOp.SUM)
+        start = dist.get_rank() * ctx.rows
+        return total[start:start + ctx.rows]
 
 
 def _initialised() -> bool:
@@ -181,7 +208,11 @@ def init(seed_port: int | None = None) -> World:
     cuda = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu"
     if cuda:
         torch.cuda.set_device(local_rank)
-    deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False, verbose=False)
+    from distgem.distributed.deepspeed import prebuild_ops
+
+    prebuild_ops()  # before the process group: a build one rank waits for must not hold the others' rendezvous
+    with contextlib.redirect_stdout(io.StringIO()):  # "DeepSpeed ... op built successfully", once per rank
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False, verbose=False)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return World(rank, size, local_rank, device)
 

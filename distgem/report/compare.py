@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from distgem.errors import UserError
-from distgem.report.runs import held_out_losses, load_runs, mean_std, welch
+from distgem.report.runs import held_out_losses, load_runs, mean_std, split_sound, welch
 from distgem.report.tables import format_cell, format_stat
 
 
@@ -74,7 +74,11 @@ def _cell(row: dict, side: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     a, b = args.between
-    rows = compare(load_runs(*(Path(source) for source in args.runs)), a, b)
+    runs = load_runs(*(Path(source) for source in args.runs))
+    _, left_out = split_sound([run for run in runs if run["label"] in (a, b)])
+    if left_out:  # a t-test over a diverged seed would compare nothing meaningful
+        raise UserError(f"--between {a} {b}: runs whose numbers cannot be compared: {'; '.join(left_out)}")
+    rows = compare(runs, a, b)
     if args.json:
         print("\n".join(json.dumps(row) for row in rows))
         return 0

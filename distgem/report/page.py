@@ -38,8 +38,8 @@ def write_results(report: dict, runs: list[dict], out_md: Path, assets: Path, co
         lines += [f"## {table['title']}", "", *table_markdown(key, table, beats_all, keep), ""]
         if key == "table1":
             lines += [f"P@5 and P@10 are in [{key}.csv]({rel / (key + '.csv')}).", ""]
-    lines += [f"† better than every baseline (Welch t-test over seeds, p < {ALPHA:g}). "
-              f"All t-tests: [ttests.csv]({rel / 'ttests.csv'}).", ""]
+    marked = f"† better than every baseline (Welch t-test over seeds, p < {ALPHA:g}). " if beats_all else ""
+    lines += [f"{marked}All t-tests: [ttests.csv]({rel / 'ttests.csv'}).", ""]
     plots = sorted(p.name for p in assets.glob("*.png"))
     if plots:
         lines += ["## Plots", ""] + [f"![{name}]({rel / name})" for name in plots] + [""]

@@ -35,33 +35,71 @@ def plot(report: dict, runs: list[dict], out: Path) -> None:
     _forgetting_curves(runs, out, plt)
 
 
-def _forgetting_curves(runs: list[dict], out: Path, plt) -> None:
-    """Mean MLM perplexity and XSR P@1 over training, from the TensorBoard events (tensorboard's loader)."""
+CURVES = {"MLM perplexity (mean over languages)": lambda parts: parts[:2] == ["memory", "mlm_perplexity"]
+                                                              and len(parts) == 3,
+          "XSR P@1 (mean over pairs)": lambda parts: parts[:2] == ["memory", "xsr"] and parts[3:] == ["p@1"]}
+"""Each curve's TensorBoard tags, matched by their exact parts (`memory/xsr/es/p@1`, never `p@10`)."""
+
+
+def forgetting_series(run_dir: Path) -> dict[str, dict[int, float]]:
+    """Per curve, the mean over languages at every evaluated step, from one run's TensorBoard events.
+
+    The curve is what was measured during training at each step. A run written before the tested
+    checkpoint had tags of its own logged its scores again at the last step, over the curve: the first
+    value at a step is the curve's, later ones are ignored."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    accumulator = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"scalars": 0})
+    # a resumed run wrote its events past the checkpoint twice; the writer's purge_step marks the restart and
+    # the loader keeps the later ones, warning of each purge as if unexpected: quiet while loading
+    loader_log = logging.getLogger("tensorboard")
+    level = loader_log.level
+    loader_log.setLevel(logging.ERROR)
+    try:
+        accumulator.Reload()
+    finally:
+        loader_log.setLevel(level)
+    out = {}
+    for metric, matches in CURVES.items():
+        by_step: dict[int, list[float]] = defaultdict(list)
+        for tag in (t for t in accumulator.Tags()["scalars"] if matches(t.split("/"))):
+            first: dict[int, float] = {}
+            for event in accumulator.Scalars(tag):
+                first.setdefault(event.step, event.value)
+            for step, value in first.items():
+                by_step[step].append(value)
+        if by_step:
+            out[metric] = {step: statistics.fmean(values) for step, values in sorted(by_step.items())}
+    return out
+
+
+def tested_point(run: dict) -> tuple[int, dict[str, float]] | None:
+    """(the tested checkpoint's step, its score per curve): what results.json measured after training."""
+    after = run.get("after") or {}
+    step = (run.get("dev") or {}).get("best_step") or (run.get("train") or {}).get("steps")
+    values = {}
+    if after.get("mlm_perplexity"):
+        values["MLM perplexity (mean over languages)"] = statistics.fmean(after["mlm_perplexity"].values())
+    if after.get("xsr"):
+        values["XSR P@1 (mean over pairs)"] = statistics.fmean(p["p@1"] for p in after["xsr"].values())
+    return (step, values) if step and values else None
+
+
+def _forgetting_curves(runs: list[dict], out: Path, plt) -> None:
+    """Per method, the memory metrics over training (lines, mean over seeds) and the tested checkpoint (a star
+    at its step, mean over seeds): what was forgotten by the end and what the selected model kept."""
     curves: dict[str, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
+    tested: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
     for r in runs:
-        events = Path(r["run_dir"]) / "tensorboard"
-        if not events.is_dir():
+        if not (Path(r["run_dir"]) / "tensorboard").is_dir():
             continue
-        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        # a resumed run wrote its events past the checkpoint twice; the writer's purge_step marks the restart and
-        # the loader keeps the later ones, warning of each purge as if unexpected: quiet while loading
-        loader_log = logging.getLogger("tensorboard")
-        level = loader_log.level
-        loader_log.setLevel(logging.ERROR)
-        try:
-            accumulator.Reload()
-        finally:
-            loader_log.setLevel(level)
-        tags = accumulator.Tags()["scalars"]
-        for metric, pattern in (("MLM perplexity (mean over languages)", "/mlm_perplexity/"), ("XSR P@1 (mean over pairs)", "/p@1")):
-            series = defaultdict(list)
-            for tag in (t for t in tags if t.startswith("memory/") and pattern in t):
-                for event in accumulator.Scalars(tag):
-                    series[event.step].append(event.value)
-            for step, values in series.items():
-                curves[metric][r["label"]][step].append(statistics.fmean(values))
+        for metric, series in forgetting_series(Path(r["run_dir"])).items():
+            for step, value in series.items():
+                curves[metric][r["label"]][step].append(value)
+        point = tested_point(r)
+        if point:
+            for metric, value in point[1].items():
+                tested[metric][r["label"]].append((point[0], value))
     if not curves:
         return
     figure, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.6))
@@ -69,9 +107,14 @@ def _forgetting_curves(runs: list[dict], out: Path, plt) -> None:
     for axis, (metric, methods) in zip(axes, sorted(curves.items())):
         for name in sorted(methods, key=method_order):
             steps = sorted(methods[name])
-            axis.plot(steps, [statistics.fmean(methods[name][s]) for s in steps], marker=".", label=name)
+            line, = axis.plot(steps, [statistics.fmean(methods[name][s]) for s in steps], marker=".", label=name)
+            points = tested[metric].get(name)
+            if points:
+                axis.plot(statistics.fmean(p[0] for p in points), statistics.fmean(p[1] for p in points), marker="*",
+                          markersize=11, color=line.get_color(), linestyle="none")
+        axis.plot([], [], marker="*", color="grey", linestyle="none", label="tested checkpoint")
         axis.set_xlabel("step")
-        axis.set_title(metric, fontsize=9)
+        axis.set_title(metric + ": over training (lines), tested checkpoint (stars)", fontsize=8)
         axis.legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(out / "forgetting.png", dpi=120)

@@ -17,7 +17,7 @@ ORDER = ("naive", "frozen", "mtf-mlm", "mtf-xsr", "mtf-both", "gem-mlm", "gem-xs
 ALPHA = 0.01
 
 
-SUMMARY_KEYS = ("run", "test", "backbone", "after", "train", "config", "versions")
+SUMMARY_KEYS = ("status", "nonfinite", "run", "test", "backbone", "after", "train", "config", "versions")
 
 
 def summary(run: dict) -> dict:
@@ -95,11 +95,34 @@ def _mark_varied(runs: list[dict]) -> list[dict]:
     return runs
 
 
+def problem(run: dict) -> str | None:
+    """Why a run's numbers must not be reported (None for a sound run): it diverged, or some of its metrics
+    were computed from non-finite numbers (results.json lists them under "nonfinite", written as null)."""
+    if (run.get("status") or "ok") != "ok":
+        return f"{run.get('status')} at step {(run.get('train') or {}).get('steps')}"
+    bad = [key for key in run.get("nonfinite") or [] if key.startswith(("test.", "after."))]
+    return f"non-finite {', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}" if bad else None
+
+
+def split_sound(runs: list[dict]) -> tuple[list[dict], list[str]]:
+    """(the runs whose numbers can be reported, a line for each one left out and why)."""
+    sound, left_out = [], []
+    for run in runs:
+        why = problem(run)
+        if why:
+            left_out.append(f"{Path(run['run_dir']).name}: {why}")
+        else:
+            sound.append(run)
+    return sound, left_out
+
+
 def _labelled(data, where: str) -> dict:
     """The run with its table label; a run without the fields the tables read is the user's error."""
     try:
         data["label"] = label(data)
-        for section, key in (("run", "task"), ("test", "per_language"), ("test", "average")):
+        required = (("run", "task"),) if (data.get("status") or "ok") != "ok" else \
+            (("run", "task"), ("test", "per_language"), ("test", "average"))
+        for section, key in required:
             data[section][key]  # noqa: B018 (the tables read these)
     except (KeyError, TypeError) as err:
         raise UserError(f"{where} (missing {err})") from None

@@ -46,9 +46,10 @@ with `distgem predict THIS_DIR INPUT --out OUTPUT` (windows for long sentences, 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir")
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--checkpoint", default="best", help="best, last, or a step number")
+    parser.add_argument("run_dir", help="a run directory (its config.yaml and checkpoints/)")
+    parser.add_argument("--out", required=True, help="the Hugging Face model directory to write")
+    parser.add_argument("--checkpoint", default="best",
+                        help="best (the best dev average; the default), last (the newest step checkpoint) or a step number")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -106,7 +107,10 @@ def export(run_dir: Path, out: Path, which: str = "best") -> Path:
         elif name.startswith("tagger."):
             mapped[f"classifier.{name[len('tagger.'):]}"] = tensor
     missing, unexpected = model.load_state_dict(mapped, strict=False)
-    missing = [m for m in missing if "pooler" not in m and "position_ids" not in m]
+    # a backbone without a masked-LM head loads as AutoModel and keeps its pooler, which token classification
+    # neither has nor uses (and the MLM one lacks): a pooler on either side is not part of the tagger
+    missing = [m for m in missing if "pooler" not in m.split(".") and "position_ids" not in m]
+    unexpected = [u for u in unexpected if "pooler" not in u.split(".")]
     if missing or unexpected:
         raise UserError(f"{run_dir}: checkpoint does not fit {type(model).__name__}: "
                         f"missing {missing[:3]}, unexpected {unexpected[:3]}")
@@ -135,7 +139,8 @@ def _card(run_dir: Path, config, tag: str) -> str:
     results_path = run_dir / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else None
     per_language = results["test"]["per_language"] if results else {}
-    rows = "\n".join(f"| {lang} | {m['score']:.2f} |" for lang, m in per_language.items()) or "| - | not evaluated |"
+    rows = "\n".join(f"| {lang} | {m['score']:.2f} |" for lang, m in per_language.items()
+                     if m.get("score") is not None) or "| - | not evaluated |"
     method = config.method
     method_line = method.name + (f" with memory {', '.join(method.memory)} (MLM over {method.mlm_languages})" if method.memory else "")
     if method.name == "gem":
@@ -149,4 +154,6 @@ def _card(run_dir: Path, config, tag: str) -> str:
                        backbone=config.model.backbone, source=config.task.source, targets=", ".join(config.task.targets),
                        method_line=method_line, seed=config.train.seed, checkpoint=tag, step=step,
                        zero_stage=config.train.zero_stage, world_size=results["run"]["world_size"] if results else "?",
-                       rows=rows, average=f"{results['test']['average']:.2f}" if results else "-", command=command)
+                       rows=rows, command=command,
+                       average=f"{results['test']['average']:.2f}" if results and results["test"]["average"] is not None
+                       else "-")

@@ -16,11 +16,12 @@ FORMATS = ("auto", "conllu", "conll", "text")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("model_dir")
-    parser.add_argument("input")
-    parser.add_argument("--format", default="auto", choices=FORMATS)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("model_dir", help="a model directory written by `distgem export`")
+    parser.add_argument("input", help="the file to tag: CoNLL-U, CoNLL columns or one sentence per line")
+    parser.add_argument("--format", default="auto", choices=FORMATS,
+                        help="the input's format (auto: from its content); the output keeps it")
+    parser.add_argument("--out", required=True, help="where the tagged copy goes (every other column unchanged)")
+    parser.add_argument("--batch-size", type=int, default=64, help="windows per forward pass")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -38,7 +38,8 @@ def perplexity(total_nll: float, tokens: int) -> float:
     """exp of the mean cross-entropy over the masked tokens."""
     if tokens <= 0:
         raise ValueError("perplexity over zero masked tokens")
-    return math.exp(total_nll / tokens)
+    mean = total_nll / tokens
+    return math.inf if mean > 700 else math.exp(mean)  # nan stays nan; a diverged model has no number to report
 
 
 def retrieval_precision(source: torch.Tensor, target: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
@@ -46,9 +47,13 @@ def retrieval_precision(source: torch.Tensor, target: torch.Tensor, ks: Sequence
 
     Source language -> English is `retrieval_precision(xx, en)`; the reverse swaps the arguments.
     A tie with the true target counts against it (strictly better candidates plus ties rank first).
+    Embeddings that are not all finite give NaN for every k: `nan >= nan` is False, so NaN similarities
+    would rank every true target first and score 100.
     """
     if source.shape != target.shape:
         raise ValueError(f"source {tuple(source.shape)} and target {tuple(target.shape)} differ")
+    if not (torch.isfinite(source).all() and torch.isfinite(target).all()):
+        return {f"p@{k}": math.nan for k in ks}
     src = torch.nn.functional.normalize(source.double(), dim=-1)
     tgt = torch.nn.functional.normalize(target.double(), dim=-1)
     similarity = src @ tgt.T

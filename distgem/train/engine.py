@@ -11,21 +11,22 @@ from __future__ import annotations
 import json
 import math
 import random
-import signal
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import torch
+import yaml
 
+from distgem.config.loader import dump_yaml
 from distgem.config.sections import RunConfig
 from distgem.data.corpora import load_corpora, needed
 from distgem.data.loader import BatchStream
-from distgem.distributed.checkpoint import Checkpointer
+from distgem.distributed.checkpoint import Checkpointer, config_changes, note
 from distgem.distributed.deepspeed import GradientPartition, build_engine, deepspeed_config, save_full_weights
 from distgem.distributed.world import World
-from distgem.errors import ConfigError
+from distgem.errors import ConfigError, UserError
 from distgem.gem.buffer import Layout, MemoryBuffer, runs
 from distgem.model import backbone as backbones
 from distgem.model.multitask import MultiTaskModel, parameter_group
@@ -35,38 +36,13 @@ from distgem.tasks.tagging import LABELS
 from distgem.train.evaluation import Evaluator
 from distgem.train.log import RunLog
 from distgem.train.methods import METHODS, StepView
+from distgem.train.preemption import (DIVERGED_MARKER, PREEMPTED_EXIT, PREEMPTED_MARKER, PREEMPTION, Diverged,
+                                      Preempted)
 from distgem.train.reduction import Reduction
-from distgem.train.results import build_results, memory_mb, peak_rss_mb, write_json
+from distgem.train.results import build_results, memory_mb, peak_rss_mb, strict_json, write_json
 from distgem.train.timer import PhaseTimer
 
 ROOT = Path(__file__).resolve().parents[2]
-PREEMPTED_EXIT = 75  # EX_TEMPFAIL: slurm/*.sh requeue the job on it
-PREEMPTED_MARKER = "PREEMPTED"  # launchers may fold the exit code; the marker survives them
-
-
-class Preempted(Exception):
-    """Raised after the preemption checkpoint; the CLI exits with PREEMPTED_EXIT."""
-
-    exit_code = PREEMPTED_EXIT
-
-
-class _PreemptionFlag:
-    """Set by SIGUSR1/SIGTERM (Slurm sends one before the time limit); read at the next step boundary."""
-
-    def __init__(self):
-        self.requested = False
-
-    def install(self) -> None:
-        for sig in (signal.SIGUSR1, signal.SIGTERM):
-            signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.requested = True
-
-
-PREEMPTION = _PreemptionFlag()
-
-
 class Trainer:
     def __init__(self, config: RunConfig, world: World):
         self.config, self.world = config, world
@@ -114,7 +90,9 @@ class Trainer:
                       "gem": self.method.state_dict() or {"violated_steps": 0, "steps": 0, "fallbacks": 0}}
         self._trace_started = False
         self.stop_requested = False
-        self.checkpoints = Checkpointer(self.run_dir / "checkpoints", self.engine, world)
+        self.checkpoints = Checkpointer(self.run_dir / "checkpoints", self.engine, world, config.output.keep_checkpoints)
+        self.config_text = dump_yaml(config)  # kept with every checkpoint: a resume compares it
+        self._stop_if_preempted()  # a signal during start-up (data, engine build): requeue without a checkpoint
 
     # --- set-up -----------------------------------------------------------------------------
     def _optimizer(self):
@@ -152,6 +130,11 @@ class Trainer:
         losses.append(self._backward(self.main, step))  # the task gradient, where DeepSpeed reduced it
         view = self._view(reduction)
         method.after_backward(view)  # MTF adds the memory gradients, GEM projects onto their constraints
+        # a non-finite loss or gradient is never applied; whether the run goes on is decided after the reduction
+        nonfinite = not all(math.isfinite(loss) for loss in losses) or not self._gradient_finite()
+        if nonfinite:
+            for piece in self.partition.pieces():  # the views the optimizer reads: a zero gradient this step
+                piece.zero_()
         predict = self.config.eval.predicted_change and self.buffer is not None
         before = self._values() if predict or method.edits_update else None
         with self.timer.phase("optimizer"):
@@ -160,6 +143,7 @@ class Trainer:
         # one small all-reduce for everything the step reports
         reduction.add("losses", torch.tensor(losses, dtype=torch.float64))
         reduction.add("stop", torch.tensor([float(PREEMPTION.requested)]))
+        reduction.add("nonfinite", torch.tensor([float(nonfinite)]))
         if predict:  # first order: L_i(theta + delta) - L_i(theta) ~ <g_i, delta> for the step actually taken
             delta = self._values().sub_(before)
             reduction.add("predicted", (self.buffer.data @ delta).double() / (1 if self.partition.stage else self.world.size))
@@ -167,6 +151,7 @@ class Trainer:
             reduced = reduction.sum(self.world)
         self.stop_requested = bool(reduced["stop"][0] > 0)
         stats = view.stats
+        stats["train/nonfinite"] = float(reduced["nonfinite"][0] > 0)  # on any rank
         reported = self.memories if refresh else []
         stats.update({f"loss/{s.name}": v / self.world.size for s, v in zip([*reported, self.main], reduced["losses"].tolist())})
         if predict:
@@ -175,6 +160,15 @@ class Trainer:
         stats["lr"] = self.engine.get_lr()[0]
         stats.update(self.timer.take())
         return stats
+
+    def _gradient_finite(self) -> bool:
+        """Whether this rank's gradient partition holds only finite values: one read of it (a sum is not finite
+        exactly when some value is not, or when finite values overflow it, which is divergence too). fp16
+        overflows are DeepSpeed's to detect and skip, with the loss scale."""
+        if self.config.train.precision == "fp16":
+            return True
+        pieces = [p for p in self.partition.pieces() if p.numel()]
+        return not pieces or bool(torch.isfinite(torch.stack([p.sum(dtype=torch.float32) for p in pieces]).sum()))
 
     def _view(self, reduction: Reduction) -> StepView:
         """The task gradient (restored from its accumulation buffer) and what a method may touch."""
@@ -251,13 +245,14 @@ class Trainer:
         return self.evaluator.memory_losses(self.held_out, self.config.eval.memory_loss_examples)
 
     # --- the run ------------------------------------------------------------------------------
-    def train(self, resume: bool = False) -> dict:
+    def train(self, resume: bool = False, allow_config_change: bool = False) -> dict:
         config = self.config
-        PREEMPTION.install()
+        PREEMPTION.install()  # again: DeepSpeed or a library may have replaced the handler since start-up
         if self.world.is_main:
             (self.run_dir / PREEMPTED_MARKER).unlink(missing_ok=True)
-        if resume and self.checkpoints.latest() is not None:
-            self._restore(self.checkpoints.load(self.checkpoints.latest()))
+            (self.run_dir / DIVERGED_MARKER).unlink(missing_ok=True)
+        if resume:
+            self._resume(allow_config_change)
         log = RunLog(self.run_dir, self.world.is_main, config.output.tensorboard, config.train.steps, self.state["step"])
         started = time.perf_counter()
         if config.eval.before_training and self.state["backbone"] is None:
@@ -266,35 +261,41 @@ class Trainer:
             if self.held_out:  # where the memory_loss curves start
                 self.state["backbone"]["memory_loss"] = self.evaluate_memory_losses()
                 log.scalars(0, _flatten("memory_loss", self.state["backbone"]["memory_loss"]))
+        self._stop_if_preempted(log)
         self.engine.train()  # from_pretrained returns eval mode; dropout must be on whatever ran before
-        while self.state["step"] < config.train.steps:
-            step = self.state["step"]
-            tick = time.perf_counter()
-            stats = self.step(step)
-            stats["samples_per_s"] = config.train.batch_size / (time.perf_counter() - tick)
-            stats.update(memory_mb(self.world.device))  # this rank's; results.json has every rank's peak
-            self.state["step"] = step + 1
-            self.state["gem"] = self.method.state_dict() or self.state["gem"]
-            every = config.eval.memory_loss_every
-            held = self.evaluate_memory_losses() if self.held_out and every and (step + 1) % every == 0 else None
-            if held is not None:  # observed after the step's timing: it changes nothing in training
-                stats.update({f"memory_loss/{name}": v for name, v in held.items()})
-            log.scalars(step + 1, stats)
-            self._trace(step + 1, stats)
-            log.progress(loss=stats[f"loss/{self.main.name}"])
-            if (step + 1) % config.eval.every == 0 or step + 1 == config.train.steps:
-                if self._evaluate_dev(step + 1, log, held):
-                    log.message(f"early stopping at step {step + 1}: no improvement in {config.eval.patience} evaluations")
-                    break
-            if config.output.checkpoint_every and (step + 1) % config.output.checkpoint_every == 0 \
-                    or self.stop_requested:
-                self.checkpoints.save(f"step{step + 1}", self._client_state())
-            if self.stop_requested:
-                if self.world.is_main:
-                    (self.run_dir / PREEMPTED_MARKER).write_text(f"{step + 1}\n")
-                log.message(f"preempted: checkpoint at step {step + 1}; exiting with code {PREEMPTED_EXIT} to be requeued")
-                log.close()
-                raise Preempted(step + 1)
+        try:
+            while self.state["step"] < config.train.steps:
+                step = self.state["step"]
+                tick = time.perf_counter()
+                stats = self.step(step)
+                stats["samples_per_s"] = config.train.batch_size / (time.perf_counter() - tick)
+                stats.update(memory_mb(self.world.device))  # this rank's; results.json has every rank's peak
+                self.state["step"] = step + 1
+                self.state["gem"] = self.method.state_dict() or self.state["gem"]
+                every = config.eval.memory_loss_every
+                held = self.evaluate_memory_losses() if self.held_out and every and (step + 1) % every == 0 else None
+                if held is not None:  # observed after the step's timing: it changes nothing in training
+                    stats.update({f"memory_loss/{name}": v for name, v in held.items()})
+                log.scalars(step + 1, stats)
+                self._trace(step + 1, stats)
+                log.progress(loss=stats[f"loss/{self.main.name}"])
+                self._count_nonfinite(step + 1, stats, log)
+                if (step + 1) % config.eval.every == 0 or step + 1 == config.train.steps:
+                    if self._evaluate_dev(step + 1, log, held):
+                        log.message(f"early stopping at step {step + 1}: no improvement in {config.eval.patience} evaluations")
+                        break
+                if config.output.checkpoint_every and (step + 1) % config.output.checkpoint_every == 0 \
+                        or self.stop_requested:
+                    self.checkpoints.save(f"step{step + 1}", self._client_state(), self.config_text)
+                if self.stop_requested:
+                    if self.world.is_main:
+                        (self.run_dir / PREEMPTED_MARKER).write_text(f"{step + 1}\n")
+                    log.message(f"preempted: checkpoint at step {step + 1}; exiting with code {PREEMPTED_EXIT} to be requeued")
+                    log.close()
+                    raise Preempted(step + 1)
+        except Diverged as err:
+            self._write_results(None, None, time.perf_counter() - started, log, status="diverged", error=str(err))
+            raise
         train_seconds = time.perf_counter() - started
         if config.output.save_final:
             save_full_weights(self.model, self.run_dir / "final.safetensors", self.world)
@@ -302,18 +303,90 @@ class Trainer:
             self.checkpoints.load("best", module_only=True)
         test = self.evaluate_tagging(self.corpora.test, save_as="test" if config.output.save_predictions else None)
         after = self.evaluate_memory() if config.eval.after_training else None
+        return self._write_results(test, after, train_seconds, log)
+
+    def _write_results(self, test: dict | None, after: dict | None, seconds: float, log: RunLog, status: str = "ok",
+                       error: str | None = None) -> dict:
+        """results.json (main process), the test scores in TensorBoard; a diverged run leaves a DIVERGED marker."""
         rss = self.world.gather(round(peak_rss_mb(), 1))  # per rank: the data stays memory-mapped
-        results = build_results(config, self.world.size, self.state, test, after, train_seconds, rss)
+        results = build_results(self.config, self.world.size, self.state, test, after, seconds, rss, status)
+        if error:
+            results["error"] = error
         if self.world.is_main:
             write_json(self.run_dir / "results.json", results)
-            log.scalars(self.state["step"], _flatten("test", {lang: m["score"] for lang, m in test.items()}))
+            if status != "ok":
+                (self.run_dir / DIVERGED_MARKER).write_text(f"{self.state['step']}\n")
+            # the tested checkpoint (best dev average, or the last step) under tags of its own: its scores are not
+            # a point of the memory/* curves, which were measured during training
+            tested = {"tested/step": float(self.state["best_step"] or self.state["step"])}
+            if test:
+                tested.update(_flatten("test", {lang: m["score"] for lang, m in test.items()}))
             if after:
-                log.scalars(self.state["step"], _flatten("memory", after))
-            log.hparams(_hparams(config), {"hparam/test_average": results["test"]["average"],
-                                          "hparam/dev_best": self.state["best"] or 0.0})
+                tested.update(_flatten("tested/memory", after))
+            log.scalars(self.state["step"], tested)
+            average = results["test"]["average"]
+            log.hparams(_hparams(self.config), {"hparam/test_average": average if average is not None else 0.0,
+                                               "hparam/dev_best": self.state["best"] or 0.0})
         log.close()
         self.world.barrier()
         return results
+
+    def _resume(self, allow_config_change: bool) -> None:
+        """Continue from the newest intact checkpoint (none yet: from the start), with the config it was written
+        with unless the change is allowed."""
+        tag, damaged = self.checkpoints.resumable()
+        for line in damaged if self.world.is_main else []:
+            note(f"checkpoint {line}: not used")
+        if tag is None:
+            if damaged:
+                raise UserError(f"--resume: no intact checkpoint in {self.checkpoints.directory} ({'; '.join(damaged)})")
+            return
+        if damaged and self.world.is_main:
+            note(f"resuming from {tag}, the newest intact checkpoint")
+        client = self.checkpoints.load(tag)
+        if client["config"] is not None:
+            saved, current = yaml.safe_load(client["config"]), yaml.safe_load(self.config_text)
+            saved["output"]["run_dir"] = current["output"]["run_dir"]  # where the run is, not what it computes
+            changes = config_changes(saved, current)
+            if changes and not allow_config_change:
+                raise ConfigError(f"--resume: {tag} was written with another config ({'; '.join(changes)}); "
+                                  f"resume with that config, or pass --allow-config-change")
+            if changes and self.world.is_main:
+                note(f"resuming {tag} with a changed config: {'; '.join(changes)}")
+        self._restore(client)
+
+    def _stop_if_preempted(self, log: RunLog | None = None) -> None:
+        """Before the step loop: exit for a requeue if any rank was signalled (one small all-reduce, so that
+        every rank leaves together); the requeued run resumes from the latest checkpoint, if there is one."""
+        flag = torch.tensor([float(PREEMPTION.requested)], device=self.world.device)
+        if self.world.sum(flag).item() == 0:
+            return
+        step = self.state["step"]
+        if self.world.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / PREEMPTED_MARKER).write_text(f"{step}\n")
+        message = f"preempted before step {step + 1}: exiting with code {PREEMPTED_EXIT} to be requeued"
+        if log is not None:
+            log.message(message)
+            log.close()
+        raise Preempted(message)
+
+    def _count_nonfinite(self, step: int, stats: dict, log: RunLog) -> None:
+        """Count a non-finite step (its update was not applied); end the run after too many in a row."""
+        counts = self.state.setdefault("nonfinite", {"steps": 0, "consecutive": 0, "first": None})
+        if not stats["train/nonfinite"]:
+            counts["consecutive"] = 0
+            return
+        counts["steps"] += 1
+        counts["consecutive"] += 1
+        counts["first"] = counts["first"] or step
+        train = self.config.train
+        log.message(f"step {step}: a loss or gradient is not finite; its update was not applied "
+                    f"({counts['consecutive']} in a row, train.nonfinite: {train.nonfinite})")
+        if train.nonfinite == "stop" and counts["consecutive"] >= train.nonfinite_limit:
+            raise Diverged(f"diverged: {counts['consecutive']} steps in a row with a non-finite loss or gradient "
+                           f"(steps {step - counts['consecutive'] + 1}-{step}; train.nonfinite_limit "
+                           f"{train.nonfinite_limit}); lower train.lr, or train.nonfinite: skip to go on")
 
     def _evaluate_dev(self, step: int, log: RunLog, held: dict | None = None) -> bool:
         """Dev evaluation on the targets; keeps the best checkpoint; True when patience is exhausted.
@@ -331,9 +404,10 @@ class Trainer:
             memory = self.evaluate_memory()
             self.state["history"][-1]["memory"] = memory
             log.scalars(step, _flatten("memory", memory))
-        if self.state["best"] is None or average > self.state["best"]:
+        if math.isfinite(average) and (self.state["best"] is None or average > self.state["best"]):
+            # a model whose dev scores are not finite is never saved as the best one
             self.state.update(best=average, best_step=step, bad_evals=0)
-            self.checkpoints.save("best", self._client_state())
+            self.checkpoints.save("best", self._client_state(), self.config_text)
             return False
         self.state["bad_evals"] += 1
         return 0 < self.config.eval.patience <= self.state["bad_evals"]
@@ -348,7 +422,7 @@ class Trainer:
             path.write_text("".join(ln + "\n" for ln in kept))
             self._trace_started = True
         with path.open("a") as handle:
-            handle.write(json.dumps({"step": step, **stats}) + "\n")
+            handle.write(strict_json({"step": step, **stats}) + "\n")
 
     def _client_state(self) -> dict:
         return {"state": self.state, "streams": {n: s.state_dict() for n, s in self.streams.items()},

@@ -8,6 +8,7 @@ batches (`lockstep`); the world's `max` says how many, before the first forward.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -64,13 +65,23 @@ class Evaluator:
         with self._eval_mode():
             for lang, corpus in corpora.items():
                 mine = self.world.shard(range(len(corpus.words)))
-                predictions = tagging.predict(lambda b: self._forward("tag", b)["logits"], corpus,
-                                              self.tokenizer.pad_token_id, self.batch_size, mine, self._schedule)
+                finite = [True]
+
+                def logits(batch: dict) -> torch.Tensor:
+                    out = self._forward("tag", batch)["logits"]
+                    finite[0] = finite[0] and bool(torch.isfinite(out).all())
+                    return out
+
+                predictions = tagging.predict(logits, corpus, self.tokenizer.pad_token_id, self.batch_size, mine,
+                                              self._schedule)
                 merged: dict[int, list[int]] = {}
-                for part in self.world.gather(predictions):
+                for part, ok in self.world.gather((predictions, finite[0])):
                     merged.update(part)
+                    finite[0] = finite[0] and ok
                 predicted = [merged[i] for i in range(len(corpus.words))]
                 scores[lang] = tagging.score(task, corpus.tags, predicted)
+                if not finite[0]:  # argmax of NaN logits is a tag, not a prediction: no score
+                    scores[lang] = {key: math.nan for key in scores[lang]}
                 if save_dir is not None and self.world.is_main:
                     save_dir.mkdir(parents=True, exist_ok=True)
                     names = tagging.LABELS[task]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 from pathlib import Path
@@ -14,16 +15,20 @@ if TYPE_CHECKING:
     import torch
 
 
-def build_results(config, world_size: int, state: dict, test: dict, after: dict | None, train_seconds: float,
-                  peak_rss_mb: list[float] | None = None) -> dict:
+def build_results(config, world_size: int, state: dict, test: dict | None, after: dict | None, train_seconds: float,
+                  peak_rss_mb: list[float] | None = None, status: str = "ok") -> dict:
+    """What a run measured; `status` "diverged" (non-finite training, no test scores) or "ok"."""
     source = config.task.source
     gem = state["gem"]
+    test = test or {}
+    scores = {lang: m["score"] for lang, m in test.items()}
     return {
+        "status": status,
         "run": {"task": config.task.name, "method": config.method.name, "memory": list(config.method.memory),
                 "mlm_languages": config.method.mlm_languages, "backbone": config.model.backbone,
                 "seed": config.train.seed, "world_size": world_size, "zero_stage": config.train.zero_stage},
         "test": {"per_language": test,
-                 "average": average_over_targets({lang: m["score"] for lang, m in test.items()}, source),
+                 "average": average_over_targets(scores, source) if any(lang != source for lang in scores) else None,
                  "source": test[source]["score"] if source in test else None},
         "dev": {"best_average": state["best"], "best_step": state["best_step"], "history": state["history"]},
         "backbone": state["backbone"],
@@ -32,6 +37,8 @@ def build_results(config, world_size: int, state: dict, test: dict, after: dict 
                   "gem_violated_share": gem["violated_steps"] / gem["steps"] if gem["steps"] else None,
                   "gem_mean_dual": {name: total / gem["steps"] for name, total in gem.get("dual_sum", {}).items()}
                   if gem["steps"] else None,
+                  "gem_solver_fallbacks": gem.get("fallbacks", 0),
+                  "nonfinite_steps": state.get("nonfinite", {}).get("steps", 0),
                   "peak_rss_mb": peak_rss_mb},
         "config": to_dict(config),
         "versions": versions(),
@@ -74,8 +81,37 @@ def versions() -> dict:
             "transformers": transformers.__version__, "python": platform.python_version()}
 
 
+def strict(data, prefix: str = "") -> tuple[object, list[str]]:
+    """`data` with every non-finite float replaced by None (strict JSON has no NaN), and the dotted keys of
+    those numbers: a result computed from non-finite numbers is flagged, never written as a score."""
+    if isinstance(data, dict):
+        out, bad = {}, []
+        for key, value in data.items():
+            out[key], sub = strict(value, f"{prefix}{key}.")
+            bad += sub
+        return out, bad
+    if isinstance(data, (list, tuple)):
+        out, bad = [], []
+        for i, value in enumerate(data):
+            clean, sub = strict(value, f"{prefix}{i}.")
+            out.append(clean)
+            bad += sub
+        return out, bad
+    if isinstance(data, float) and not math.isfinite(data):
+        return None, [prefix.rstrip(".")]
+    return data, []
+
+
+def strict_json(data: dict, **dumps) -> str:
+    """JSON without NaN or Infinity: those numbers become null and their keys are listed under "nonfinite"."""
+    clean, bad = strict(data)
+    if bad:
+        clean["nonfinite"] = bad
+    return json.dumps(clean, allow_nan=False, **dumps)
+
+
 def write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False))
+    tmp.write_text(strict_json(data, indent=2, ensure_ascii=False))
     os.replace(tmp, path)

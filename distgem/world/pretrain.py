@@ -403,7 +403,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="model directory (Hugging Face layout)")
     parser.add_argument("--preset", default="tiny", choices=list(PRESETS),
                         help="tiny (the embedded default), small (experiments), test (seconds, for tests)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the tokenizer's data order, weights and batches")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: every core up to 8, or $DISTGEM_PRETRAIN_THREADS)")
     parser.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)  # truncated runs in tests
 

@@ -97,3 +97,27 @@ def test_predict_and_export_errors(exported, write, tmp_path, capsys):
     assert main(["export", str(run_dir), "--out", str(tmp_path / "m"), "--checkpoint", "99"]) == 2
     assert "no such checkpoint (available: best)" in capsys.readouterr().err
     assert main(["predict", str(tmp_path), str(bad), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_a_backbone_without_a_masked_lm_head_exports_and_predicts(micro, tmp_path):
+    """A backbone saved without an MLM head (AutoModel: as multilingual-e5 is) keeps its pooler, which token
+    classification has not: the export must still fit, and tag exactly as the engine did."""
+    from transformers import BertForMaskedLM, BertModel, BertTokenizerFast
+
+    corpus, backbone = micro
+    masked = BertForMaskedLM.from_pretrained(backbone)
+    encoder = BertModel(masked.config)  # with a pooler, as a sentence encoder is saved
+    encoder.load_state_dict(masked.bert.state_dict(), strict=False)
+    encoder.save_pretrained(tmp_path / "encoder")
+    BertTokenizerFast.from_pretrained(backbone).save_pretrained(tmp_path / "encoder")
+    assert json.loads((tmp_path / "encoder" / "config.json").read_text())["architectures"] == ["BertModel"]
+    run_training((corpus, tmp_path / "encoder"), tmp_path / "run", 1,
+                 {"train.steps": 2, "eval.every": 2, "method.name": "gem", "method.memory": "[xsr]",
+                  "output.save_predictions": "true", "eval.after_training": "false"})
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "model")]) == 0
+    predicted = tmp_path / "es.conllu"
+    assert main(["predict", str(tmp_path / "model"), str(corpus / "pos" / "es-test.conllu"), "--out", str(predicted)]) == 0
+    from distgem.data.conllu import read_conllu
+
+    engine_tags = json.loads((tmp_path / "run" / "predictions" / "test" / "es.json").read_text())
+    assert [list(s.tags) for s in read_conllu(predicted)] == engine_tags

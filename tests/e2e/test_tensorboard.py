@@ -12,7 +12,7 @@ from tests.support import free_port, run_training
 EXPECTED = {"loss/pos", "loss/mlm", "loss/xsr", "gem/violated", "gem/norm_ratio", "gem/projection_ms",
             "gem/cosine/mlm", "gem/cosine/xsr", "gem/dual/mlm", "gem/min_constraint_after", "lr", "samples_per_s",
             "system/rss_mb", "system/peak_rss_mb", "dev/es", "dev/el", "dev/average", "test/es",
-            "memory/mlm_perplexity/es", "memory/xsr/el/p@1"}
+            "memory/mlm_perplexity/es", "memory/xsr/el/p@1", "tested/step", "tested/memory/xsr/el/p@1"}
 
 
 def test_tensorboard_serves_the_engine_tags(micro, tmp_path):
@@ -40,6 +40,11 @@ def test_tensorboard_serves_the_engine_tags(micro, tmp_path):
         with urllib.request.urlopen(query, timeout=5) as response:
             points = json.loads(response.read())
         assert [p[1] for p in points] == [1, 2, 3, 4]
+        # one value per evaluated step on a curve: the tested checkpoint's scores have tags of their own
+        for tag, steps in (("memory%2Fxsr%2Fel%2Fp%401", [0, 2, 4]), ("tested%2Fmemory%2Fxsr%2Fel%2Fp%401", [4])):
+            query = f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?run=gem%2Ftensorboard&tag={tag}"
+            with urllib.request.urlopen(query, timeout=5) as response:
+                assert [p[1] for p in json.loads(response.read())] == steps, tag
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -117,7 +117,9 @@ def test_report_separates_runs_read_at_another_layer(runs, tmp_path):
     table1 = {r["model"]: r for r in _csv(out / "table1.csv")}
     assert set(table1) == {"backbone", "backbone+layer6", "naive", "naive+layer6", "gem-both", "gem-both+layer6", "mtf-mlm"}
     assert float(table1["backbone"]["es-en P@1_mean"]) == 90.0 and float(table1["backbone"]["es-en P@1_std"]) == 0.0
-    assert float(table1["backbone+layer6"]["es-en P@1_mean"]) == 60.0 and table1["backbone+layer6"]["seeds"] == "2"
+    assert table1["backbone"]["seeds"] == "1"  # six runs evaluated one backbone
+    # two runs read at layer 6 evaluated the same backbone once each: one evaluation, not two seeds
+    assert float(table1["backbone+layer6"]["es-en P@1_mean"]) == 60.0 and table1["backbone+layer6"]["seeds"] == "1"
     assert table1["naive"]["seeds"] == "3" and table1["naive+layer6"]["seeds"] == "1"
 
 
@@ -152,6 +154,28 @@ def test_compare_two_methods_on_every_metric(runs, capsys):
     assert "| zero-shot avg | " in capsys.readouterr().out
     assert main(["compare", str(runs), "--between", "gem-xsr", "naive"]) == 2
     assert "no runs labelled 'gem-xsr'; the labels are: gem-both, mtf-mlm, naive" in capsys.readouterr().err
+
+
+def test_a_diverged_run_is_left_out_of_the_report_and_refused_by_compare(runs, tmp_path, capsys):
+    bad = runs / "gem-mlm-xsr-seed1"
+    data = json.loads((bad / "results.json").read_text())
+    data.update(status="diverged", train={"steps": 5})
+    data["test"]["average"] = None
+    (bad / "results.json").write_text(json.dumps(data))
+    assert main(["report", str(runs), "--out", str(tmp_path / "out"), "--no-plots"]) == 0
+    assert "left out gem-mlm-xsr-seed1: diverged at step 5" in capsys.readouterr().err
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "gem-mlm-xsr-seed1: diverged at step 5" in report
+    gem = [row for row in _csv(tmp_path / "out" / "table2_pos.csv") if row["method"].startswith("gem")]
+    assert gem and all(row["seeds"] == "2" for row in gem)  # averaged over the two sound seeds only
+    assert main(["compare", str(runs), "--between", "gem-both", "naive"]) == 2
+    assert "gem-mlm-xsr-seed1: diverged" in capsys.readouterr().err
+    # a sound run with a metric computed from non-finite numbers (written as null) is left out too
+    data.update(status="ok", nonfinite=["after.xsr.es.p@1"])
+    data["test"]["average"] = 70.0
+    (bad / "results.json").write_text(json.dumps(data))
+    assert main(["report", str(runs), "--out", str(tmp_path / "out2"), "--no-plots"]) == 0
+    assert "non-finite after.xsr.es.p@1" in capsys.readouterr().err
 
 
 def test_report_plots(runs, tmp_path):
@@ -307,10 +331,35 @@ def test_over_seeds_table_puts_every_number_of_a_method_on_one_row(runs, tmp_pat
     assert float(gem_row["pos en_mean"]) == pytest.approx(statistics.fmean(s["en"] for s in scores))
     assert float(gem_row["pos es_std"]) == pytest.approx(statistics.stdev(s["es"] for s in scores))
     assert gem_row["steps projected"] == "100 / 200 / 300"
-    assert gem_row["held-out memory loss"] == "fr 2.50 (1.50) / fr 1.25 (1.50) / -"
+    # every constraint of a seed, named (two here), the backbone's loss on the same batch where it was logged
+    assert gem_row["held-out memory loss"] == "xsr.fr 2.50 (1.50), xsr.es 9.00 / xsr.fr 1.25 (1.50), xsr.es 9.00 / -"
     assert naive["steps projected"] == "-" and naive["held-out memory loss"] == "-"
     alone = (tmp_path / "out" / "seeds_pos.md").read_text().splitlines()
     assert alone[0].startswith("| method | seeds | P@1 es | P@1 fr | ppl en | ppl es | ppl fr | pos en |")
     assert len(alone) == 2 + len(rows)
     assert "| gem-both | 3 (0, 1, 2) | 51.00 ± 1.00 |" in (tmp_path / "out" / "report.md").read_text()
 
+
+
+def test_forgetting_curves_read_p_at_1_exactly_and_the_curve_not_the_tested_checkpoint(tmp_path):
+    """`p@1` is not `p@10`; a value logged again at the last step (the tested checkpoint, by runs written before
+    it had tags of its own) does not replace the curve's."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from distgem.report.plots import forgetting_series, tested_point
+
+    writer = SummaryWriter(str(tmp_path / "tensorboard"))
+    for step, p1, p10 in ((0, 70.0, 90.0), (150, 40.0, 80.0), (300, 12.0, 60.0)):
+        for lang, shift in (("es", 0.0), ("fr", 2.0)):
+            writer.add_scalar(f"memory/xsr/{lang}/p@1", p1 + shift, step)
+            writer.add_scalar(f"memory/xsr/{lang}/p@10", p10, step)
+            writer.add_scalar(f"memory/mlm_perplexity/{lang}", 10.0 + step, step)
+    writer.add_scalar("memory/xsr/es/p@1", 38.0, 300)  # the tested checkpoint (step 150) over the curve
+    writer.add_scalar("tested/memory/xsr/es/p@1", 38.0, 300)
+    writer.close()
+    series = forgetting_series(tmp_path)
+    assert series["XSR P@1 (mean over pairs)"] == {0: 71.0, 150: 41.0, 300: 13.0}
+    assert series["MLM perplexity (mean over languages)"] == {0: 10.0, 150: 160.0, 300: 310.0}
+    run = {"dev": {"best_step": 150}, "after": {"xsr": {"es": {"p@1": 40.0}, "fr": {"p@1": 42.0}},
+                                                "mlm_perplexity": {"es": 150.0}}}
+    assert tested_point(run) == (150, {"XSR P@1 (mean over pairs)": 41.0, "MLM perplexity (mean over languages)": 150.0})
