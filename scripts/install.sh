@@ -10,6 +10,6 @@ pip=("$VENV/bin/pip" install -q --disable-pip-version-check)
 "${pip[@]}" torch==2.13.0
 # deepspeed builds against the installed torch (no isolated build env, no CUDA ops compiled).
 DS_BUILD_OPS=0 "${pip[@]}" --no-build-isolation -c "$ROOT/constraints.txt" deepspeed
-"${pip[@]}" -c "$ROOT/constraints.txt" -e "$ROOT[test,mpi]"
+"${pip[@]}" -c "$ROOT/constraints.txt" -e "$ROOT[test,mpi,lora]"
 "$VENV/bin/python" -c "import torch, deepspeed, qpth, datasets, seqeval, transformers" \
     || { echo "[setup] the installed stack does not import" >&2; exit 1; }

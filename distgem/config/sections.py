@@ -121,8 +121,9 @@ class GemConfig:
 
 @dataclass
 class MethodConfig:
-    name: Literal["naive", "frozen", "mtf", "gem"] = "naive"
-    """naive fine-tuning, frozen bottom layers, multi-task (summed losses) or GEM (projected gradient)."""
+    name: Literal["naive", "frozen", "mtf", "gem", "l2sp", "lora"] = "naive"
+    """naive fine-tuning, frozen bottom layers, multi-task (summed losses), GEM (projected gradient), or what a
+    practitioner would use instead: L2-SP (a pull toward the pre-trained weights) or LoRA adapters (peft)."""
     memory: list[Literal["mlm", "xsr"]] = field(default_factory=list)
     """Memory tasks: [] for naive/frozen; [mlm], [xsr] or [mlm, xsr] (Both) for mtf and gem."""
     mlm_languages: Literal["en", "all"] = "all"
@@ -133,8 +134,21 @@ class MethodConfig:
     """frozen: embeddings and the bottom N encoder layers do not train."""
     xsr_layer: int = -1
     """Hidden layer whose masked mean is the sentence embedding (-1 = last; XTREME uses 8 of 12)."""
+    xsr_pooling: Literal["words", "all"] = "words"
+    """Which tokens that mean averages, in training and evaluation: the sentence's own pieces ("words": not
+    [CLS]/<s>, [SEP]/</s>; every XSR number in docs/RESULTS.md), or every token but padding ("all": the mean
+    pooling of multilingual-e5 and sentence-transformers, a point or two higher P@1 for e5)."""
     memory_batch_size: int = bounded(16, ge=2)
     """Global batch of every memory task (the paper: 16)."""
+    l2sp_strength: float = bounded(0.1, ge=0)
+    """l2sp: alpha of the penalty alpha/2 |theta - theta_0|^2 on the encoder's weights (Li et al., 2018), i.e.
+    alpha (theta - theta_0) added to their gradient before AdamW; the new tagging head is not pulled."""
+    lora_rank: int = bounded(8, ge=1)
+    """lora: rank of the adapters; the encoder itself is frozen, the adapters and the tagging head train."""
+    lora_alpha: float = bounded(16.0, gt=0)
+    """lora: the adapters' scale is lora_alpha / lora_rank."""
+    lora_modules: list[str] = field(default_factory=lambda: ["query", "key", "value"])
+    """lora: the encoder's linear layers that get adapters (BERT's attention projections)."""
     gem: GemConfig = field(default_factory=GemConfig)
 
     def __post_init__(self):

@@ -48,6 +48,7 @@ class Checkpointer:
         tensors = {"torch_rng": torch.get_rng_state()}
         if client.get("memory") is not None:
             tensors["memory"] = client["memory"].detach().cpu().contiguous()
+        tensors.update({f"method.{name}": t.detach().cpu().contiguous() for name, t in client.get("tensors", {}).items()})
         save_file(tensors, str(tmp / f"rank{self.rank}.safetensors"))
         py_state = random.getstate()
         np_state = np.random.get_state()
@@ -122,6 +123,7 @@ class Checkpointer:
         np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
         client = json.loads((path / "state.json").read_text())
         client["memory"] = tensors.get("memory")
+        client["tensors"] = {name[len("method."):]: t for name, t in tensors.items() if name.startswith("method.")}
         config = path / "config.yaml"
         client["config"] = config.read_text(encoding="utf-8") if config.is_file() else None
         return client

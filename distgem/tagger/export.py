@@ -93,6 +93,8 @@ def export(run_dir: Path, out: Path, which: str = "best") -> Path:
     config = load_run_config([run_dir / "config.yaml"])
     tag = checkpoint_tag(run_dir, which)
     weights = consolidated_weights(run_dir / "checkpoints", tag)
+    if config.method.name == "lora":  # the adapters merged into the layers they adapt: a plain model again
+        weights = merge_lora(weights, config.method.lora_alpha / config.method.lora_rank)
     labels = list(LABELS[config.task.name])
     source = backbones.resolve(config.model.backbone)
     hf_config = AutoConfig.from_pretrained(source, num_labels=len(labels), id2label=dict(enumerate(labels)),
@@ -127,6 +129,22 @@ def export(run_dir: Path, out: Path, which: str = "best") -> Path:
         if path.is_file():
             path.chmod(0o666 & ~umask)
     return out
+
+
+def merge_lora(weights: dict, scale: float) -> dict:
+    """peft's `X.base_layer.weight` + `X.lora_A.*` + `X.lora_B.*` into `X.weight` = W + scale B A (and its bias)."""
+    merged = {}
+    for name, tensor in weights.items():
+        if ".lora_A." in name or ".lora_B." in name:
+            continue
+        if name.endswith(".base_layer.weight"):
+            layer = name[: -len(".base_layer.weight")]
+            (a,) = [t for n, t in weights.items() if n.startswith(f"{layer}.lora_A.") and n.endswith(".weight")]
+            (b,) = [t for n, t in weights.items() if n.startswith(f"{layer}.lora_B.") and n.endswith(".weight")]
+            merged[f"{layer}.weight"] = tensor + scale * (b.double() @ a.double()).to(tensor.dtype)
+        else:
+            merged[name.replace(".base_layer.", ".")] = tensor
+    return merged
 
 
 def _tokenizer(source: str):

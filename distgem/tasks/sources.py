@@ -41,8 +41,8 @@ def mlm_source(name: str, examples: Sequence[list[int]], tokenizer, seed: int) -
     return Source(name, "mlm", len(examples), batch, mlm.units, lambda: lengths_of(examples))
 
 
-def xsr_source(name: str, pairs: Sequence[tuple], tokenizer) -> Source:
-    return Source(name, "xsr", len(pairs), lambda idx, step: xsr.collate([pairs[i] for i in idx], tokenizer),
+def xsr_source(name: str, pairs: Sequence[tuple], tokenizer, pooling: str = "words") -> Source:
+    return Source(name, "xsr", len(pairs), lambda idx, step: xsr.collate([pairs[i] for i in idx], tokenizer, pooling),
                   lambda b: b["input_ids"].shape[0] // 2, lambda: lengths_of(pairs))
 
 
@@ -60,7 +60,7 @@ def memory_sources(method, corpora, tokenizer, seed: int) -> list[Source]:
             groups = {lang: [lang] for lang in corpora.pairs_train} if per_language else {"": list(corpora.pairs_train)}
             for suffix, langs in groups.items():
                 pairs = ConcatRows([corpora.pairs_train[lang] for lang in langs])
-                sources.append(xsr_source("xsr" + (f".{suffix}" if suffix else ""), pairs, tokenizer))
+                sources.append(xsr_source("xsr" + (f".{suffix}" if suffix else ""), pairs, tokenizer, method.xsr_pooling))
     return sources
 
 

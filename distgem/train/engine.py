@@ -85,7 +85,8 @@ class Trainer:
         self.layout: Layout | None = None
         self.buffer: MemoryBuffer | None = None  # rows 0..k-1: the memory gradients
         self.task_buffer: MemoryBuffer | None = None  # the task gradient accumulated over micro-batches
-        self.evaluator = Evaluator(self.engine, world, self.tokenizer, config.eval.batch_size, lockstep)
+        self.evaluator = Evaluator(self.engine, world, self.tokenizer, config.eval.batch_size, lockstep,
+                                   method.xsr_pooling)
         self.state = {"step": 0, "best": None, "best_step": None, "bad_evals": 0, "history": [], "backbone": None,
                       "gem": self.method.state_dict() or {"violated_steps": 0, "steps": 0, "fallbacks": 0}}
         self._trace_started = False
@@ -426,11 +427,12 @@ class Trainer:
 
     def _client_state(self) -> dict:
         return {"state": self.state, "streams": {n: s.state_dict() for n, s in self.streams.items()},
-                "memory": self.buffer.data if self.buffer is not None else None}
+                "memory": self.buffer.data if self.buffer is not None else None, "tensors": self.method.tensors()}
 
     def _restore(self, client: dict) -> None:
         self.state = client["state"]
         self.method.load_state_dict(self.state.get("gem", {}))
+        self.method.load_tensors(client.get("tensors", {}))
         for name, stream in self.streams.items():
             stream.load_state_dict(client["streams"][name])
         if client.get("memory") is not None:

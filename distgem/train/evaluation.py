@@ -37,11 +37,12 @@ def lockstep(batches: list, agree: Callable[[int], int] | None, spare: Callable[
 class Evaluator:
     """Scores the model on sharded evaluation data; every method returns the same numbers on every process."""
 
-    def __init__(self, module, world, tokenizer, batch_size: int, lockstep_forwards: bool):
+    def __init__(self, module, world, tokenizer, batch_size: int, lockstep_forwards: bool, pooling: str = "words"):
         """`module`: the DeepSpeed engine (or any module taking `task=` and a batch); `lockstep_forwards`: every
         forward holds collectives (ZeRO-3 over several processes)."""
         self.module, self.world, self.tokenizer, self.batch_size = module, world, tokenizer, batch_size
         self.agree = world.max if lockstep_forwards else None
+        self.pooling = pooling  # which tokens a sentence embedding averages (method.xsr_pooling)
 
     def _forward(self, task: str, batch: dict, **extra) -> dict:
         return self.module(task=task, **{k: v.to(self.world.device) for k, v in batch.items()}, **extra)
@@ -115,9 +116,10 @@ class Evaluator:
         parts = {}
         for side in (0, 1):
             embeddings = []
-            batches = [xsr.encode_batch([pairs[i][side] for i in mine[start:start + self.batch_size]], self.tokenizer)
-                       for start in range(0, len(mine), self.batch_size)]
-            for batch, real in self._schedule(batches, lambda: xsr.encode_batch([pairs[0][side]], self.tokenizer)):
+            batches = [xsr.encode_batch([pairs[i][side] for i in mine[start:start + self.batch_size]], self.tokenizer,
+                                        self.pooling) for start in range(0, len(mine), self.batch_size)]
+            spare = lambda: xsr.encode_batch([pairs[0][side]], self.tokenizer, self.pooling)  # noqa: E731
+            for batch, real in self._schedule(batches, spare):
                 embedding = self._forward("embed", batch)["embedding"]
                 if real:
                     embeddings.append(embedding.float().cpu())

@@ -10,6 +10,10 @@ slots of the step's reduction back into the log (`report`). What it may touch is
 - mtf: the memory losses added to the task loss: g += sum_i w_i g_i.
 - gem: the task gradient (or, with `gem.target: update`, the optimizer's step) projected so that no
   memory loss increases to first order (distgem.gem.projector).
+
+And what a practitioner would weigh GEM against (docs/RESULTS.md, the trade-off):
+- l2sp: naive plus alpha (theta - theta_0) on the encoder's gradient, a pull toward the pre-trained weights.
+- lora: the encoder frozen, low-rank adapters on its attention projections (peft) and the head train.
 """
 from __future__ import annotations
 
@@ -76,6 +80,13 @@ class Naive:
         return {}
 
     def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """This rank's tensors a checkpoint must keep (beside the optimizer's)."""
+        return {}
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         pass
 
 
@@ -173,4 +184,58 @@ class GEM(Naive):
         self.projector.counters.update(state)
 
 
-METHODS = {cls.name: cls for cls in (Naive, Frozen, MultiTask, GEM)}
+class L2SP(Naive):
+    """L2-SP: the gradient of alpha/2 |theta - theta_0|^2 over the encoder's weights added to the task's."""
+
+    name = "l2sp"
+
+    def __init__(self, config, memories: list, world, sharded: bool, timer):
+        super().__init__(config, memories, world, sharded, timer)
+        self.start: torch.Tensor | None = None  # theta_0 on this rank's partition, in the gradient's layout
+        self.pulled: list[tuple[int, int]] | None = None  # (offset, size) of the encoder's pieces
+
+    def after_backward(self, view: StepView) -> None:
+        values = view.values()
+        if self.start is None:  # the first step of the run: the values are still the pre-trained ones
+            self.start = values.clone()
+        if self.pulled is None:
+            names = view.partition.piece_names()
+            self.pulled = [(o, n) for o, n, name in zip(view.layout.offsets, view.layout.sizes, names)
+                           if name.startswith("encoder.")]
+        with self.timer.phase("update"):
+            for piece, (offset, size) in zip(self._encoder_pieces(view), self.pulled):
+                piece.add_((values[offset:offset + size] - self.start[offset:offset + size]).to(piece.dtype),
+                           alpha=self.config.l2sp_strength)
+
+    def _encoder_pieces(self, view: StepView) -> list[torch.Tensor]:
+        names = view.partition.piece_names()
+        return [piece for piece, name in zip(view.partition.pieces(), names) if name.startswith("encoder.")]
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {"l2sp_start": self.start} if self.start is not None else {}
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        if "l2sp_start" in tensors:
+            self.start = tensors["l2sp_start"].to(self.world.device)
+
+
+class LoRA(Naive):
+    """LoRA: low-rank adapters (peft) on the encoder's attention projections; the encoder itself is frozen."""
+
+    name = "lora"
+
+    def prepare(self, model) -> None:
+        try:
+            from peft import LoraConfig, inject_adapter_in_model
+        except ImportError:
+            from distgem.errors import ConfigError
+
+            raise ConfigError("method.name: lora needs peft (pip install 'distgem[lora]')") from None
+        config = LoraConfig(r=self.config.lora_rank, lora_alpha=self.config.lora_alpha,
+                            target_modules=list(self.config.lora_modules), lora_dropout=0.0, bias="none")
+        inject_adapter_in_model(config, model.encoder)
+        for name, param in model.encoder.named_parameters():
+            param.requires_grad_("lora_" in name)
+
+
+METHODS = {cls.name: cls for cls in (Naive, Frozen, MultiTask, GEM, L2SP, LoRA)}

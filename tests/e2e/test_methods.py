@@ -139,3 +139,53 @@ def test_the_held_out_memory_losses_start_from_the_backbone(micro, tmp_path):
     for task in ("mlm", "xsr"):
         languages = [v for k, v in each.items() if k.startswith(task + ".")]
         assert len(languages) >= 2 and all(start[task] != pytest.approx(v, rel=1e-4) for v in languages)
+
+
+def test_l2sp_pulls_the_encoder_toward_the_pretrained_weights_and_resumes_with_them(micro, tmp_path):
+    """alpha (theta - theta_0) on the encoder's gradient: a strong pull keeps it nearer theta_0 than naive does,
+    the head is not pulled, and a resumed run pulls toward the same theta_0 (kept in the checkpoint)."""
+    from safetensors.torch import load_file
+
+    common = {"train.steps": 6, "eval.every": 3, "output.save_final": "true", "eval.before_training": "false",
+              "eval.after_training": "false"}
+    run_training(micro, tmp_path / "naive", 1, common)
+    run_training(micro, tmp_path / "l2sp", 1, {**common, "method.name": "l2sp", "method.l2sp_strength": 100.0})
+    _, backbone = micro
+    start = {k.replace("bert.", "encoder.", 1): v for k, v in load_file(str(backbone / "model.safetensors")).items()}
+    moved = {}
+    for name in ("naive", "l2sp"):
+        final = load_file(str(tmp_path / name / "final.safetensors"))
+        moved[name] = sum(float((final[k] - start[k]).norm() ** 2) for k in final if k in start) ** 0.5
+    assert moved["l2sp"] < 0.5 * moved["naive"], moved
+    # stopped at step 3 and resumed: the same weights as the run that never stopped
+    halves = {**common, "method.name": "l2sp", "method.l2sp_strength": 100.0, "output.checkpoint_every": 3}
+    run_training(micro, tmp_path / "resumed", 1, {**halves, "train.steps": 3})
+    run_training(micro, tmp_path / "resumed", 1, halves, args=("--resume", "--allow-config-change"))
+    once, twice = load_file(str(tmp_path / "l2sp" / "final.safetensors")), load_file(str(tmp_path / "resumed" / "final.safetensors"))
+    assert all(bool((once[k] == twice[k]).all()) for k in once)
+
+
+def test_lora_trains_adapters_only_and_exports_a_merged_tagger(micro, tmp_path):
+    """The encoder's own weights do not move; the adapters and the head do; the export merges the adapters and
+    tags exactly as the engine did."""
+    pytest.importorskip("peft")
+    from safetensors.torch import load_file
+
+    from distgem.cli import main
+
+    run_training(micro, tmp_path / "run", 1, {"train.steps": 4, "eval.every": 2, "method.name": "lora",
+                                              "method.lora_rank": 4, "output.save_final": "true",
+                                              "output.save_predictions": "true", "eval.after_training": "false"})
+    corpus, backbone = micro
+    start = {k.replace("bert.", "encoder.", 1): v for k, v in load_file(str(backbone / "model.safetensors")).items()}
+    final = load_file(str(tmp_path / "run" / "final.safetensors"))
+    base = {k.replace(".base_layer.", "."): v for k, v in final.items() if "lora_" not in k and k.startswith("encoder.")}
+    assert base and all(bool((v == start[k]).all()) for k, v in base.items() if k in start)
+    assert any("lora_B" in k and float(v.abs().max()) > 0 for k, v in final.items())  # B starts at zero: it trained
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "model")]) == 0
+    predicted = tmp_path / "es.conllu"
+    assert main(["predict", str(tmp_path / "model"), str(corpus / "pos" / "es-test.conllu"), "--out", str(predicted)]) == 0
+    from distgem.data.conllu import read_conllu
+
+    engine_tags = json.loads((tmp_path / "run" / "predictions" / "test" / "es.json").read_text())
+    assert [list(s.tags) for s in read_conllu(predicted)] == engine_tags

@@ -82,3 +82,17 @@ def test_stitch_detects_missing_words(tokenizer):
     windows = encode_words(tokenizer, WORDS, max_length=128)
     with pytest.raises(AssertionError, match="not predicted"):
         stitch(windows, [[0] * len(windows[0].input_ids)], len(WORDS) + 1)
+
+
+def test_xsr_pooling_words_leaves_out_the_special_tokens_and_all_keeps_them():
+    """method.xsr_pooling: which tokens a sentence embedding averages (docs/USAGE.md)."""
+    from distgem.tasks import xsr
+    from tests.local_tokenizers import sentencepiece, wordpiece
+
+    for tokenizer in (wordpiece(), sentencepiece()):  # [CLS] .. [SEP] and <s> .. </s>
+        first, last = tokenizer("a")["input_ids"][0], tokenizer("a")["input_ids"][-1]
+        sentences = [[first, 7, 8, last], [first, 9, last]]
+        words, every = xsr.encode_batch(sentences, tokenizer), xsr.encode_batch(sentences, tokenizer, "all")
+        assert words["pool_mask"].tolist() == [[0, 1, 1, 0], [0, 1, 0, 0]]
+        assert every["pool_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]] == every["attention_mask"].tolist()
+        assert words["input_ids"].tolist() == every["input_ids"].tolist()
