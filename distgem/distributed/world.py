@@ -197,14 +197,17 @@ def _mpi_ranks() -> tuple[int, int, int]:
     return world.Get_rank(), world.Get_size(), local.Get_rank()
 
 
-def init(seed_port: int | None = None) -> World:
-    """Join (or create) the process group; gloo on CPU, NCCL on GPU, through DeepSpeed."""
+def init(local_rank: int | None = None) -> World:
+    """Join (or create) the process group; gloo on CPU, NCCL on GPU, through DeepSpeed. `local_rank`: what the
+    deepspeed launcher passes as --local_rank (it also sets LOCAL_RANK, which wins)."""
     import deepspeed
 
+    if local_rank is not None:
+        os.environ.setdefault("LOCAL_RANK", str(local_rank))
     rank, size, local_rank = discover_ranks()
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(local_rank))
     os.environ.setdefault("MASTER_ADDR", _head_node())
-    os.environ.setdefault("MASTER_PORT", str(seed_port or (_free_port() if size == 1 else 29500)))
+    os.environ.setdefault("MASTER_PORT", str(_free_port() if size == 1 else 29500))
     cuda = torch.cuda.is_available() and os.environ.get("DS_ACCELERATOR", "cuda") != "cpu"
     if cuda:
         torch.cuda.set_device(local_rank)

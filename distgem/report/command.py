@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from distgem.errors import UserError
+from distgem.report import tradeoff
 from distgem.report.runs import load_runs, split_sound, summary
 from distgem.report.tables import build_report, write_outputs
 
@@ -33,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_outputs(report, out)
+    tradeoff.write(sound, out, plots=not args.no_plots)  # where the runs sweep a family's knob
     if not all(source.is_file() for source in sources):
         # the summary that regenerates every table without the run directories
         (out / "runs.jsonl").write_text("".join(json.dumps(summary(r)) + "\n" for r in runs))

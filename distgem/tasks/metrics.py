@@ -60,8 +60,8 @@ def retrieval_precision(source: torch.Tensor, target: torch.Tensor, ks: Sequence
     true = similarity.diagonal().unsqueeze(1)
     others = similarity >= true
     others.fill_diagonal_(False)
-    rank = others.sum(dim=1)  # 0 = the true target is the nearest
-    return {f"p@{k}": 100.0 * (rank < k).double().mean().item() for k in ks}
+    position = others.sum(dim=1)  # 0 = the true target is the nearest
+    return {f"p@{k}": 100.0 * (position < k).double().mean().item() for k in ks}
 
 
 def average_over_targets(scores: Mapping[str, float], source: str = "en") -> float:

@@ -50,9 +50,7 @@ def run(args: argparse.Namespace) -> int:
     from distgem.train.engine import Trainer
 
     config = load_run_config(args.config, args.overrides)
-    if args.local_rank is not None:  # the deepspeed launcher passes --local_rank=N
-        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    world = distributed.init()
+    world = distributed.init(args.local_rank)
     code = 0
     try:
         if world.is_main:

@@ -71,13 +71,14 @@ def memory_mb(device: torch.device | None = None) -> dict[str, float]:
 
 
 def versions() -> dict:
-    import deepspeed
+    from importlib.metadata import version
+
     import torch
     import transformers
 
     import distgem
 
-    return {"distgem": distgem.__version__, "torch": torch.__version__, "deepspeed": deepspeed.__version__,
+    return {"distgem": distgem.__version__, "torch": torch.__version__, "deepspeed": version("deepspeed"),
             "transformers": transformers.__version__, "python": platform.python_version()}
 
 

@@ -363,3 +363,44 @@ def test_forgetting_curves_read_p_at_1_exactly_and_the_curve_not_the_tested_chec
     run = {"dev": {"best_step": 150}, "after": {"xsr": {"es": {"p@1": 40.0}, "fr": {"p@1": 42.0}},
                                                 "mlm_perplexity": {"es": 150.0}}}
     assert tested_point(run) == (150, {"XSR P@1 (mean over pairs)": 41.0, "MLM perplexity (mean over languages)": 150.0})
+
+
+def test_the_tradeoff_places_each_setting_in_its_family_and_matches_gem_to_the_closest_mtf(tmp_path):
+    """Points pool seeds per setting; each GEM margin meets the MTF weight closest to it in English score, and the
+    t-tests there are Welch's on the per-seed numbers."""
+    from scipy import stats
+
+    from distgem.report.runs import label
+    from distgem.report.tradeoff import matched, points, write
+
+    def run(method: str, seed: int, english: float, p1: float, **method_config) -> dict:
+        gem = {"per_language": False, "per_layer": False, "refresh_every": 1, "memory_strength": 0.0, "target": "gradient",
+               "anchor": "previous", **method_config.pop("gem", {})}
+        config = {"name": method, "memory": ["xsr"] if method in ("gem", "mtf") else [], "mlm_languages": "all",
+                  "mtf_weights": {"xsr": 1.0}, "gem": gem, "l2sp_strength": 0.1, "lora_rank": 8, **method_config}
+        data = {"run": {"task": "pos"}, "config": {"method": config},
+                "test": {"source": english, "average": 80 + seed, "per_language": {}},
+                "after": {"xsr": {"es": {"p@1": p1}, "fr": {"p@1": p1 + 2}}},
+                "backbone": {"xsr": {"es": {"p@1": 95.0}, "fr": {"p@1": 97.0}}},
+                "train": {"gem_mean_dual": {"xsr": 0.2 + seed / 100} if method == "gem" else None}}
+        data["label"] = label(data)
+        return data
+
+    runs = [run("naive", s, 94.0 + s / 10, 20.0 + s) for s in range(3)]
+    runs += [run("gem", s, 93.0 + s / 10, 80.0 + s, gem={"memory_strength": 0.2}) for s in range(3)]
+    runs += [run("mtf", s, 93.1 + s / 10, 85.0 + 2 * s, mtf_weights={"xsr": 0.2}) for s in range(3)]
+    runs += [run("mtf", s, 88.0 + s / 10, 95.0 + s, mtf_weights={"xsr": 1.0}) for s in range(3)]
+    runs += [run("l2sp", s, 93.5, 40.0 + s) for s in range(3)]
+    placed = {p.label: (p.family, p.knob, len(p.source)) for p in points(runs)}
+    assert placed == {"naive": ("naive", 0.0, 3), "gem-xsr+gamma0.2": ("GEM, margin", 0.2, 3),
+                      "mtf-xsr+w0.2": ("MTF, weight", 0.2, 3), "mtf-xsr": ("MTF, weight", 1.0, 3),
+                      "l2sp": ("L2-SP, strength", 0.1, 3)}
+    (pair,) = matched(points(runs))
+    assert pair["mtf"] == "mtf-xsr+w0.2"  # 93.1 is closer to 93.0 than 88.0 is
+    gem_p1 = [81.0 + s for s in range(3)]  # the mean over es and fr per seed
+    mtf_p1 = [86.0 + 2 * s for s in range(3)]
+    assert pair["retrieval_diff"] == pytest.approx(statistics.fmean(gem_p1) - statistics.fmean(mtf_p1))
+    assert pair["retrieval_p"] == pytest.approx(stats.ttest_ind(gem_p1, mtf_p1, equal_var=False).pvalue)
+    assert pair["dose_gem"] == pytest.approx(0.21) and pair["dose_mtf"] == 0.2
+    assert write(runs, tmp_path, plots=False) is not None
+    assert "The backbone's XSR P@1 before fine-tuning: 96.0." in (tmp_path / "tradeoff.md").read_text()
