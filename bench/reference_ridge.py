@@ -31,8 +31,6 @@ def main() -> int:
     parser.add_argument("--out", default="runs/reference-ridge/grams.json", help="where the recorded Grams go")
     args = parser.parse_args()
 
-    import torch
-
     from distgem.config.sections import load_run_config
     from distgem.distributed import world as distributed
     from distgem.gem import gram as gem_gram

@@ -151,7 +151,7 @@ def test_held_out_memory_examples_give_every_language_of_a_pooled_constraint_its
     from distgem.tasks.sources import memory_sources, spread
 
     pairs = {lang: [(f"en {i}", f"{lang} {i}") for i in range(n)] for lang, n in (("fr", 200), ("es", 200), ("el", 150))}
-    method = SimpleNamespace(name="gem", memory=["xsr"], gem=SimpleNamespace(per_language=False))
+    method = SimpleNamespace(name="gem", memory=["xsr"], xsr_pooling="words", gem=SimpleNamespace(per_language=False))
     (pooled,) = memory_sources(method, SimpleNamespace(pairs_train=pairs), tokenizer=None, seed=0)
     chosen = spread(pooled.size, 64)
     assert len(set(chosen)) == 64 and chosen == spread(pooled.size, 64)
