@@ -42,17 +42,18 @@ def family(run: dict) -> tuple[str, float] | None:
     if name == "naive" and usual:
         return "naive", 0.0
     if name == "l2sp":
-        return "L2-SP, strength", method["l2sp_strength"]
+        return "L2-SP, strength", method.get("l2sp_strength", 0.1)
     if name == "lora":
-        return "LoRA, rank", method["lora_rank"]
+        return "LoRA, rank", method.get("lora_rank", 8)
     if name == "mtf" and memory == ["xsr"] and usual:
-        return "MTF, weight", method["mtf_weights"].get("xsr", 1.0)
+        return "MTF, weight", (method.get("mtf_weights") or {}).get("xsr", 1.0)
     if name != "gem" or memory != ["xsr"] or not usual or gem.get("per_layer") or \
             gem.get("target", "gradient") != "gradient" or gem.get("anchor", "previous") != "previous":
         return None
-    if gem["refresh_every"] > 1:
-        return ("GEM margin 0.5, refreshed every R", gem["refresh_every"]) if gem["memory_strength"] == 0.5 else None
-    return ("GEM per language, margin" if gem["per_language"] else "GEM, margin"), gem["memory_strength"]
+    strength = gem.get("memory_strength", 0.0)
+    if gem.get("refresh_every", 1) > 1:
+        return ("GEM margin 0.5, refreshed every R", gem["refresh_every"]) if strength == 0.5 else None
+    return ("GEM per language, margin" if gem.get("per_language") else "GEM, margin"), strength
 
 
 def points(runs: list[dict]) -> list[Point]:
