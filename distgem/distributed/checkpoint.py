@@ -160,10 +160,14 @@ def _digest(path: Path) -> str:
 
 
 def config_changes(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """`key: saved -> current` for every setting that differs between two resolved configs."""
+    """`key: saved -> current` for every setting that differs between two resolved configs. A setting the saved
+    config does not have (added to distgem after the checkpoint was written) is not a change: the run had none."""
     changes = []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key), current.get(key)
+    for key in sorted(saved):
+        if key not in current:
+            changes.append(f"{prefix}{key}: {saved[key]!r} -> (no such setting)")
+            continue
+        a, b = saved[key], current[key]
         if isinstance(a, dict) and isinstance(b, dict):
             changes += config_changes(a, b, f"{prefix}{key}.")
         elif a != b:

@@ -70,12 +70,16 @@ def solve(gram: torch.Tensor, dots: torch.Tensor, memory_strength: float = 0.0, 
         raise ValueError(f"gram {tuple(gram.shape)} does not match dots {tuple(dots.shape)}: "
                          "want (..., k, k) and (..., k)")
     batch = torch.broadcast_shapes(gram.shape[:-2], dots.shape[:-1])
+    # Three implementations of the same exact algorithm, chosen by size: every training step solves one small
+    # QP, where torch's per-op cost (and numpy's per-call cost) would dominate a microsecond of arithmetic.
+    # One QP with k <= 3: plain Python floats (~10-30 us).
     if 0 < k <= SCALAR_MAX_K and solver in ("auto", "exact") and gram.numel() == k * k and dots.numel() == k:
         d_list = dots.detach().reshape(k).tolist()
         v_list = _solve_scalar(gram.detach().reshape(k, k).tolist(), d_list, memory_strength)
         if v_list is not None:
             return Dual(torch.tensor(v_list, dtype=torch.float64, device=gram.device).reshape(*batch, k),
-                              torch.tensor(any(x < 0 for x in d_list), device=gram.device).reshape(batch), "exact")
+                        torch.tensor(any(x < 0 for x in d_list), device=gram.device).reshape(batch), "exact")
+        # a singular support (not reachable with the ridge): the batched solvers below decide
     G = gram.detach().to(torch.float64).expand(*batch, k, k).reshape(-1, k, k)
     d = dots.detach().to(torch.float64).expand(*batch, k).reshape(-1, k)
     violated = (d < 0).any(-1)
@@ -84,9 +88,11 @@ def solve(gram: torch.Tensor, dots: torch.Tensor, memory_strength: float = 0.0, 
     if k == 0 or G.shape[0] == 0:
         return Dual(d.clone().reshape(*batch, k), violated.reshape(batch), solver)
 
+    # A few hundred subsystems (per-layer QPs, k up to ~8): numpy on the host.
     if solver == "exact" and 2**k * G.shape[0] <= HOST_MAX_SYSTEMS:
         v = torch.from_numpy(_solve_host(G.cpu().numpy(), d.cpu().numpy(), memory_strength)).to(G.device)
         return Dual(v.reshape(*batch, k), violated.reshape(batch), solver)
+    # Larger batches: torch, on the Gram's device. Non-finite elements are solved as zeros and given v = 0.
     finite = torch.isfinite(G).all(-1).all(-1) & torch.isfinite(d).all(-1)
     G, d = torch.where(finite[:, None, None], G, 0.0), torch.where(finite[:, None], d, 0.0)
     C, p, lower, scale = _rescale(G, d, memory_strength)
