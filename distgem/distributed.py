@@ -74,9 +74,57 @@ def init(seed_port: int | None = None) -> World:
     if cuda:
         torch.cuda.set_device(local_rank)
     deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False,
-                               verbose=False)
+                               verbose=False, timeout=collective_timeout())
+    if size > 1:  # where each rank runs: on several nodes, the proof that they do (host name, address)
+        import sys
+
+        master = os.environ["MASTER_ADDR"]
+        print(f"distgem: rank {rank}/{size} on {socket.gethostname()} ({_source_address(master)}), "
+              f"master {master}:{os.environ['MASTER_PORT']}", file=sys.stderr, flush=True)
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return World(rank, size, local_rank, device)
+
+
+COLLECTIVE_TIMEOUT_S = 600.0  # torch's default for gloo is 30 minutes (NCCL: 10)
+
+
+def collective_timeout() -> timedelta:
+    """How long a collective waits for its peers before it fails (DISTGEM_COLLECTIVE_TIMEOUT seconds, default 600):
+    a rank whose peer died without closing its connections (a node lost) or hangs fails within it."""
+    value = os.environ.get("DISTGEM_COLLECTIVE_TIMEOUT", "")
+    try:
+        seconds = float(value) if value else COLLECTIVE_TIMEOUT_S
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ConfigError(f"DISTGEM_COLLECTIVE_TIMEOUT: {value!r} is not a positive number of seconds")
+    return timedelta(seconds=seconds)
+
+
+# What gloo and NCCL say when a collective's peer is gone or silent
+_LOST_PEER = ("Timed out waiting", "Connection reset by peer", "Connection closed by peer", "Broken pipe",
+              "Connection refused", "operation timeout", "communicator was aborted")
+
+
+def lost_peer(error: BaseException) -> str | None:
+    """One line describing a collective that failed because another rank died or stopped answering, else None."""
+    text = str(error).strip()
+    if not isinstance(error, RuntimeError) or not any(marker in text for marker in _LOST_PEER):
+        return None
+    first = text.splitlines()[0]
+    if first.startswith("[") and "] " in first:  # gloo's "[/path/to/pair.cc:537] Read error ..."
+        first = first.split("] ", 1)[1]
+    return first.split(". ")[0].rstrip(".")
+
+
+def _source_address(host: str) -> str:
+    """The local address this host reaches `host` from (connecting a UDP socket sends nothing)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, 9))
+            return probe.getsockname()[0]
+    except OSError:
+        return "?"
 
 
 def _head_node() -> str:
