@@ -128,6 +128,7 @@ class Trainer:
         self.state = {"step": 0, "best": None, "best_step": None, "bad_evals": 0, "history": [], "backbone": None,
                       "gem": {"violated_steps": 0, "steps": 0, "fallbacks": 0}}
         self._trace_started = False
+        self._restored_memory: torch.Tensor | None = None  # from a checkpoint, until the buffer exists
         self.stop_requested = False
         self.checkpoints = Checkpointer(self.run_dir / "checkpoints", self.engine, world.rank)
 
@@ -164,7 +165,8 @@ class Trainer:
         """One optimizer step of the configured method; returns what the log shows."""
         method, k = self.config.method, len(self.memories)
         stats: dict[str, float] = {}
-        refresh = k and (self.buffer is None or step % method.gem.refresh_every == 0 or method.name != "gem")
+        fresh = self.buffer is None and self._restored_memory is None
+        refresh = k and (fresh or step % method.gem.refresh_every == 0 or method.name != "gem")
         losses = torch.zeros(k + 2, dtype=torch.float64)  # k+1 losses, then the preemption flag
         excess = torch.zeros(k, dtype=torch.float64) if self.reference is not None else None
         if refresh:
@@ -279,6 +281,9 @@ class Trainer:
         self.layout = memory.Layout.of(pieces, names)
         if self.memories:
             self.buffer = memory.MemoryBuffer(len(self.memories), self.layout, self.world.device)
+            if self._restored_memory is not None:
+                self.buffer.data.copy_(self._restored_memory)
+                self._restored_memory = None
         if self.config.train.gradient_accumulation > 1:
             self.task_buffer = memory.MemoryBuffer(1, self.layout, self.world.device)
 
@@ -454,8 +459,9 @@ class Trainer:
         for name, stream in self.streams.items():
             stream.load_state_dict(client["streams"][name])
         if client.get("memory") is not None:
-            self._ensure_buffers(self.partition.pieces())
-            self.buffer.data.copy_(client["memory"])
+            # ZeRO 1-3 lay out this rank's gradient partition only at the first backward: the buffer is
+            # filled when it is created (_ensure_buffers)
+            self._restored_memory = client["memory"]
 
 
 def _seed_everything(seed: int) -> None:

@@ -60,7 +60,8 @@ run_step() {
          "master $MASTER_ADDR:$MASTER_PORT${before:+, resuming from $before}"
     srun --ntasks-per-node=1 --kill-on-bad-exit=1 slurm/node.sh "$ranks" launch/train.py "$@" &
     step=$!
-    trap 'echo "[$label] preemption signal: checkpointing"; kill -USR1 "$step" 2>/dev/null || true' USR1 TERM
+    trap 'echo "[$label] SIGUSR1: the ranks checkpoint at the next step"; kill -USR1 "$step" 2>/dev/null || true' USR1
+    trap 'echo "[$label] SIGTERM: the ranks checkpoint at the next step"; kill -USR1 "$step" 2>/dev/null || true' TERM
     while kill -0 "$step" 2>/dev/null; do
         if wait "$step"; then code=0; else code=$?; fi  # a trapped signal interrupts wait: wait again
     done

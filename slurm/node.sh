@@ -25,7 +25,10 @@ else
     launcher=(deepspeed --num_gpus "$ranks" --master_port "${MASTER_PORT:-$((20000 + ${SLURM_JOB_ID:-0} % 20000))}")
 fi
 echo "[node.sh] $(hostname): node $((${SLURM_NODEID:-0} + 1)) of $nodes, $ranks rank(s)${GLOO_SOCKET_IFNAME:+, gloo on $GLOO_SOCKET_IFNAME}"
-"${launcher[@]}" "$@" &
+# Slurm delivers a step's signals to every process of the step (proctrack), the launchers included: USR1 would
+# kill them (its default action) and orphan the ranks before they checkpoint. The launchers ignore it; the ranks
+# install their own handler (an ignored signal stays ignored across exec until a program handles it).
+( trap '' USR1; exec "${launcher[@]}" "$@" ) &
 pid=$!
 descendants() { local child; for child in $(pgrep -P "$1"); do echo "$child"; descendants "$child"; done; }
 forward() {  # the training ranks only: the launcher processes in between would just die of USR1

@@ -18,6 +18,7 @@
 #   DISTGEM_SLURM_NODES  number of nodes when `up` gets no --nodes (default 1)
 #   SLURM_NET_PREFIX     N nodes: the /24 the nodes live on, e.g. 10.77.3 (default 10.77.K, K from a hash of the root)
 #   SLURMD_TIMEOUT       N nodes: seconds of silence after which slurmctld declares a node DOWN (default 15)
+#   SLURM_CRED_EXPIRE    credential lifetime, also how long a requeued job waits before it may run again (default 10)
 #   SLURM_NODE_CPUS      CPUs each node advertises (default: the real count from `slurmd -C`)
 #   SLURM_FAKE_GPUS      number of fake GPUs per node (symlinks to /dev/null; default 2)
 #   SLURM_FAKE_GPU_TYPE  optional GPU type (e.g. a100) so typed requests (gpu:a100:1) work
@@ -61,6 +62,8 @@ BRIDGE="${TAG}br"
 CTL_ADDR="$NET_PREFIX.1"
 HOST_ADDR="$NET_PREFIX.254"  # the machine itself on the bridge: the submit host that sbatch/srun run on
 SLURMD_TIMEOUT="${SLURMD_TIMEOUT:-15}"
+# A requeued job waits cred_expire seconds before it may start again (Slurm's default: 120).
+CRED_EXPIRE="${SLURM_CRED_EXPIRE:-10}"
 
 log() { echo "[slurm-local] $*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -183,8 +186,8 @@ our_netns() { ip netns list 2>/dev/null | awk -v p="$TAG-" 'index($1, p) == 1 {p
 netns_pids() {
     local want pid
     want="$(stat -L -c %i "/run/netns/$1" 2>/dev/null)" || return 0
-    stat -L -c '%i %n' /proc/[0-9]*/ns/net 2>/dev/null | awk -v w="$want" '$1 == w {split($2, a, "/"); print a[3]}' |
-        while read -r pid; do alive "$pid" && echo "$pid"; done
+    { stat -L -c '%i %n' /proc/[0-9]*/ns/net 2>/dev/null || true; } | awk -v w="$want" '$1 == w {split($2, a, "/"); print a[3]}' |
+        while read -r pid; do if alive "$pid"; then echo "$pid"; fi; done
 }
 
 kill_netns_pids() {
@@ -211,6 +214,11 @@ net_up() {
     if ip -o -4 addr show | awk '{print $4}' | grep -q "^${NET_PREFIX//./\\.}\\."; then
         die "$NET_PREFIX.0/24 is already in use on this machine (ip -4 addr); set SLURM_NET_PREFIX"
     fi
+    if ! ip netns add "$TAG-probe" 2>/dev/null; then
+        log "error: cannot create network namespaces here (ip netns add failed: no CAP_NET_ADMIN?); N nodes need them"
+        exit 77
+    fi
+    ip netns del "$TAG-probe"
     ip link add "$BRIDGE" type bridge
     ip addr add "$HOST_ADDR/24" dev "$BRIDGE"
     ip link set "$BRIDGE" up
@@ -352,7 +360,7 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-AuthInfo=socket=$MUNGE_SOCKET
+AuthInfo=socket=$MUNGE_SOCKET,cred_expire=$CRED_EXPIRE
 StateSaveLocation=$STATE_DIR
 SlurmctldPidFile=$PID_DIR/slurmctld.pid
 SlurmctldLogFile=$LOG_DIR/slurmctld.log
@@ -367,7 +375,7 @@ MpiDefault=none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=sched/backfill
-SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
+SchedulerParameters=batch_sched_delay=0,sched_min_interval=0,sched_interval=1,bf_interval=1
 GresTypes=gpu
 SlurmdParameters=config_overrides
 AccountingStorageType=accounting_storage/none
