@@ -79,8 +79,10 @@ def init(seed_port: int | None = None) -> World:
         import sys
 
         master = os.environ["MASTER_ADDR"]
-        print(f"distgem: rank {rank}/{size} on {socket.gethostname()} ({_source_address(master)}), "
-              f"master {master}:{os.environ['MASTER_PORT']}", file=sys.stderr, flush=True)
+        # one write: ranks share the job's log file, and print() writes the line and its newline apart
+        sys.stderr.write(f"distgem: rank {rank}/{size} on {socket.gethostname()} ({_source_address(master)}), "
+                         f"master {master}:{os.environ['MASTER_PORT']}\n")
+        sys.stderr.flush()
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return World(rank, size, local_rank, device)
 
