@@ -6,13 +6,15 @@ different nodes talk over TCP between namespaces as across hosts.
 - jobs that run at once on one head node rendezvous at its address on distinct ports;
 - a sweep whose runs ask for two nodes;
 - a killed rank, a lost node and a preemption: the survivors never wait past a bound, Slurm requeues the job,
-  and the run resumes from its last checkpoint and ends bit-identical to the run that was never interrupted.
+  and the run resumes from its last checkpoint and ends bit-identical to the run that was never interrupted;
+- mpirun across the two nodes (ranks from mpi4py) = the deepspeed launcher's run.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import time
@@ -242,6 +244,7 @@ def test_rendezvous_skips_a_busy_port_and_refuses_loopback(slurm_nodes, tmp_path
 
 
 # --- a sweep across nodes --------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sweep_whose_runs_ask_for_two_nodes(slurm_nodes, micro, tmp_path):
     grid = {"name": "nodes", "base": ["configs/tiny.yaml"],
             "axes": {"seed": [0, 1], "method": ["configs/methods/naive.yaml"], "task": ["configs/tasks/pos.yaml"]},
@@ -336,6 +339,7 @@ def test_a_lost_node_ends_the_job_within_bounds_and_the_job_resumes_identically_
     print(f"\nlost node: requeued {requeued:.1f} s after the node went down ({info['Reason']})")
 
 
+@pytest.mark.slow
 def test_preemption_reaches_both_nodes_which_checkpoint_the_same_step_and_resume(
         slurm_nodes, micro, tmp_path, uninterrupted):
     run_dir = tmp_path / "preempted"
@@ -371,4 +375,28 @@ def test_preemption_reaches_both_nodes_which_checkpoint_the_same_step_and_resume
     assert {f"zero_pp_rank_{r}_mp_rank_00_optim_states.pt" for r in (0, 1)} <= saved
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("step*")) == [f"step{step}"]
     assert f"resuming from step{step}" in log and not (run_dir / "PREEMPTED").exists()
+    assert_identical(run_dir, uninterrupted)
+
+
+# --- mpirun ------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_mpirun_across_the_two_nodes_equals_the_deepspeed_launcher(slurm_nodes, micro, tmp_path, uninterrupted):
+    """OpenMPI's mpirun inside a two-node allocation (its daemons started on each node by srun), ranks from mpi4py
+    and the master address from the ranks' host names: the same run as the deepspeed launcher's, bit for bit."""
+    corpus, backbone = micro
+    run_dir = tmp_path / "mpirun"
+    args = ["python", "launch/train.py", *[a for o in micro_overrides(corpus, backbone, run_dir, **FAULTY)
+                                           for a in ("--set", o)]]
+    command = f"source scripts/setup.sh && exec mpirun -n 2 --map-by ppr:1:node {shlex.join(args)}"
+    result = subprocess.run(["sbatch", "--parsable", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1",
+                             f"--output={run_dir}.out", "--wrap", f"bash -c {shlex.quote(command)}"], cwd=ROOT,
+                            env={**slurm_nodes, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    job = result.stdout.strip().split(";")[0]
+    assert wait_for_jobs([job], slurm_nodes, timeout=600) == {job: "COMPLETED"}
+    ranks = sorted(rank_lines(Path(f"{run_dir}.out").read_text()))
+    head = node_addr(slurm_nodes, "node1")
+    assert [(r, host, addr, master) for r, _, host, addr, master, _ in ranks] == \
+        [(0, "node1", head, head), (1, "node2", node_addr(slurm_nodes, "node2"), head)], ranks
     assert_identical(run_dir, uninterrupted)
