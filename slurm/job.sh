@@ -56,8 +56,8 @@ run_step() {
     job="${SLURM_JOB_ID}"
     [ -z "${SLURM_ARRAY_JOB_ID:-}" ] || job="${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
     before="$(cat "$run_dir/checkpoints/latest" 2>/dev/null || true)"
-    echo "[$label] job $job (start $((${SLURM_RESTART_COUNT:-0} + 1))) on ${SLURM_JOB_NODELIST}: $ranks rank(s) per node," \
-         "master $MASTER_ADDR:$MASTER_PORT${before:+, resuming from $before}"
+    echo "[$label] job $job (start $((${SLURM_RESTART_COUNT:-0} + 1))) on ${SLURM_JOB_NODELIST}:" \
+         "$ranks rank(s) per node, master $MASTER_ADDR:$MASTER_PORT${before:+, resuming from $before}"
     srun --ntasks-per-node=1 --kill-on-bad-exit=1 slurm/node.sh "$ranks" launch/train.py "$@" &
     step=$!
     trap 'echo "[$label] SIGUSR1: the ranks checkpoint at the next step"; kill -USR1 "$step" 2>/dev/null || true' USR1

@@ -24,7 +24,8 @@ if [ "$nodes" -gt 1 ]; then
 else
     launcher=(deepspeed --num_gpus "$ranks" --master_port "${MASTER_PORT:-$((20000 + ${SLURM_JOB_ID:-0} % 20000))}")
 fi
-echo "[node.sh] $(hostname): node $((${SLURM_NODEID:-0} + 1)) of $nodes, $ranks rank(s)${GLOO_SOCKET_IFNAME:+, gloo on $GLOO_SOCKET_IFNAME}"
+echo "[node.sh] $(hostname): node $((${SLURM_NODEID:-0} + 1)) of $nodes, $ranks rank(s)" \
+     "${GLOO_SOCKET_IFNAME:+(gloo on $GLOO_SOCKET_IFNAME)}"
 # Slurm delivers a step's signals to every process of the step (proctrack), the launchers included: USR1 would
 # kill them (its default action) and orphan the ranks before they checkpoint. The launchers ignore it; the ranks
 # install their own handler (an ignored signal stays ignored across exec until a program handles it).

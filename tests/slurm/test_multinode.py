@@ -121,7 +121,8 @@ def freeze_after_checkpoint(env: dict, run_dir: Path, step: int, timeout: float 
 
 
 def rank_lines(log: str) -> list[tuple]:
-    return [(int(r), int(n), host, addr, master, int(port)) for r, n, host, addr, master, port in RANK_LINE.findall(log)]
+    return [(int(r), int(n), host, addr, master, int(port))
+            for r, n, host, addr, master, port in RANK_LINE.findall(log)]
 
 
 def assert_identical(run_dir: Path, reference: Path) -> None:
@@ -239,7 +240,8 @@ def test_rendezvous_skips_a_busy_port_and_refuses_loopback(slurm_nodes, tmp_path
     assert states[jobs["free"]] == "COMPLETED", logs["free"]
     assert logs["free"].split() == ["rendezvous", node_addr(slurm_nodes, "node1"), str(busy + 1)]
     assert states[jobs["taken"]] == states[jobs["loopback"]] == "FAILED"
-    assert logs["taken"].strip() == f"error: MASTER_PORT={busy} is in use on node1 (another job?); unset it to get a free one"
+    assert logs["taken"].strip() == \
+        f"error: MASTER_PORT={busy} is in use on node1 (another job?); unset it to get a free one"
     assert logs["loopback"].strip().startswith("error: the head node node1 has the loopback address 127.0.0.1")
 
 
@@ -330,7 +332,8 @@ def test_a_lost_node_ends_the_job_within_bounds_and_the_job_resumes_identically_
     wait_job(job, slurm_nodes, lambda i: i["JobState"] == "COMPLETED", 600, "completed")
     log = Path(f"{run_dir}.out").read_text()
     assert "DUE TO NODE FAILURE" in log, log[-3000:]
-    survivor = f"distgem: error: rank 0: a collective failed, a peer rank died or stopped answering (timeout {TIMEOUT} s)"
+    survivor = ("distgem: error: rank 0: a collective failed, a peer rank died or stopped answering "
+                f"(timeout {TIMEOUT} s)")
     assert survivor in log, "the survivor did not give up after the collective timeout"
     assert f"resuming from {checkpoint}" in log
     # SlurmdTimeout (15 s) + a ping period + a message timeout (10 s), with room for a loaded machine
@@ -358,7 +361,8 @@ def test_preemption_reaches_both_nodes_which_checkpoint_the_same_step_and_resume
     deadline = time.monotonic() + 60
     while not all(f"[node.sh] {node}: SIGUSR1 to rank process(es) {pid}" in log_file.read_text()
                   for node, pid in pids.items()):
-        assert time.monotonic() < deadline, f"SIGUSR1 did not reach the ranks on both nodes:\n{log_file.read_text()[-3000:]}"
+        assert time.monotonic() < deadline, \
+            f"SIGUSR1 did not reach the ranks on both nodes:\n{log_file.read_text()[-3000:]}"
         time.sleep(0.1)
     for pid in pids.values():
         os.kill(pid, signal.SIGCONT)
