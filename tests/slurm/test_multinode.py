@@ -106,18 +106,26 @@ def rank_pid(env: dict, node: str, run_dir: Path, timeout: float = 120) -> int:
     pytest.fail(f"no rank of {run_dir.name} on {node}")
 
 
-def freeze_after_checkpoint(env: dict, run_dir: Path, step: int, timeout: float = 300) -> dict[str, int]:
-    """Once the run has checkpointed step `step` (latest names it), SIGSTOP its ranks on both nodes: the test then
-    acts at a known point whatever the machine's load, never after the run has ended."""
-    latest = run_dir / "checkpoints" / "latest"
+def freeze(env: dict, run_dir: Path, reached, what: str, timeout: float = 300) -> dict[str, int]:
+    """Once reached() holds, SIGSTOP the run's ranks on both nodes (found first, so that nothing slow stands between
+    the two): the test then acts at a known point whatever the machine's load, never after the run has ended."""
+    pids = {node: rank_pid(env, node, run_dir, timeout) for node in ("node1", "node2")}
     deadline = time.monotonic() + timeout
-    while not (latest.exists() and int(latest.read_text().strip().removeprefix("step")) >= step):
-        assert time.monotonic() < deadline, f"{run_dir.name}: no checkpoint of step {step} after {timeout} s"
-        time.sleep(0.01)
-    pids = {node: rank_pid(env, node, run_dir) for node in ("node1", "node2")}
+    while not reached():
+        assert time.monotonic() < deadline, f"{run_dir.name}: not {what} after {timeout} s"
+        time.sleep(0.005)
     for pid in pids.values():
         os.kill(pid, signal.SIGSTOP)
     return pids
+
+
+def freeze_after_checkpoint(env: dict, run_dir: Path, step: int) -> dict[str, int]:
+    latest = run_dir / "checkpoints" / "latest"
+
+    def reached() -> bool:
+        return latest.exists() and int(latest.read_text().strip().removeprefix("step")) >= step
+
+    return freeze(env, run_dir, reached, f"checkpointed step {step}")
 
 
 def rank_lines(log: str) -> list[tuple]:
@@ -348,13 +356,8 @@ def test_preemption_reaches_both_nodes_which_checkpoint_the_same_step_and_resume
     run_dir = tmp_path / "preempted"
     job = sbatch_train(slurm_nodes, micro, run_dir, 2, 1, FAULTY)
     steps = run_dir / "steps.jsonl"
-    deadline = time.monotonic() + 300
-    while not (steps.exists() and len(steps.read_text().splitlines()) >= 3):
-        assert time.monotonic() < deadline, "the run never reached step 3"
-        time.sleep(0.01)
-    pids = {node: rank_pid(slurm_nodes, node, run_dir) for node in ("node1", "node2")}
-    for pid in pids.values():
-        os.kill(pid, signal.SIGSTOP)
+    pids = freeze(slurm_nodes, run_dir, lambda: steps.exists() and len(steps.read_text().splitlines()) >= 3,
+                  "at step 3")
     # what Slurm does before the time limit with --signal=B:USR1@N: signal the batch shell, which passes it on
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm_nodes, check=True, timeout=30)
     log_file = Path(f"{run_dir}.out")
