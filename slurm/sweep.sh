@@ -7,9 +7,10 @@
 # Outside an array it submits the array (resources from the grid; partition and account from
 # SBATCH_PARTITION / SBATCH_ACCOUNT, which sbatch reads itself) and exits. As an array element it
 # resolves its run from SLURM_ARRAY_TASK_ID, skips it when results.json exists, trains with srun and
-# the deepspeed launcher on the GPUs it was given (CPU ranks when none), and requeues itself when
-# preempted (SIGUSR1 before the time limit, or a scontrol/scheduler preemption: checkpoint, requeue,
-# resume). Extra arguments after GRID go to every run's launch/train.py.
+# the deepspeed launcher on the GPUs it was given (CPU ranks when none), on as many nodes as the grid
+# asks (slurm/job.sh: rendezvous on the first), and requeues itself when preempted (SIGUSR1 before the
+# time limit, or a scontrol/scheduler preemption: checkpoint, requeue, resume) or when it loses a rank
+# or a node after checkpointing. Extra arguments after GRID go to every run's launch/train.py.
 #SBATCH --requeue
 #SBATCH --open-mode=append
 set -euo pipefail
@@ -40,18 +41,7 @@ if [ -n "${CUDA_VISIBLE_DEVICES:-}" ] && [ "${DS_ACCELERATOR:-}" != cpu ]; then
 else
     export DS_ACCELERATOR=cpu
 fi
+source slurm/job.sh
+rendezvous
 echo "[$RUN_ID] array ${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID} on $(hostname): $RANKS_PER_NODE ranks per node, ${SLURM_NNODES:-1} node(s)"
-
-srun --ntasks-per-node=1 --kill-on-bad-exit=1 slurm/node.sh "$RANKS_PER_NODE" launch/train.py "${RUN_ARGS[@]}" --resume "$@" &
-step=$!
-trap 'echo "[$RUN_ID] preemption signal: checkpointing"; kill -USR1 "$step" 2>/dev/null || true' USR1 TERM
-code=0
-while kill -0 "$step" 2>/dev/null; do
-    wait "$step" || code=$?
-done
-if [ -f "$RUN_DIR/PREEMPTED" ]; then
-    echo "[$RUN_ID] checkpointed at step $(cat "$RUN_DIR/PREEMPTED"): requeueing"
-    scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"
-    exit 0
-fi
-exit "$code"
+run_step "$RUN_ID" "$RUN_DIR" "$RANKS_PER_NODE" "${RUN_ARGS[@]}" --resume "$@"

@@ -215,9 +215,63 @@ def init(local_rank: int | None = None) -> World:
 
     prebuild_ops()  # before the process group: a build one rank waits for must not hold the others' rendezvous
     with contextlib.redirect_stdout(io.StringIO()):  # "DeepSpeed ... op built successfully", once per rank
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False, verbose=False)
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False, verbose=False,
+                                   timeout=collective_timeout())
+    if size > 1:  # where each rank runs: on several nodes, the proof that they do (host name, address)
+        import sys
+
+        master = os.environ["MASTER_ADDR"]
+        # one write: ranks share the job's log file, and print() writes the line and its newline apart
+        sys.stderr.write(f"distgem: rank {rank}/{size} on {socket.gethostname()} ({_source_address(master)}), "
+                         f"master {master}:{os.environ['MASTER_PORT']}\n")
+        sys.stderr.flush()
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return World(rank, size, local_rank, device)
+
+
+COLLECTIVE_TIMEOUT_S = 600.0  # torch's default for gloo is 30 minutes (NCCL: 10)
+
+
+def collective_timeout() -> timedelta:
+    """How long a collective waits for its peers before it fails (DISTGEM_COLLECTIVE_TIMEOUT seconds, default 600):
+    a rank whose peer died without closing its connections (a node lost) or hangs fails within it."""
+    value = os.environ.get("DISTGEM_COLLECTIVE_TIMEOUT", "")
+    try:
+        seconds = float(value) if value else COLLECTIVE_TIMEOUT_S
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        from distgem.errors import ConfigError
+
+        raise ConfigError(f"DISTGEM_COLLECTIVE_TIMEOUT: {value!r} is not a positive number of seconds")
+    return timedelta(seconds=seconds)
+
+
+# What gloo and NCCL say when a collective's peer is gone or silent
+_LOST_PEER = ("Timed out waiting", "Connection reset by peer", "Connection closed by peer", "Broken pipe",
+              "Connection refused", "operation timeout", "communicator was aborted")
+
+
+def lost_peer(error: BaseException, world: World) -> str | None:
+    """One line describing a collective that failed because another rank died or stopped answering, else None."""
+    text = str(error).strip()
+    if not isinstance(error, RuntimeError) or not any(marker in text for marker in _LOST_PEER):
+        return None
+    first = text.splitlines()[0]
+    if first.startswith("[") and "] " in first:  # gloo's "[/path/to/pair.cc:537] Read error ..."
+        first = first.split("] ", 1)[1]
+    return (f"rank {world.rank}: a collective failed, a peer rank died or stopped answering "
+            f"(timeout {collective_timeout().total_seconds():.0f} s): {first.split('. ')[0].rstrip('.')}")
+
+
+def _source_address(host: str) -> str:
+    """The local address this host reaches `host` from (connecting a UDP socket sends nothing)."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((host, 9))
+            return probe.getsockname()[0]
+    except OSError:
+        return "?"
 
 
 def _head_node() -> str:

@@ -69,8 +69,13 @@ def run(args: argparse.Namespace) -> int:
         if code == 0 and world.is_main:
             print(f"test average ({config.task.name}, targets): {results['test']['average']:.2f}  "
                   f"-> {config.output.run_dir}/results.json", file=sys.stderr)
-    except BaseException:
+    except BaseException as error:
+        lost = distributed.lost_peer(error, world)
         distributed.shutdown(wait=False)
-        raise
+        if lost is None:
+            raise
+        # a rank died or a node was lost: one line, and no wait (the job is requeued and resumes)
+        print(f"distgem: error: {lost}", file=sys.stderr)
+        distributed.exit_process(1)
     distributed.shutdown()
     distributed.exit_process(code)

@@ -90,6 +90,7 @@ class Trainer:
         self.state = {"step": 0, "best": None, "best_step": None, "bad_evals": 0, "history": [], "backbone": None,
                       "gem": self.method.state_dict() or {"violated_steps": 0, "steps": 0, "fallbacks": 0}}
         self._trace_started = False
+        self._restored_memory: torch.Tensor | None = None  # from a checkpoint, until the buffer exists
         self.stop_requested = False
         self.checkpoints = Checkpointer(self.run_dir / "checkpoints", self.engine, world, config.output.keep_checkpoints)
         self.config_text = dump_yaml(config)  # kept with every checkpoint: a resume compares it
@@ -126,7 +127,8 @@ class Trainer:
         """One optimizer step of the configured method; returns what the log shows."""
         method, reduction = self.method, Reduction()
         # memory gradients, each captured into its row of the buffer (kept there on steps that skip them)
-        refresh = bool(self.memories) and (self.buffer is None or method.refresh(step))
+        fresh = self.buffer is None and self._restored_memory is None  # no memory gradients yet: compute them
+        refresh = bool(self.memories) and (fresh or method.refresh(step))
         losses = [self._backward(source, step, row=i) for i, source in enumerate(self.memories)] if refresh else []
         losses.append(self._backward(self.main, step))  # the task gradient, where DeepSpeed reduced it
         view = self._view(reduction)
@@ -229,6 +231,9 @@ class Trainer:
         self.layout = Layout.of(pieces, names)
         if self.memories:
             self.buffer = MemoryBuffer(len(self.memories), self.layout, self.world.device)
+            if self._restored_memory is not None:
+                self.buffer.data.copy_(self._restored_memory)
+                self._restored_memory = None
         if self.config.train.gradient_accumulation > 1:
             self.task_buffer = MemoryBuffer(1, self.layout, self.world.device)
 
@@ -436,8 +441,9 @@ class Trainer:
         for name, stream in self.streams.items():
             stream.load_state_dict(client["streams"][name])
         if client.get("memory") is not None:
-            self._ensure_buffers(self.partition.pieces())
-            self.buffer.data.copy_(client["memory"])
+            # ZeRO 1-3 lay out this rank's gradient partition only at the first backward: the buffer is
+            # filled when it is created (_ensure_buffers)
+            self._restored_memory = client["memory"]
 
 
 def _check_against_backbone(config: RunConfig, backbone, has_mlm: bool) -> None:

@@ -1,8 +1,11 @@
-"""A real one-node Slurm for tests: the session fixture `slurm_cluster` and `wait_for_jobs`.
+"""A real Slurm for tests: the session fixtures `slurm_cluster` (one node) and `slurm_nodes` (two nodes),
+and `wait_for_jobs`.
 
 `slurm_cluster` runs slurm/local/cluster.sh up (installing Slurm with apt if needed; skipped when not
 root or when apt cannot install it), yields the environment for Slurm clients, and always runs
-cluster.sh down at the end. Pass that environment to every sbatch/srun/scontrol call:
+cluster.sh down at the end; `slurm_nodes` does the same with `up --nodes 2` under a root of its own
+(skipped too where network namespaces cannot be made). Pass that environment to every
+sbatch/srun/scontrol call:
 
     def test_x(slurm_cluster, tmp_path):
         out = subprocess.run(["sbatch", "--parsable", ...], env=slurm_cluster, ...)
@@ -34,7 +37,7 @@ _INHERITED = re.compile(r"^(SLURM_|SBATCH_|SALLOC_|SRUN_|SQUEUE_|SINFO_|SCONTROL
 
 
 def _cluster(command: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(CLUSTER_SH), command], env=env, capture_output=True,
+    return subprocess.run(["bash", str(CLUSTER_SH), *command.split()], env=env, capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
@@ -42,10 +45,8 @@ def _tail(text: str, lines: int = 30) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-@pytest.fixture(scope="session")
-def slurm_cluster():
-    """Environment variables (a full copy of os.environ plus SLURM_CONF, DISTGEM_SLURM_ROOT, PATH
-    with the Slurm binaries) for clients of a freshly started one-node cluster."""
+def _start(nodes: int, root: str | None = None):
+    """cluster.sh up [--nodes N] (under `root` when given), yield the clients' environment, always cluster.sh down."""
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
         pytest.skip("the local Slurm cluster runs its daemons as root; not root")
     if shutil.which("bash") is None:
@@ -56,15 +57,18 @@ def slurm_cluster():
         if extra not in path.split(os.pathsep):
             path = f"{path}{os.pathsep}{extra}" if path else extra
     base["PATH"] = path
+    if root is not None:
+        base["DISTGEM_SLURM_ROOT"] = root
+    up_args = f"up --nodes {nodes}"
     try:
         try:
-            up = _cluster("up", base, timeout=600)  # first run installs packages (~10 s)
+            up = _cluster(up_args, base, timeout=600)  # first run installs packages (~10 s)
         except subprocess.TimeoutExpired as exc:
-            pytest.fail(f"cluster.sh up did not finish in {exc.timeout:.0f} s")
+            pytest.fail(f"cluster.sh {up_args} did not finish in {exc.timeout:.0f} s")
         if up.returncode == SKIP_RC:
             pytest.skip(f"no local Slurm: {_tail(up.stderr, 3)}")
         if up.returncode != 0:
-            pytest.fail(f"cluster.sh up failed (rc={up.returncode}):\n{_tail(up.stdout + up.stderr, 80)}")
+            pytest.fail(f"cluster.sh {up_args} failed (rc={up.returncode}):\n{_tail(up.stdout + up.stderr, 80)}")
         env = {k: v for k, v in base.items() if not _INHERITED.match(k)}
         printed = subprocess.run(["bash", str(CLUSTER_SH), "env"], env=base, capture_output=True,
                                  text=True, timeout=30, check=True).stdout
@@ -79,6 +83,20 @@ def slurm_cluster():
         down = _cluster("down", base, timeout=120)
         if down.returncode != 0:
             pytest.fail(f"cluster.sh down failed (rc={down.returncode}):\n{_tail(down.stdout + down.stderr)}")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """Environment variables (a full copy of os.environ plus SLURM_CONF, DISTGEM_SLURM_ROOT, PATH
+    with the Slurm binaries) for clients of a freshly started one-node cluster."""
+    yield from _start(1)
+
+
+@pytest.fixture(scope="session")
+def slurm_nodes():
+    """The same for a two-node cluster (node1, node2: each a network, UTS and mount namespace of this machine),
+    under its own root (DISTGEM_SLURM_ROOT + "-2nodes"), so that it can run beside the one-node cluster."""
+    yield from _start(2, os.environ.get("DISTGEM_SLURM_ROOT", "/tmp/distgem-slurm").rstrip("/") + "-2nodes")
 
 
 def _field(record: str, key: str) -> str | None:
