@@ -30,7 +30,7 @@ def write_results(report: dict, runs: list[dict], out_md: Path, assets: Path, co
              "## Set-up", "", *setup(runs), "",
              "## The paper's claims, one by one", "",
              f"Welch t-tests over seeds; a comparison holds when it goes the paper's way with p < {ALPHA:g}.", "",
-             paper_claims.markdown(paper_claims.evaluate(runs)), ""]
+             *claims_side_by_side(runs)]
     for key, table in report["tables"].items():
         if key.startswith("seeds_"):
             continue  # Tables 1 and 2 hold the same numbers; a discussion can include it (see `_discussion`)
@@ -46,6 +46,29 @@ def write_results(report: dict, runs: list[dict], out_md: Path, assets: Path, co
     if discussion is not None and discussion.is_file():
         lines += [_discussion(discussion), ""]
     out_md.write_text("\n".join(lines), encoding="utf-8")
+
+
+SETTINGS = (("", "the equation as printed (memory_strength 0)"),
+            ("+gamma0.5", "as the reference code runs it (memory_strength 0.5)"))
+"""GEM's two readings: the paper's dual as printed, and its authors' code (margin 0.5 on every GEM run)."""
+
+
+def claims_side_by_side(runs: list[dict]) -> list[str]:
+    """The claims' verdicts for each GEM setting the runs hold (a table), then each setting's comparisons."""
+    labels = {r["label"] for r in runs}
+    present = [(suffix, name) for suffix, name in SETTINGS if any(f"gem-xsr{suffix}" == label or
+                                                                    f"gem-both{suffix}" == label for label in labels)]
+    if len(present) < 2:
+        return [paper_claims.markdown(paper_claims.evaluate(runs, present[0][0] if present else "")), ""]
+    verdicts = {suffix: paper_claims.evaluate(runs, suffix) for suffix, _ in present}
+    lines = ["| claim | " + " | ".join(name for _, name in present) + " |",
+             "|---|" + "---|" * len(present)]
+    for i, claim in enumerate(verdicts[present[0][0]]):
+        lines.append(f"| {claim.title} | " + " | ".join(verdicts[s][i].verdict for s, _ in present) + " |")
+    lines.append("")
+    for suffix, name in present:
+        lines += [f"### GEM {name}", "", paper_claims.markdown(verdicts[suffix]), ""]
+    return lines
 
 
 INCLUDE = re.compile(r"^<!-- include: (\S+) -->$")

@@ -153,3 +153,33 @@ def test_ablation_takes_perplexity_from_the_task_that_measured_it():
     ppl_en, ppl_all = rows["gem-mlm", "MLM(en)"][3], rows["gem-mlm", "MLM(all)"][3]
     assert ppl_en is not None and ppl_all is not None
     assert ppl_en[0] == pytest.approx(1.5 * ppl_all[0], rel=0.05)  # TRUTH: MLM(en) has 1.5x the perplexity
+
+
+def test_claims_are_judged_for_each_gem_setting_side_by_side():
+    """GEM's rows at memory_strength 0.5 (label suffix +gamma0.5) are judged on their own: here gem-xsr at 0.5 keeps
+    retrieval far better than naive while gem-xsr at 0 is better by less than FAR points, and the page shows both."""
+    from distgem.report.page import claims_side_by_side
+
+    runs = _runs()
+    for seed in range(4):
+        for memory, p1 in ((("xsr",), 75.0), (("mlm", "xsr"), 74.0), (("mlm",), 21.0)):
+            run = _run("gem", memory, seed)
+            run["config"]["method"]["gem"]["memory_strength"] = 0.5
+            run["after"]["xsr"] = {lang: {"p@1": p1 + seed / 10, "p@5": 90.0, "p@10": 95.0} for lang in ("es", "fr")}
+            run["label"] = label(run)
+            runs.append(run)
+        run = _run("gem", ("mlm",), seed, mlm_languages="en")
+        run["config"]["method"]["gem"]["memory_strength"] = 0.5
+        run["label"] = label(run)
+        runs.append(run)
+    retrieval_claim = lambda claims: next(c for c in claims if c.title.startswith("GEM w/ XSR keeps XSR"))  # noqa: E731
+    assert retrieval_claim(evaluate(runs)).verdict == "direction only"  # better, by less than FAR points
+    at_half = retrieval_claim(evaluate(runs, "+gamma0.5"))
+    assert at_half.verdict == "reproduces" and at_half.comparisons[0].method == "gem-xsr+gamma0.5"
+    ablation = evaluate(runs, "+gamma0.5")[-1]
+    assert {c.other for c in ablation.comparisons} == {"gem-mlm(en)+gamma0.5", "mtf-mlm(en)"}
+    lines = claims_side_by_side(runs)
+    header = lines[0]
+    assert "the equation as printed (memory_strength 0)" in header and "as the reference code runs it" in header
+    row = next(line for line in lines if line.startswith("| GEM w/ XSR keeps XSR"))
+    assert row.endswith("| direction only | reproduces |")
