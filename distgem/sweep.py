@@ -108,15 +108,16 @@ def train_arguments(run: Run) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="sweep_command", required=True, metavar="SUBCOMMAND",
-                                help="list, size, resolve or sbatch-args")
+                                help="list, todo, size, resolve or sbatch-args")
     for name, help_text in (("list", "print every run of the grid (index, id, finished?)"),
+                            ("todo", "print the array indices still to run (neither finished nor kept), as 3,7-9"),
                             ("size", "print the number of runs"),
                             ("logs", "print the directory for the array's Slurm logs"),
                             ("sbatch-args", "print sbatch options for the array from the grid's resources")):
         command = sub.add_parser(name, help=help_text)
         command.add_argument("grid", help="a sweep grid (configs/sweep*.yaml)")
         command.add_argument("--json", action="store_true", help="one JSON object instead of text")
-        if name == "list":
+        if name in ("list", "todo"):
             command.add_argument("--summary", nargs="+", default=[], metavar="RUNS_JSONL",
                                  help="report summaries (distgem report's runs.jsonl): a run kept there counts as "
                                       "done though its directory is gone")
@@ -147,6 +148,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"{len(rows)} runs, {sum(r['finished'] for r in rows)} finished"
                   + (f", {only_kept} more kept in {' '.join(args.summary)} (directory gone)" if args.summary else "")
                   + f"; output under {grid.out}/{grid.name}")
+    elif args.sweep_command == "todo":
+        kept = summarised(args.summary)
+        print(index_ranges([r.index for r in runs if not finished(r.run_dir) and r.run_id not in kept]))
     elif args.sweep_command == "sbatch-args":
         r = grid.resources
         options = [f"--job-name=distgem-{grid.name}", f"--nodes={r.nodes}", f"--ntasks-per-node=1",
@@ -165,6 +169,18 @@ def run(args: argparse.Namespace) -> int:
         print(f"RANKS_PER_NODE={ranks}")
         print(f"RUN_ARGS=({shlex.join(train_arguments(chosen))})")
     return 0
+
+
+def index_ranges(indices: list[int]) -> str:
+    """Sorted indices as sbatch's --array list: [0, 1, 2, 5, 7, 8] -> "0-2,5,7-8" ("" for none)."""
+    parts, start = [], None
+    for i, index in enumerate(indices):
+        if start is None:
+            start = index
+        if i + 1 == len(indices) or indices[i + 1] != index + 1:
+            parts.append(f"{start}-{index}" if index > start else str(start))
+            start = None
+    return ",".join(parts)
 
 
 def summarised(paths: list[str]) -> set[str]:

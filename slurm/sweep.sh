@@ -3,6 +3,7 @@
 #
 #   sbatch slurm/sweep.sh [GRID]      # or: bash slurm/sweep.sh [GRID]
 #   distgem sweep list GRID           # print the grid (and what finished) without submitting
+#   DISTGEM_SUMMARY=report/runs.jsonl sbatch slurm/sweep.sh GRID   # only the runs not kept in that summary
 #
 # Outside an array it submits the array (resources from the grid; partition and account from
 # SBATCH_PARTITION / SBATCH_ACCOUNT, which sbatch reads itself) and exits. As an array element it
@@ -21,12 +22,17 @@ source scripts/setup.sh
 
 if [ -z "${SLURM_ARRAY_TASK_ID:-}" ]; then
     size="$(distgem sweep size "$GRID")"
+    array="0-$((size - 1))"
+    if [ -n "${DISTGEM_SUMMARY:-}" ]; then  # runs kept in a report's runs.jsonl are not run again
+        array="$(distgem sweep todo "$GRID" --summary $DISTGEM_SUMMARY)"
+        [ -n "$array" ] || { echo "every run of $GRID is finished or kept in $DISTGEM_SUMMARY"; exit 0; }
+    fi
     logs="$(distgem sweep logs "$GRID")"
     mkdir -p "$logs"                 # sbatch cannot open --output in a missing directory
     read -r -a options <<< "$(distgem sweep sbatch-args "$GRID")"
-    job="$(sbatch --parsable --array="0-$((size - 1))${DISTGEM_ARRAY_LIMIT:+%$DISTGEM_ARRAY_LIMIT}" "${options[@]}" \
+    job="$(sbatch --parsable --array="$array${DISTGEM_ARRAY_LIMIT:+%$DISTGEM_ARRAY_LIMIT}" "${options[@]}" \
         --output="$logs/%A_%a.out" --export=ALL,DISTGEM_HOME="$PWD" "$0" "$GRID" "$@")"
-    echo "submitted array $job: $size runs of $GRID (logs in $logs/)"
+    echo "submitted array $job: elements $array of the $size runs of $GRID (logs in $logs/)"
     exit 0
 fi
 

@@ -22,7 +22,7 @@ def test_ci_grid_expands_to_the_product(monkeypatch):
 def test_resolve_is_shell_safe_and_round_trips_to_the_run_config(monkeypatch):
     monkeypatch.chdir(ROOT)
     script = ('eval "$(python -m distgem.cli sweep resolve configs/sweep_ci.yaml 3)"; '
-              'printf "%s\\n" "$RUN_ID" "$RUN_DIR" "$RANKS_PER_NODE" "${RUN_ARGS[@]}"')
+              'printf "%s\n" "$RUN_ID" "$RUN_DIR" "$RANKS_PER_NODE" "${RUN_ARGS[@]}"')
     lines = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, cwd=ROOT).stdout.splitlines()
     assert lines[:3] == ["seed1-gem-both-pos", "runs/ci/seed1-gem-both-pos", "1"]
     configs, overrides = split_args(lines[3:])
@@ -64,3 +64,19 @@ def test_list_counts_runs_kept_in_a_summary_as_kept_not_todo(monkeypatch, tmp_pa
     error = capsys.readouterr().err.strip()
     assert error.endswith(f"{summary}:2: not a run summary (a JSON object with a run_id)")
     assert len(error.splitlines()) == 1
+
+
+def test_todo_lists_the_runs_neither_finished_nor_kept_as_an_sbatch_array(tmp_path, capsys):
+    """`DISTGEM_SUMMARY=runs.jsonl sbatch slurm/sweep.sh GRID` submits only these (new rows of a kept grid)."""
+    from distgem.cli import main
+    from distgem.sweep import index_ranges
+
+    assert index_ranges([0, 1, 2, 5, 7, 8]) == "0-2,5,7-8" and index_ranges([3]) == "3" and index_ranges([]) == ""
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"name: g\nout: {tmp_path / 'runs'}\naxes:\n  seed: [0, 1, 2, 3, 4]\n")
+    summary = tmp_path / "runs.jsonl"
+    summary.write_text('{"run_id": "seed1"}\n{"run_id": "seed2"}\n')
+    (tmp_path / "runs" / "g" / "seed4").mkdir(parents=True)
+    (tmp_path / "runs" / "g" / "seed4" / "results.json").write_text("{}")
+    assert main(["sweep", "todo", str(grid), "--summary", str(summary)]) == 0
+    assert capsys.readouterr().out.strip() == "0,3"
