@@ -22,7 +22,7 @@ def test_ci_grid_expands_to_the_product(monkeypatch):
 def test_resolve_is_shell_safe_and_round_trips_to_the_run_config(monkeypatch):
     monkeypatch.chdir(ROOT)
     script = ('eval "$(python -m distgem.cli sweep resolve configs/sweep_ci.yaml 3)"; '
-              'printf "%s\n" "$RUN_ID" "$RUN_DIR" "$RANKS_PER_NODE" "${RUN_ARGS[@]}"')
+              'printf "%s\\n" "$RUN_ID" "$RUN_DIR" "$RANKS_PER_NODE" "${RUN_ARGS[@]}"')
     lines = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, cwd=ROOT).stdout.splitlines()
     assert lines[:3] == ["seed1-gem-both-pos", "runs/ci/seed1-gem-both-pos", "1"]
     configs, overrides = split_args(lines[3:])
