@@ -81,7 +81,7 @@ def violated_instance(P: int, k: int, device: torch.device, seed: int = 0):
 
 def bench_project(sizes, ks, repeats, device, margin):
     """Rows: P, k, reference ms, ours ms per solver, ratios, agreement of the two projected gradients."""
-    print(f"\n| P | k | GEM reference (ms) | ours exact (ms) | ours qpth (ms) | ref/exact | ref/qpth | max rel diff |")
+    print("\n| P | k | GEM reference (ms) | ours exact (ms) | ours qpth (ms) | ref/exact | ref/qpth | max rel diff |")
     print("|---|---|---|---|---|---|---|---|")
     for P in sizes:
         for k in ks:

@@ -158,7 +158,7 @@ def table(r: dict, layer: int) -> str:
     rows.append(f"{f'XSR P@1 before (layer {layer})':<28}{'':>8}" + "".join(f"{r['before']['xsr_p1_by_layer'][key][lang]:8.1f}" for lang in targets))
     rows.append(f"{f'XSR P@1 after (layer {layer})':<28}{'':>8}" + "".join(f"{r['after']['xsr_p1_by_layer'][key][lang]:8.1f}" for lang in targets))
     if "control_after" in r:
-        rows.append(f"{f'XSR P@1 random init':<28}{'':>8}" + "".join(f"{r['control_after']['xsr_p1_by_layer'][key][lang]:8.1f}" for lang in targets))
+        rows.append(f"{'XSR P@1 random init':<28}{'':>8}" + "".join(f"{r['control_after']['xsr_p1_by_layer'][key][lang]:8.1f}" for lang in targets))
     rows.append(f"{'POS acc after naive FT':<28}" + "".join(f"{r['zero_shot'][lang]:8.1f}" for lang in langs))
     if "control_zero_shot" in r:
         rows.append(f"{'POS acc, random init + FT':<28}" + "".join(f"{r['control_zero_shot'][lang]:8.1f}" for lang in langs))

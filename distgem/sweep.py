@@ -153,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
         print(index_ranges([r.index for r in runs if not finished(r.run_dir) and r.run_id not in kept]))
     elif args.sweep_command == "sbatch-args":
         r = grid.resources
-        options = [f"--job-name=distgem-{grid.name}", f"--nodes={r.nodes}", f"--ntasks-per-node=1",
+        options = [f"--job-name=distgem-{grid.name}", f"--nodes={r.nodes}", "--ntasks-per-node=1",
                    f"--cpus-per-task={r.cpus_per_task}", f"--mem={r.mem}", f"--time={r.time}",
                    f"--signal=B:USR1@{r.signal_seconds}", "--requeue", "--open-mode=append"]
         if r.gpus_per_node:

@@ -376,7 +376,7 @@ class Realiser:
 
     def _np(self, np: NP, case: str, head: int, deprel: str) -> list[Word]:
         """Words of a noun phrase in this language's order; its head attaches to `head` as `deprel`."""
-        lex, p, rng = self.lex, self.lex.profile, self.rng
+        lex, p = self.lex, self.lex.profile
         case_feat = (f"Case={case.capitalize()}",)
         if np.kind == "pron":
             person = PRONOUN_PERSON[np.head]

@@ -73,7 +73,7 @@ def test_sweep_runs_every_element_and_resubmission_reruns_nothing(slurm_cluster,
                    capture_output=True, timeout=300)
     table = (report / "report.md").read_text()
     naive = [r["test"]["average"] for k, r in results.items() if "naive" in k]
-    assert f"| naive | 2 | " in table and f"{sum(naive) / 2:.2f} ± " in table
+    assert "| naive | 2 | " in table and f"{sum(naive) / 2:.2f} ± " in table
     assert (report / "table2_pos.png").is_file() and (report / "forgetting.png").is_file()
     (tmp_path / "wall.txt").write_text(f"{wall:.1f}\n")
     print(f"sweep of 4 runs: {wall:.1f} s wall\n{table}")

@@ -11,7 +11,7 @@ from distgem.config.loader import build, dump_yaml
 
 
 def test_defaults_then_yaml_then_overrides(write):
-    base = write("base.yaml", "train:\n  lr: 2e-5\n  steps: 50\nmethod:\n  name: gem\n  memory: [mlm, xsr]\n")
+    write("base.yaml", "train:\n  lr: 2e-5\n  steps: 50\nmethod:\n  name: gem\n  memory: [mlm, xsr]\n")
     top = write("top.yaml", "include: base.yaml\ntrain:\n  steps: 70\n")
     config = load_run_config([top], ["train.seed=3", "method.gem.memory_strength=0.5", "train.zero_stage=2"])
     assert config.train.lr == 2e-5 and isinstance(config.train.lr, float)  # YAML 1.1 reads 2e-5 as text

@@ -38,9 +38,11 @@ def test_ner_scores_equal_exact_span_matching_on_random_iob2():
         for _ in range(n):
             r = rng.random()
             if r < 0.5:
-                tags.append("O"); inside = None
+                tags.append("O")
+                inside = None
             elif r < 0.75 or inside is None:
-                inside = rng.choice(types); tags.append("B-" + inside)
+                inside = rng.choice(types)
+                tags.append("B-" + inside)
             else:
                 tags.append("I-" + inside)
         return tags
