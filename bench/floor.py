@@ -5,7 +5,7 @@
     python bench/floor.py --from-json ROWS.json --plot GROWTH.png     # redraw saved rows, measure nothing
 
 For each (model, N, k), this rank's work on a flat partition of p = ceil(P/N) fp32 values (as ZeRO 1-3
-hold it), through the engine's own functions (distgem.gem.memory): capture (k copies into the buffer),
+hold it), through the engine's own functions (distgem.gem.buffer and distgem.gem.gram): capture (k copies into the buffer),
 the Gram, the QP, the update + check on a violated instance, and the zeroing between tasks. The floor is
 (4k+3) x 4p bytes at the bandwidth of a large copy measured between the terms (each repetition: copy,
 terms, copy, ...; medians). N > 1 is simulated on one device: a rank's terms depend only on p; the
@@ -24,7 +24,9 @@ import sys
 import torch
 
 from common import (Bandwidth, environment, floor_ms, floor_values, parameter_count, timed_ms)
-from distgem.gem import kernels, memory, projection
+from distgem.gem import buffer as gem_buffer
+from distgem.gem import gram as gem_gram
+from distgem.gem import qp as gem_qp
 
 TERMS = ("capture", "gram", "qp", "update", "zero")
 
@@ -40,10 +42,10 @@ def violated(k: int, p: int, device, seed: int = 0):
 def measure(k: int, p: int, device, repeats: int, bandwidth: Bandwidth, memory_dtype=torch.float32) -> dict:
     """Median ms of every term, interleaved with copy-bandwidth samples."""
     partition, grad = violated(k, p, device)
-    layout = memory.Layout.of([grad])
-    buffer = memory.MemoryBuffer(k, layout, device, memory_dtype)  # the engine's is fp32
+    layout = gem_buffer.Layout.of([grad])
+    buffer = gem_buffer.MemoryBuffer(k, layout, device, memory_dtype)  # the engine's is fp32
     rows = buffer.data
-    grads, source = memory.runs([grad], layout), memory.runs([partition], layout)
+    grads, source = gem_buffer.runs([grad], layout), gem_buffer.runs([partition], layout)
     times: dict[str, list[float]] = {t: [] for t in TERMS}
     state = {}
 
@@ -52,14 +54,14 @@ def measure(k: int, p: int, device, repeats: int, bandwidth: Bandwidth, memory_d
             buffer.capture(i, source)
 
     def gram():
-        state["gram"] = memory.partial_gram(rows, grads, 1)
+        state["gram"] = gem_gram.partial_gram(rows, grads, 1)
 
     def qp():
         g = state["gram"]
-        state["v"] = projection.solve_dual(g[:, :k, :k], g[:, :k, k])
+        state["v"] = gem_qp.solve_dual(g[:, :k, :k], g[:, :k, k])
 
     def update():
-        memory.combine(grads, rows, state["v"], check=True)
+        gem_gram.combine(grads, rows, state["v"], check=True)
 
     for _ in range(repeats + 1):  # the first round warms caches and builds the kernels
         bandwidth.measure()
@@ -100,7 +102,7 @@ def main() -> int:
     memory_dtype = torch.bfloat16 if args.design == "bf16" else torch.float32
     bandwidth = Bandwidth(device)
     print(f"# GEM overhead terms vs floor, {environment(device)}")
-    print(f"# fused CPU kernels: {'yes' if kernels.library() is not None and device.type == 'cpu' else 'no (torch path)'}; "
+    print(f"# fused CPU kernels: {'yes' if gem_gram.library() is not None and device.type == 'cpu' else 'no (torch path)'}; "
           f"memories {args.design}; median of {args.repeats}")
     print("\n| model | P | N | p = P/N | k | capture ms | Gram ms | QP ms | update ms | overhead ms | floor ms "
           "| overhead / floor | zero ms |")

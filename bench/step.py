@@ -3,6 +3,8 @@
     python bench/step.py [--quick] [--ranks 1 2] [--steps 20] [--methods ...] [--config FILE ...] [--set section.key=value ...]
     python bench/step.py --config configs/real/me5-pos.yaml --set model.backbone=DIR --ranks 1 \
         --methods naive gem-xsr gem-xsr-gamma0.1 ...        # the real-model knobs, side by side
+    python bench/step.py --encoder mbert --seq 128 --batch 32 --ranks 1 --methods naive mtf-both gem-both \
+        --set train.precision=bf16 --set train.zero_stage=2 --json F   # an mBERT-sized encoder (GPU check)
 
 One Trainer per method is built in the same process(es) (torchrun for N > 1) and their steps alternate
 (A B C ... then ... C B A, so no method always runs first), each between two barriers; medians over the
@@ -10,11 +12,20 @@ steps after --warmup (and the mean step: a batch with one long sentence is slow,
 With DISTGEM_PROFILE=1 the engine times its phases; GEM's overhead outside
 forward/backward is capture + Gram + all-reduce + QP + update, set against its floor: the values it
 must move on each step (bench/common.py) at the copy bandwidth measured once per round in the same run.
-Prints one markdown table per rank count.
+Prints one markdown table per rank count; `--json` also writes every figure. On CUDA each method's GPU
+memory is tracked in the same process: what its construction and first step left allocated (weights,
+optimizer state, GEM's rows) and the most its steps allocated on top of that.
+
+`--encoder SHAPE` (bench/common.py SHAPES: tiny, small, mbert) needs no backbone or corpus: it writes a
+corpus of long sentences (the micro corpus's formats and words), a small WordPiece tokenizer trained on it,
+and a random-weight BertForMaskedLM of that shape (mbert: bert-base-multilingual-cased's config, 178M
+values with the 17-tag head), cached under --encoder-dir; every batch is then `--batch` windows of `--seq`
+tokens (memory batches `--memory-batch`: MLM windows, XSR pairs of two sequences).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -23,7 +34,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, Bandwidth, environment, floor_ms, floor_values, load_average
+from common import ROOT, Bandwidth, environment, floor_ms, floor_values, load_average, random_backbone
 
 METHODS = {
     "naive": ["method.name=naive"],
@@ -71,11 +82,13 @@ def worker(args) -> None:
 
     os.environ["DISTGEM_PROFILE"] = "1"
     world = dist.init()
+    gpu = GpuMemory(world.device)
     trainers = {}
     for name in args.methods:
         config = load_run_config(args.configs, [*COMMON, f"output.run_dir={args.workdir}/{name}", *METHODS[name],
                                                 *args.overrides])
-        trainers[name] = Trainer(config, world)
+        with gpu.building(name):
+            trainers[name] = Trainer(config, world)
         trainers[name].engine.train()  # what Trainer.train does first (from_pretrained returns eval mode)
     bandwidth = Bandwidth(world.device)
     records: dict[str, list] = {name: [] for name in args.methods}
@@ -84,15 +97,51 @@ def worker(args) -> None:
         for name in args.methods if step % 2 == 0 else args.methods[::-1]:
             trainer = trainers[name]
             world.barrier()
-            stats = _timed_step(trainer, step, world)
+            with gpu.stepping(name):
+                stats = _timed_step(trainer, step, world)
             if step >= args.warmup:
                 records[name].append({**stats, "p": trainer.layout.numel, "k": len(trainer.memories),
                                       "refreshed": trainer.buffer is not None and trainer.method.refresh(step)})
     if world.rank == 0:
         Path(args.out).write_text(json.dumps({"records": records, "bandwidth": bandwidth.samples,
-                                              "environment": environment(world.device)}))
+                                              "environment": environment(world.device), "gpu_memory": gpu.by_method}))
     dist.shutdown()
     dist.exit_process(0)
+
+
+class GpuMemory:
+    """Per method on CUDA (empty elsewhere): `resident_mb`, what building it and its steps left allocated
+    (weights, optimizer state, GEM's rows: created at the first step), and `transient_mb`, the most a step
+    allocated on top of what was allocated before it. Their sum is the method's peak were it alone."""
+
+    def __init__(self, device):
+        import torch
+
+        self.torch, self.device, self.cuda = torch, device, device.type == "cuda"
+        self.by_method: dict[str, dict[str, float]] = {}
+
+    def _allocated(self) -> float:
+        return self.torch.cuda.memory_allocated(self.device) / 2**20
+
+    @contextlib.contextmanager
+    def building(self, name: str):
+        before = self._allocated() if self.cuda else 0.0
+        yield
+        if self.cuda:
+            self.by_method[name] = {"resident_mb": self._allocated() - before, "transient_mb": 0.0}
+
+    @contextlib.contextmanager
+    def stepping(self, name: str):
+        if not self.cuda:
+            yield
+            return
+        self.torch.cuda.reset_peak_memory_stats(self.device)
+        before = self._allocated()
+        yield
+        mine = self.by_method[name]
+        mine["resident_mb"] += self._allocated() - before
+        mine["transient_mb"] = max(mine["transient_mb"], self.torch.cuda.max_memory_allocated(self.device) / 2**20 - before)
+        mine["peak_alone_mb"] = mine["resident_mb"] + mine["transient_mb"]
 
 
 def _timed_step(trainer, step: int, world) -> dict:
@@ -128,16 +177,20 @@ def summarise(records: list[dict], bandwidth: float) -> dict:
     }
 
 
-def report(n: int, result: dict, steps: int, loads: tuple[str, str]) -> None:
+def report(n: int, result: dict, steps: int, loads: tuple[str, str]) -> dict:
+    """Prints the table of one rank count; returns its rows (what --json keeps)."""
     bandwidth = statistics.median(result["bandwidth"])
-    rows = {m: summarise(r, bandwidth) for m, r in result["records"].items()}
+    rows = {m: {**summarise(r, bandwidth), **result.get("gpu_memory", {}).get(m, {})}
+            for m, r in result["records"].items()}
     base = rows["naive"]["step"] if "naive" in rows else None
     print(f"\n{n} rank(s), {steps} interleaved steps each; {result['environment']}; load before / after: "
           f"{loads[0]} | {loads[1]}; copy bandwidth {bandwidth:.1f} GB/s per rank (read + write)")
+    gpu = any("resident_mb" in r for r in rows.values())
     print("| method | k | p (values/rank) | step ms | / naive | mean ms | / naive | k+1 | fwd-bwd ms/pass "
           "| overhead ms | floor ms "
-          "| overhead / floor | capture | Gram | all-reduce | QP | update | zero | optimizer | violated |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| overhead / floor | capture | Gram | all-reduce | QP | update | zero | optimizer | violated |"
+          + (" GPU resident MB | GPU step peak over it MB |" if gpu else ""))
+    print("|---" * (20 + 2 * gpu) + "|")
     for m, r in rows.items():
         gem = r["floor"] is not None
         mean_base = rows["naive"]["mean"] if "naive" in rows else None
@@ -146,7 +199,32 @@ def report(n: int, result: dict, steps: int, loads: tuple[str, str]) -> None:
                  r["k"] + 1, f"{r['fb_per_pass']:.1f}", f"{r['overhead']:.2f}", f"{r['floor']:.2f}" if gem else "",
                  f"{r['ratio']:.2f}" if gem else "", *(f"{r[t]:.2f}" for t in (*OVERHEAD, "zero", "optimizer")),
                  f"{r['violated']:.2f}" if gem else ""]
+        if gpu:
+            cells += [f"{r.get('resident_mb', 0):.0f}", f"{r.get('transient_mb', 0):.0f}"]
         print("| " + " | ".join(str(c) for c in cells) + " |")
+    return {"ranks": n, "environment": result["environment"], "bandwidth_gbs": bandwidth, "steps": steps,
+            "load_before": loads[0], "load_after": loads[1], "rows": rows}
+
+
+def encoder_overrides(args) -> list[str]:
+    """--set overrides for a random-weight encoder of shape `args.encoder` on a generated long-sentence corpus
+    (built once under --encoder-dir): every batch is `--batch` windows of `--seq` tokens."""
+    from common import long_corpus
+    from tests.support import micro_overrides, write_micro_backbone
+
+    workdir = Path(args.encoder_dir or ROOT / ".cache" / "bench-encoder") / f"seq{args.seq}"
+    corpus = workdir / "corpus"
+    if not (corpus / "DONE").exists():
+        long_corpus(corpus, words=args.seq)
+        (corpus / "DONE").write_text("ok\n")
+    tokenizer = workdir / "tokenizer"
+    if not (tokenizer / "config.json").exists():
+        write_micro_backbone(tokenizer, corpus)  # its tokenizer; the weights come from random_backbone
+    backbone = random_backbone(args.encoder, str(tokenizer), workdir)
+    settings = {"model.max_length": args.seq, "model.stride": args.seq // 4, "train.batch_size": args.batch,
+                "method.memory_batch_size": args.memory_batch, "train.lr": 1e-5, "eval.every": 10**6}
+    return [o for o in micro_overrides(corpus, Path(backbone), workdir / "unused", **settings)
+            if not o.startswith("output.run_dir=")]
 
 
 def main() -> int:
@@ -159,6 +237,14 @@ def main() -> int:
     parser.add_argument("--config", action="append", default=[], dest="configs",
                         help="run config files under every method (e.g. configs/real/me5-pos.yaml); --set wins")
     parser.add_argument("--set", action="append", default=[], dest="overrides")
+    parser.add_argument("--encoder", choices=["tiny", "small", "mbert"],
+                        help="a random-weight encoder of this shape on generated long sentences (no backbone needed)")
+    parser.add_argument("--seq", type=int, default=128, help="--encoder: tokens per window")
+    parser.add_argument("--batch", type=int, default=32, help="--encoder: windows per task batch")
+    parser.add_argument("--memory-batch", type=int, default=16,
+                        help="--encoder: memory batch (MLM windows; XSR pairs, two sequences each)")
+    parser.add_argument("--encoder-dir", help="--encoder: where the corpus and weights are cached")
+    parser.add_argument("--json", help="also write every figure here")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -168,8 +254,13 @@ def main() -> int:
         return 0
     if args.quick:
         args.methods, args.ranks, args.steps, args.warmup = ["naive", "gem-both"], [1], 3, 1
+    if args.encoder:
+        args.overrides = [*encoder_overrides(args), *args.overrides]
+    # ROOT goes first on PYTHONPATH; what was there stays (the GPU machine's carried wheels live there)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "DS_ACCELERATOR":
-           os.environ.get("DS_ACCELERATOR", "cpu"), "PYTHONPATH": str(ROOT)}
+           os.environ.get("DS_ACCELERATOR", "cpu"),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
+    tables = []
     for n in args.ranks:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "records.json"
@@ -180,10 +271,14 @@ def main() -> int:
                        *[a for c in args.configs for a in ("--config", c)],
                        *[a for s in args.overrides for a in ("--set", s)]]
             before = load_average()
-            done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+            # the workers' stderr passes through: a run stopped from outside (the GPU check's budget) shows how far it got
+            done = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env, cwd=ROOT)
             if done.returncode:
-                raise SystemExit(f"{n} rank(s) failed:\n{done.stderr[-4000:]}")
-            report(n, json.loads(out.read_text()), args.steps, (before, load_average()))
+                raise SystemExit(f"{n} rank(s) failed (exit status {done.returncode}); their output is above")
+            tables.append(report(n, json.loads(out.read_text()), args.steps, (before, load_average())))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"methods": args.methods, "overrides": args.overrides,
+                                               "encoder": args.encoder, "tables": tables}, indent=1))
     return 0
 
 

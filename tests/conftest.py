@@ -1,6 +1,7 @@
 """Shared test helpers: paths, markers and a writer for small corpus files."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -17,7 +18,8 @@ def pytest_collection_modifyitems(config, items):
     import torch
 
     for item in items:
-        if "gpu" in item.keywords and not torch.cuda.is_available():
+        # the marker, not the keyword: every test under tests/gpu/ has "gpu" among its keywords (the package)
+        if item.get_closest_marker("gpu") is not None and not torch.cuda.is_available():
             item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
         if "real_data" in item.keywords and not REAL.is_dir():
             item.add_marker(pytest.mark.skip(reason=f"real corpora not found at {REAL}"))
@@ -49,3 +51,25 @@ def micro(tmp_path_factory):
     base = tmp_path_factory.mktemp("micro")
     corpus = write_micro_corpus(base / "corpus")
     return corpus, write_micro_backbone(base / "backbone", corpus)
+
+
+_WORKER = False
+"""True inside a pytest-xdist worker: the controller records the outcomes (it receives every report)."""
+
+
+def pytest_configure(config):
+    global _WORKER
+    _WORKER = hasattr(config, "workerinput")
+
+
+def pytest_runtest_logreport(report):
+    """With DISTGEM_GPU_RECORD set (scripts/gpu_check.sh), each test's outcome as soon as it is known, so that
+    the GPU check's report has them even when its time budget stops pytest before the end."""
+    path = os.environ.get("DISTGEM_GPU_RECORD")
+    if not path or _WORKER or (report.when != "call" and report.passed):
+        return
+    outcome = report.outcome if report.when == "call" or report.skipped else "error"
+    errors = [line[1:].strip() for line in report.longreprtext.splitlines() if line.startswith("E ")]
+    with open(path, "a") as handle:
+        handle.write(json.dumps({"test": report.nodeid, "outcome": outcome, "seconds": round(report.duration, 2),
+                                 "message": " ".join(errors[:3])[:500]}) + "\n")

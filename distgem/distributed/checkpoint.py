@@ -46,6 +46,8 @@ class Checkpointer:
         self.world.barrier()
         _save_engine(self.engine, self.directory, tmp.name)
         tensors = {"torch_rng": torch.get_rng_state()}
+        if self.engine.device.type == "cuda":  # dropout on the GPU draws from the GPU's own generator
+            tensors["cuda_rng"] = torch.cuda.get_rng_state(self.engine.device)
         if client.get("memory") is not None:
             tensors["memory"] = client["memory"].detach().cpu().contiguous()
         tensors.update({f"method.{name}": t.detach().cpu().contiguous() for name, t in client.get("tensors", {}).items()})
@@ -117,6 +119,8 @@ class Checkpointer:
             return {}
         tensors = load_file(str(path / f"rank{self.rank}.safetensors"))
         torch.set_rng_state(tensors["torch_rng"])
+        if "cuda_rng" in tensors and self.engine.device.type == "cuda":
+            torch.cuda.set_rng_state(tensors["cuda_rng"], self.engine.device)
         rng = json.loads((path / f"rank{self.rank}.json").read_text())
         random.setstate((rng["python_rng"][0], tuple(rng["python_rng"][1]), rng["python_rng"][2]))
         np_state = rng["numpy_rng"]
