@@ -117,45 +117,8 @@ def environment(device: torch.device) -> str:
 
 
 def long_corpus(root: Path, words: int, sentences: int = 48, seed: int = 0) -> Path:
-    """pos/, ner/, mono/ and parallel/ for en, es, el in the micro corpus's layout and words (tests/support.py),
-    every sentence about `words` words long (at least as many tokens), so that batches are full windows."""
-    import random
+    """The micro corpus (tests/support.py) with every sentence about `words` words long (at least as many tokens),
+    so that batches are full windows."""
+    from tests.support import write_micro_corpus
 
-    from tests.support import NER, TAGS
-
-    rng = random.Random(seed)
-    alphabet = {"en": "abcdefgh", "es": "ijklmnop", "el": "αβγδεζηθ"}
-
-    def sentence(lang: str) -> tuple[list[str], list[str]]:
-        n = rng.randint(words, words + words // 4)
-        tags = [rng.choice(TAGS[:-1]) for _ in range(n - 1)] + ["PUNCT"]
-        return ["." if t == "PUNCT" else t.lower()[:2] + "".join(rng.choice(alphabet[lang]) for _ in range(2))
-                for t in tags], tags
-
-    for sub in ("pos", "ner", "mono", "parallel"):
-        (root / sub).mkdir(parents=True, exist_ok=True)
-    for lang in alphabet:
-        for split, count in (("train", sentences), ("dev", 8), ("test", 8)):
-            blocks = []
-            for s in range(count):
-                ws, ts = sentence(lang)
-                rows = [f"{i}\t{w}\t{w}\t{t}\t_\t_\t0\tdep\t_\t_" for i, (w, t) in enumerate(zip(ws, ts), 1)]
-                blocks.append(f"# sent_id = {s}\n" + "\n".join(rows) + "\n")
-            (root / "pos" / f"{lang}-{split}.conllu").write_text("\n".join(blocks), encoding="utf-8")
-        for split, count in (("train", sentences), ("testa", 8), ("testb", 8)):
-            blocks = []
-            for _ in range(count):
-                ws, _ = sentence(lang)
-                tags = ["O" if i == 0 else rng.choice(NER) for i in range(len(ws))]
-                tags = ["B-" + t[2:] if t.startswith("I-") and tags[i - 1] == "O" else t for i, t in enumerate(tags)]
-                blocks.append("\n".join(f"{w} X {t}" for w, t in zip(ws, tags)) + "\n")
-            (root / "ner" / f"{lang}.{split}").write_text("\n".join(blocks), encoding="utf-8")
-        (root / "mono" / f"{lang}.txt").write_text(
-            "\n".join(" ".join(sentence(lang)[0]) for _ in range(sentences)) + "\n", encoding="utf-8")
-    for lang in ("es", "el"):
-        pairs = [sentence("en")[0] for _ in range(sentences)]
-        table = str.maketrans(alphabet["en"], alphabet[lang])
-        (root / "parallel" / f"en-{lang}.en").write_text("\n".join(" ".join(p) for p in pairs) + "\n", encoding="utf-8")
-        (root / "parallel" / f"en-{lang}.{lang}").write_text(
-            "\n".join(" ".join(w.translate(table) for w in p) for p in pairs) + "\n", encoding="utf-8")
-    return root
+    return write_micro_corpus(root, seed, sentences, length=words)

@@ -25,15 +25,16 @@ def _word(lang: str, tag: str, i: int) -> str:
     return tag.lower()[:2] + "".join(alphabet[(i >> (3 * k)) & 7] for k in range(2))
 
 
-def _sentence(rng: random.Random, lang: str, long: bool = False) -> tuple[list[str], list[str]]:
-    n = rng.randint(18, 30) if long else rng.randint(3, 9)
+def _sentence(rng: random.Random, lang: str, long: bool = False, length: int | None = None) -> tuple[list[str], list[str]]:
+    n = rng.randint(length, length + length // 4) if length else rng.randint(18, 30) if long else rng.randint(3, 9)
     tags = [rng.choice(TAGS[:-1]) for _ in range(n - 1)] + ["PUNCT"]
     words = ["." if t == "PUNCT" else _word(lang, t, rng.randrange(24)) for t in tags]
     return words, tags
 
 
-def write_micro_corpus(root: Path, seed: int = 0, sentences: int = 64) -> Path:
-    """pos/, ner/, mono/, parallel/ for en, es, el in the layout the data section's templates expect."""
+def write_micro_corpus(root: Path, seed: int = 0, sentences: int = 64, length: int | None = None) -> Path:
+    """pos/, ner/, mono/, parallel/ for en, es, el in the layout the data section's templates expect; with `length`,
+    every sentence about that many words long (bench/step.py: batches of full windows)."""
     rng = random.Random(seed)
     for sub in ("pos", "ner", "mono", "parallel"):
         (root / sub).mkdir(parents=True, exist_ok=True)
@@ -41,22 +42,22 @@ def write_micro_corpus(root: Path, seed: int = 0, sentences: int = 64) -> Path:
         for split, count in (("train", sentences), ("dev", 12), ("test", 12)):
             blocks = []
             for s in range(count):
-                words, tags = _sentence(rng, lang, long=(s % 11 == 5))
+                words, tags = _sentence(rng, lang, long=(s % 11 == 5), length=length)
                 rows = [f"{i}\t{w}\t{w}\t{t}\t_\t_\t0\tdep\t_\t_" for i, (w, t) in enumerate(zip(words, tags), 1)]
                 blocks.append(f"# sent_id = {s}\n" + "\n".join(rows) + "\n")
             (root / "pos" / f"{lang}-{split}.conllu").write_text("\n".join(blocks), encoding="utf-8")
         for split, count in (("train", sentences), ("testa", 12), ("testb", 12)):
             blocks = []
             for _ in range(count):
-                words, _ = _sentence(rng, lang)
+                words, _ = _sentence(rng, lang, length=length)
                 tags = [rng.choice(NER) for _ in words]
                 tags = ["B-" + t[2:] if t.startswith("I-") and (i == 0 or tags[i - 1] == "O") else t for i, t in enumerate(tags)]
                 blocks.append("\n".join(f"{w} X {t}" for w, t in zip(words, tags)) + "\n")
             (root / "ner" / f"{lang}.{split}").write_text("\n".join(blocks), encoding="utf-8")
         (root / "mono" / f"{lang}.txt").write_text(
-            "\n".join(" ".join(_sentence(rng, lang)[0]) for _ in range(96)) + "\n", encoding="utf-8")
+            "\n".join(" ".join(_sentence(rng, lang, length=length)[0]) for _ in range(96)) + "\n", encoding="utf-8")
     for lang in ("es", "el"):
-        pairs = [_sentence(rng, "en")[0] for _ in range(64)]
+        pairs = [_sentence(rng, "en", length=length)[0] for _ in range(64)]
         (root / "parallel" / f"en-{lang}.en").write_text("\n".join(" ".join(p) for p in pairs) + "\n", encoding="utf-8")
         (root / "parallel" / f"en-{lang}.{lang}").write_text(
             "\n".join(" ".join(w.translate(str.maketrans("abcdefgh", "ijklmnop" if lang == "es" else "αβγδεζηθ"))

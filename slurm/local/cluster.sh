@@ -158,19 +158,26 @@ wait_reaped() {
     done
 }
 
-kill_orphans() {
-    local round pids
+# kill_until_gone WHAT LISTER [ARGS]: SIGKILL what `LISTER ARGS` prints (pids) until it prints nothing, at most 20
+# rounds (PID 1 reaps late: a killed process lingers a moment); the pids are remembered in STOPPED
+kill_until_gone() {
+    local what="$1" round pids
+    shift
     for round in $(seq 20); do
-        pids="$(marked_pids | tr '\n' ' ')"
+        pids="$("$@" | tr '\n' ' ')"
         [ -n "${pids// /}" ] || return 0
-        [ "$round" -gt 1 ] || log "killing leftover processes: $pids"
+        [ "$round" -gt 1 ] || log "killing $what: $pids"
         # shellcheck disable=SC2206
         STOPPED+=($pids)
         # shellcheck disable=SC2086
         kill -KILL $pids 2>/dev/null || true
         sleep 0.2
     done
-    log "warning: processes still alive: $(marked_pids | tr '\n' ' ')"
+    log "warning: $what still alive: $("$@" | tr '\n' ' ')"
+}
+
+kill_orphans() {
+    kill_until_gone "leftover processes" marked_pids
 }
 
 # N nodes: namespaces, the bridge, and node-down/node-up/pids/exec

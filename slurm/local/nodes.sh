@@ -22,18 +22,7 @@ netns_pids() {
 }
 
 kill_netns_pids() {
-    local ns="$1" round pids
-    for round in $(seq 20); do
-        pids="$(netns_pids "$ns" | tr '\n' ' ')"
-        [ -n "${pids// /}" ] || return 0
-        [ "$round" -gt 1 ] || log "killing processes in $ns: $pids"
-        # shellcheck disable=SC2206
-        STOPPED+=($pids)
-        # shellcheck disable=SC2086
-        kill -KILL $pids 2>/dev/null || true
-        sleep 0.1
-    done
-    log "warning: processes still alive in $ns: $(netns_pids "$ns" | tr '\n' ' ')"
+    kill_until_gone "processes in $1" netns_pids "$1"
 }
 
 # net_up: a bridge with the machine on .254, and per host (ctl, node1..N) a network namespace with one veth
