@@ -17,6 +17,8 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from common import free_port  # noqa: E402
 METHODS = {"naive": ["method.name=naive"], "mtf-both": ["method.name=mtf", "method.memory=[mlm,xsr]"],
            "gem-both": ["method.name=gem", "method.memory=[mlm,xsr]"]}
 
@@ -26,7 +28,7 @@ def measure(stage: int, method: str, overrides: list[str], workdir: Path, step: 
     settings = [f"train.zero_stage={stage}", f"output.run_dir={run_dir}", "train.steps=3", "eval.every=1000",
                 "eval.before_training=false", "output.tensorboard=false", *METHODS[method], *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(29700 + stage),
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                str(ROOT / "bench" / "collectives.py"), "--out", str(run_dir / "comm"),
                *[a for s in settings for a in ("--set", s)]]
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)

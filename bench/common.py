@@ -122,3 +122,12 @@ def long_corpus(root: Path, words: int, sentences: int = 48, seed: int = 0) -> P
     from tests.support import write_micro_corpus
 
     return write_micro_corpus(root, seed, sentences, length=words)
+
+
+def free_port() -> int:
+    """A port nothing listens on now: a fixed one collides with whatever else runs on the machine."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

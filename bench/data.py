@@ -28,6 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from common import free_port  # noqa: E402  (bench/ is sys.path[0] when run as a script)
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false",
        "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 
@@ -146,7 +148,7 @@ def bench_rss(sizes: list[int], steps: int, work: Path) -> None:
         if prepared.returncode:
             raise SystemExit(prepared.stderr[-3000:])
         disk = sum(f.stat().st_size for d in (work / f"cache-{size}").glob("mlm-*") for f in d.iterdir())
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29811",
+        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
                    str(ROOT / "launch" / "train.py"), *flags]
         started = time.perf_counter()
         trained = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=ROOT)

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, load_average
+from common import ROOT, free_port, load_average
 
 METHODS = {"naive": ["method.name=naive"], "mtf-both": ["method.name=mtf", "method.memory=[mlm,xsr]"],
            "gem-both": ["method.name=gem", "method.memory=[mlm,xsr]"]}
@@ -50,7 +50,7 @@ def peak(run_dir: Path, ranks: int, stage: int, method: str, model: Path, args, 
     sets = [*COMMON, *METHODS[method], f"model.backbone={model}", f"train.steps={args.steps}",
             f"train.zero_stage={stage}", f"output.run_dir={run_dir}", *args.overrides]
     launcher = [sys.executable] if ranks == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
-                                                    str(ranks), "--master_port", "29761"]
+                                                    str(ranks), "--master_port", str(free_port())]
     done = subprocess.run([*launcher, str(ROOT / "launch" / "train.py"), *[a for s in sets for a in ("--set", s)]],
                           capture_output=True, text=True, env=env, cwd=ROOT)
     if done.returncode:

@@ -34,7 +34,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, Bandwidth, environment, floor_ms, floor_values, load_average, random_backbone
+from common import ROOT, Bandwidth, environment, floor_ms, floor_values, free_port, load_average, random_backbone
 
 METHODS = {
     "naive": ["method.name=naive"],
@@ -265,7 +265,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "records.json"
             launcher = [sys.executable] if n == 1 else [sys.executable, "-m", "torch.distributed.run",
-                                                        "--nproc_per_node", str(n), "--master_port", "29741"]
+                                                        "--nproc_per_node", str(n), "--master_port", str(free_port())]
             command = [*launcher, __file__, "--worker", "--workdir", tmp, "--out", str(out), "--steps", str(args.steps),
                        "--warmup", str(args.warmup), "--methods", *args.methods,
                        *[a for c in args.configs for a in ("--config", c)],

@@ -115,9 +115,9 @@ def _collectives(run_dir: Path, step: int = 3) -> Counter:
 def test_gem_communicates_only_the_gram_beyond_mtf(two_ranks, stage):
     """GEM's step = MTF's step (same k+1 backward passes and reductions) + one all-reduce of the (k+1)^2
     float64 Gram; its post-projection check (k partial dot products) rides on the all-reduce every step
-    already makes (k+1 losses and the preemption flag), which grows by k float64 (and, in both methods
-    here, by the k predicted changes of eval.predicted_change). No rank gathers a gradient. Stage 0
-    needs neither: every rank already holds the whole averaged gradient."""
+    already makes (k+1 losses, the preemption flag and the non-finite flag), which grows by k float64 (and,
+    in both methods here, by the k predicted changes of eval.predicted_change). No rank gathers a gradient.
+    Stage 0 needs neither: every rank already holds the whole averaged gradient."""
     k = 2
     gem, mtf, naive = (_collectives(two_ranks(m, stage)) for m in ("gem-both", "mtf-both", "naive"))
     added, removed = gem - mtf, mtf - gem
@@ -125,8 +125,9 @@ def test_gem_communicates_only_the_gram_beyond_mtf(two_ranks, stage):
         assert added == removed == Counter()
     else:
         predicted = 8 * k
-        assert added == Counter({("all_reduce", 8 * (k + 1) ** 2): 1, ("all_reduce", 8 * (2 * k + 2) + predicted): 1})
-        assert removed == Counter({("all_reduce", 8 * (k + 2) + predicted): 1}), "GEM dropped a collective MTF needs"
+        gram, step = 8 * (k + 1) ** 2, 8 * (k + 3) + predicted  # the step's one reduction, MTF's and naive's size
+        assert added == Counter({("all_reduce", gram): 1}) + Counter({("all_reduce", step + 8 * k): 1})
+        assert removed == Counter({("all_reduce", step): 1}), "GEM dropped a collective MTF needs"
     # MTF (and so GEM) reduces k+1 gradients where naive reduces one: count the gradient-sized ones
     gradient_sized = lambda c: sum(n for (op, size), n in c.items() if size > 10_000 and "reduce" in op)  # noqa: E731
     assert gradient_sized(mtf) == (k + 1) * gradient_sized(naive)

@@ -103,7 +103,7 @@ def test_checkpoint_and_resume_continue_identically(device, train, record):
     whole = train(device.type, settings)
     first = train(device.type, {**settings, "train.steps": 4}, tag="resume")
     assert (first / "checkpoints" / "step4").is_dir()
-    resumed = train(device.type, settings, args=("--resume",), tag="resume")  # the same directory: continues
+    resumed = train(device.type, settings, args=("--resume", "--allow-config-change"), tag="resume")  # the same directory: continues
     assert_on_device(resumed, device)
     assert [s["step"] for s in read_steps(resumed)] == list(range(1, 9))
     loss, param = _differences(whole, resumed)
