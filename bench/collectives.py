@@ -7,6 +7,7 @@ it (`step 3`, or `setup` / `between steps`) by wrapping Trainer.step, and writes
 run leaves its process group: {phase: [[op, bytes this rank contributed], ...]}. tests/distributed and
 bench/comm.py read it.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,9 +26,24 @@ class CommCounter:
     once; the log is DIR/rank<r>.json.
     """
 
-    OPS = ("all_reduce", "all_reduce_coalesced", "reduce", "reduce_scatter", "reduce_scatter_tensor",
-           "_reduce_scatter_base", "all_gather", "all_gather_into_tensor", "_all_gather_base", "broadcast",
-           "all_to_all_single", "all_to_all", "gather", "scatter", "all_gather_object", "broadcast_object_list")
+    OPS = (
+        "all_reduce",
+        "all_reduce_coalesced",
+        "reduce",
+        "reduce_scatter",
+        "reduce_scatter_tensor",
+        "_reduce_scatter_base",
+        "all_gather",
+        "all_gather_into_tensor",
+        "_all_gather_base",
+        "broadcast",
+        "all_to_all_single",
+        "all_to_all",
+        "gather",
+        "scatter",
+        "all_gather_object",
+        "broadcast_object_list",
+    )
 
     def __init__(self, directory: str):
         import threading

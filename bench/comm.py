@@ -5,6 +5,7 @@
 Counts are rank 0's collectives during one steady-state step (bench/collectives.py wraps torch.distributed
 before DeepSpeed binds it). Prints a table per stage and GEM's additions over MTF.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,18 +20,40 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 from common import free_port  # noqa: E402
-METHODS = {"naive": ["method.name=naive"], "mtf-both": ["method.name=mtf", "method.memory=[mlm,xsr]"],
-           "gem-both": ["method.name=gem", "method.memory=[mlm,xsr]"]}
+
+METHODS = {
+    "naive": ["method.name=naive"],
+    "mtf-both": ["method.name=mtf", "method.memory=[mlm,xsr]"],
+    "gem-both": ["method.name=gem", "method.memory=[mlm,xsr]"],
+}
 
 
 def measure(stage: int, method: str, overrides: list[str], workdir: Path, step: int = 3) -> Counter:
     run_dir = workdir / f"{method}-zero{stage}"
-    settings = [f"train.zero_stage={stage}", f"output.run_dir={run_dir}", "train.steps=3", "eval.every=1000",
-                "eval.before_training=false", "output.tensorboard=false", *METHODS[method], *overrides]
+    settings = [
+        f"train.zero_stage={stage}",
+        f"output.run_dir={run_dir}",
+        "train.steps=3",
+        "eval.every=1000",
+        "eval.before_training=false",
+        "output.tensorboard=false",
+        *METHODS[method],
+        *overrides,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-               str(ROOT / "bench" / "collectives.py"), "--out", str(run_dir / "comm"),
-               *[a for s in settings for a in ("--set", s)]]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(ROOT / "bench" / "collectives.py"),
+        "--out",
+        str(run_dir / "comm"),
+        *[a for s in settings for a in ("--set", s)],
+    ]
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
     if result.returncode:
         raise SystemExit(f"{method} zero{stage} failed:\n{result.stderr[-3000:]}")
@@ -60,7 +83,10 @@ def main() -> int:
                 parts = ", ".join(f"{op} {calls}x {total:,} B" for op, (calls, total) in summary(counter).items())
                 print(f"  {method:9s} total {sum(s * n for (_, s), n in counter.items()):>10,} B   {parts}")
             added = counts["gem-both"] - counts["mtf-both"]
-            print(f"  GEM - MTF: {dict(added) or 'nothing'}; MTF - GEM: {dict(counts['mtf-both'] - counts['gem-both']) or 'nothing'}")
+            print(
+                f"  GEM - MTF: {dict(added) or 'nothing'}; "
+                f"MTF - GEM: {dict(counts['mtf-both'] - counts['gem-both']) or 'nothing'}"
+            )
     return 0
 
 

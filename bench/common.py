@@ -4,6 +4,7 @@ The floor (docs/PERFORMANCE.md): besides its k+1 forward-backward passes GEM mov
 2k p values to capture the memories, (k+1) p for the Gram and (k+2) p for the update on a violated
 step, p = this rank's gradient partition: (4k+3) x 4p bytes at the bandwidth of a large copy.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,11 +22,24 @@ COPY_BYTES = {"cpu": 256 << 20, "cuda": 1 << 30}
 """Size of the copy that measures bandwidth: far beyond the last-level cache of either device."""
 SHAPES = {
     # the embedded default (distgem/world/pretrain.py, preset tiny); the others get random weights
-    "tiny": dict(vocab_size=5000, hidden_size=128, num_hidden_layers=4, num_attention_heads=4, intermediate_size=512,
-                 max_position_embeddings=256),
+    "tiny": dict(
+        vocab_size=5000,
+        hidden_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=512,
+        max_position_embeddings=256,
+    ),
     "small": dict(vocab_size=8000, hidden_size=160, num_hidden_layers=4, num_attention_heads=4, intermediate_size=640),
-    "mbert": dict(vocab_size=119547, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                  intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2),
+    "mbert": dict(
+        vocab_size=119547,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=512,
+        type_vocab_size=2,
+    ),
 }
 """`mbert` is bert-base-multilingual-cased's config.json; `small` the width of the embedded small preset."""
 
@@ -112,8 +126,10 @@ def environment(device: torch.device) -> str:
     import platform
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or "cpu")
-    return (f"{datetime.datetime.now():%Y-%m-%d %H:%M}, {device.type} ({name}), {torch.get_num_threads()} thread(s), "
-            f"torch {torch.__version__}, load average {load_average()}")
+    return (
+        f"{datetime.datetime.now():%Y-%m-%d %H:%M}, {device.type} ({name}), {torch.get_num_threads()} thread(s), "
+        f"torch {torch.__version__}, load average {load_average()}"
+    )
 
 
 def long_corpus(root: Path, words: int, sentences: int = 48, seed: int = 0) -> Path:

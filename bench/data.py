@@ -13,6 +13,7 @@ rss: the micro corpus and backbone of the tests with mono files of N sentences o
 `distgem data prepare`, then a 2-rank (torchrun, gloo) GEM run with MLM(all) memory; each rank's
 peak RSS from results.json, for N = --small and N = --sentences.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,11 +31,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from common import free_port  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "TOKENIZERS_PARALLELISM": "false",
-       "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+ENV = {
+    **os.environ,
+    "OMP_NUM_THREADS": "1",
+    "DS_ACCELERATOR": "cpu",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+    "PYTHONPATH": str(ROOT),
+}
 
 
 # --- prepare -------------------------------------------------------------------------------------
+
 
 def write_corpus(path: Path, sentences: int, seed: int = 0) -> None:
     rng = random.Random(seed)
@@ -57,11 +65,21 @@ def write_tokenizer(corpus: Path, directory: Path, sample: int = 100_000) -> Non
     tok.normalizer = normalizers.BertNormalizer(lowercase=False)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=16_000, special_tokens=specials, show_progress=False))
-    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[
-        ("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
-    BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]", pad_token="[PAD]",
-                      mask_token="[MASK]").save_pretrained(directory)
+    tok.train_from_iterator(
+        texts, trainers.WordPieceTrainer(vocab_size=16_000, special_tokens=specials, show_progress=False)
+    )
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+    )
+    BertTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        mask_token="[MASK]",
+    ).save_pretrained(directory)
 
 
 def measure(mode: str, root: str, tokenizer: str, cache: str, procs: int) -> dict:
@@ -86,8 +104,14 @@ def measure(mode: str, root: str, tokenizer: str, cache: str, procs: int) -> dic
         rows = mono_examples(store, data, "en", tok, 128)
         built, size = store.entries[0].built, store.entries[0].bytes
     seconds = time.perf_counter() - started
-    return {"seconds": seconds, "rows": len(rows), "row_probe": list(rows[len(rows) * 5 // 8]), "built": built, "bytes": size,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {
+        "seconds": seconds,
+        "rows": len(rows),
+        "row_probe": list(rows[len(rows) * 5 // 8]),
+        "built": built,
+        "bytes": size,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def _measure_in_child(*args) -> dict:
@@ -104,31 +128,44 @@ def bench_prepare(sentences: int, procs: list[int], work: Path) -> None:
     write_corpus(text, sentences)
     write_tokenizer(text, work / "tokenizer")
     plain = _measure_in_child("plain", work, work / "tokenizer", work / "unused", 1)
-    print(f"\n{sentences:,} sentences, {text.stat().st_size / 2**20:.1f} MiB of text, {plain['rows']:,} MLM examples "
-          f"(max_length 128)\n")
-    print("| path | num_proc | first (s) | vs in-memory | second load (s) | second / first | cache on disk | peak RSS first / second (MB) |")
+    print(
+        f"\n{sentences:,} sentences, {text.stat().st_size / 2**20:.1f} MiB of text, {plain['rows']:,} MLM examples "
+        f"(max_length 128)\n"
+    )
+    print(
+        "| path | num_proc | first (s) | vs in-memory | second load (s) | second / first | cache on disk "
+        "| peak RSS first / second (MB) |"
+    )
     print("|---|---|---|---|---|---|---|---|")
-    print(f"| in-memory `load_mono` (read + one batched tokenizer call) | 1 | {plain['seconds']:.1f} | 1.00 | "
-          f"{plain['seconds']:.1f} (every run) | 100% | - | {plain['peak_rss_mb']:.0f} |")
+    print(
+        f"| in-memory `load_mono` (read + one batched tokenizer call) | 1 | {plain['seconds']:.1f} | 1.00 | "
+        f"{plain['seconds']:.1f} (every run) | 100% | - | {plain['peak_rss_mb']:.0f} |"
+    )
     for n in procs:
         cache = work / f"cache-np{n}"
         first = _measure_in_child("cached", work, work / "tokenizer", cache, n)
         second = _measure_in_child("cached", work, work / "tokenizer", cache, n)
         assert first["built"] and not second["built"], (first, second)
         assert first["rows"] == second["rows"] == plain["rows"] and first["row_probe"] == plain["row_probe"]
-        print(f"| `datasets` cache | {n} | {first['seconds']:.1f} | {first['seconds'] / plain['seconds']:.2f} | "
-              f"{second['seconds']:.3f} | {100 * second['seconds'] / first['seconds']:.2f}% | "
-              f"{first['bytes'] / 2**20:.1f} MiB | {first['peak_rss_mb']:.0f} / {second['peak_rss_mb']:.0f} |")
+        print(
+            f"| `datasets` cache | {n} | {first['seconds']:.1f} | {first['seconds'] / plain['seconds']:.2f} | "
+            f"{second['seconds']:.3f} | {100 * second['seconds'] / first['seconds']:.2f}% | "
+            f"{first['bytes'] / 2**20:.1f} MiB | {first['peak_rss_mb']:.0f} / {second['peak_rss_mb']:.0f} |"
+        )
 
 
 # --- rss ---------------------------------------------------------------------------------------------
+
 
 def bench_rss(sizes: list[int], steps: int, work: Path) -> None:
     from tests.support import micro_overrides, write_micro_backbone, write_micro_corpus, write_mono
 
     corpus = write_micro_corpus(work / "corpus")
     backbone = write_micro_backbone(work / "backbone", corpus)
-    print("\n| MLM sentences (en+es+el) | prepare (s) | MLM cache on disk | rank 0 peak RSS (MB) | rank 1 peak RSS (MB) | train (s) |")
+    print(
+        "\n| MLM sentences (en+es+el) | prepare (s) | MLM cache on disk | rank 0 peak RSS (MB) | rank 1 peak RSS (MB) "
+        "| train (s) |"
+    )
     print("|---|---|---|---|---|---|")
     for size in sizes:
         root = work / f"corpus-{size}"
@@ -136,28 +173,57 @@ def bench_rss(sizes: list[int], steps: int, work: Path) -> None:
         for i, lang in enumerate(("en", "es", "el")):
             write_mono(root / "mono" / f"{lang}.txt", lang, size // 3, seed=i)
         run_dir = work / f"run-{size}"
-        overrides = micro_overrides(root, backbone, run_dir, **{
-            "data.cache_dir": str(work / f"cache-{size}"), "data.num_proc": 2, "method.name": "gem", "method.memory": "[mlm]",
-            "method.mlm_languages": "all", "train.steps": steps, "eval.every": steps, "data.mlm_eval_sentences": 500,
-            "train.batch_size": 16, "method.memory_batch_size": 16})
+        overrides = micro_overrides(
+            root,
+            backbone,
+            run_dir,
+            **{
+                "data.cache_dir": str(work / f"cache-{size}"),
+                "data.num_proc": 2,
+                "method.name": "gem",
+                "method.memory": "[mlm]",
+                "method.mlm_languages": "all",
+                "train.steps": steps,
+                "eval.every": steps,
+                "data.mlm_eval_sentences": 500,
+                "train.batch_size": 16,
+                "method.memory_batch_size": 16,
+            },
+        )
         flags = [a for o in overrides for a in ("--set", o)]
         started = time.perf_counter()
-        prepared = subprocess.run([sys.executable, "-m", "distgem.cli", "data", "prepare", *flags], capture_output=True,
-                                  text=True, env=ENV, cwd=ROOT)
+        prepared = subprocess.run(
+            [sys.executable, "-m", "distgem.cli", "data", "prepare", *flags],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            cwd=ROOT,
+        )
         prepare_seconds = time.perf_counter() - started
         if prepared.returncode:
             raise SystemExit(prepared.stderr[-3000:])
         disk = sum(f.stat().st_size for d in (work / f"cache-{size}").glob("mlm-*") for f in d.iterdir())
-        command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-                   str(ROOT / "launch" / "train.py"), *flags]
+        command = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            str(ROOT / "launch" / "train.py"),
+            *flags,
+        ]
         started = time.perf_counter()
         trained = subprocess.run(command, capture_output=True, text=True, env=ENV, cwd=ROOT)
         if trained.returncode:
             raise SystemExit(trained.stderr[-3000:])
         results = json.loads((run_dir / "results.json").read_text())
         rss = results["train"]["peak_rss_mb"]
-        print(f"| {size:,} | {prepare_seconds:.1f} | {disk / 2**20:.1f} MiB | {rss[0]:.0f} | "
-              f"{rss[1]:.0f} | {time.perf_counter() - started:.1f} |")
+        print(
+            f"| {size:,} | {prepare_seconds:.1f} | {disk / 2**20:.1f} MiB | {rss[0]:.0f} | "
+            f"{rss[1]:.0f} | {time.perf_counter() - started:.1f} |"
+        )
 
 
 def main() -> int:

@@ -5,7 +5,7 @@
     python bench/floor.py --from-json ROWS.json --plot GROWTH.png     # redraw saved rows, measure nothing
 
 For each (model, N, k), this rank's work on a flat partition of p = ceil(P/N) fp32 values (as ZeRO 1-3
-hold it), through the engine's own functions (distgem.gem.buffer and distgem.gem.gram): capture (k copies into the buffer),
+hold it), through the engine's own functions (distgem.gem.buffer, distgem.gem.gram): capture (k copies into the buffer),
 the Gram, the QP, the update + check on a violated instance, and the zeroing between tasks. The floor is
 (4k+3) x 4p bytes at the bandwidth of a large copy measured between the terms (each repetition: copy,
 terms, copy, ...; medians). N > 1 is simulated on one device: a rank's terms depend only on p; the
@@ -13,6 +13,7 @@ all-reduce of (k+1)^2 scalars needs real ranks and is measured by bench/step.py.
 the terms with bf16 memories. `--plot FILE` draws the growth: overhead and floor against p for each k,
 and overhead / floor against k for each partition.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,8 @@ import statistics
 import sys
 
 import torch
+from common import Bandwidth, environment, floor_ms, floor_values, parameter_count, timed_ms
 
-from common import (Bandwidth, environment, floor_ms, floor_values, parameter_count, timed_ms)
 from distgem.gem import buffer as gem_buffer
 from distgem.gem import gram as gem_gram
 from distgem.gem import qp as gem_qp
@@ -65,8 +66,13 @@ def measure(k: int, p: int, device, repeats: int, bandwidth: Bandwidth, memory_d
 
     for _ in range(repeats + 1):  # the first round warms caches and builds the kernels
         bandwidth.measure()
-        for name, fn in (("capture", capture), ("gram", gram), ("qp", qp), ("update", update),
-                         ("zero", partition.zero_)):
+        for name, fn in (
+            ("capture", capture),
+            ("gram", gram),
+            ("qp", qp),
+            ("update", update),
+            ("zero", partition.zero_),
+        ):
             times[name].append(timed_ms(fn, device))
         partition.normal_()
     return {t: statistics.median(v[1:]) for t, v in times.items()}
@@ -102,10 +108,15 @@ def main() -> int:
     memory_dtype = torch.bfloat16 if args.design == "bf16" else torch.float32
     bandwidth = Bandwidth(device)
     print(f"# GEM overhead terms vs floor, {environment(device)}")
-    print(f"# fused CPU kernels: {'yes' if gem_gram.library() is not None and device.type == 'cpu' else 'no (torch path)'}; "
-          f"memories {args.design}; median of {args.repeats}")
-    print("\n| model | P | N | p = P/N | k | capture ms | Gram ms | QP ms | update ms | overhead ms | floor ms "
-          "| overhead / floor | zero ms |")
+    print(
+        f"# fused CPU kernels: "
+        f"{'yes' if gem_gram.library() is not None and device.type == 'cpu' else 'no (torch path)'}; "
+        f"memories {args.design}; median of {args.repeats}"
+    )
+    print(
+        "\n| model | P | N | p = P/N | k | capture ms | Gram ms | QP ms | update ms | overhead ms | floor ms "
+        "| overhead / floor | zero ms |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for model in args.models:
@@ -116,13 +127,29 @@ def main() -> int:
                 t = measure(k, p, device, args.repeats, bandwidth, memory_dtype)
                 overhead = t["capture"] + t["gram"] + t["qp"] + t["update"]
                 floor = floor_ms(floor_values(k, p), bandwidth.median)
-                rows.append({"model": model, "P": P, "N": n, "p": p, "k": k, **t, "overhead": overhead, "floor": floor,
-                             "bandwidth": bandwidth.median})
-                print(f"| {model} | {P / 1e6:.1f}M | {n} | {p / 1e6:.2f}M | {k} | {t['capture']:.2f} | {t['gram']:.2f} "
-                      f"| {t['qp']:.2f} | {t['update']:.2f} | {overhead:.2f} | {floor:.2f} | {overhead / floor:.2f} "
-                      f"| {t['zero']:.2f} |", flush=True)
-    print(f"\ncopy bandwidth (read + write): median {bandwidth.median:.1f} GB/s over {len(bandwidth.samples)} copies "
-          f"of {bandwidth.src.numel() * 4 >> 20} MiB (min {min(bandwidth.samples):.1f}, max {max(bandwidth.samples):.1f})")
+                rows.append(
+                    {
+                        "model": model,
+                        "P": P,
+                        "N": n,
+                        "p": p,
+                        "k": k,
+                        **t,
+                        "overhead": overhead,
+                        "floor": floor,
+                        "bandwidth": bandwidth.median,
+                    }
+                )
+                print(
+                    f"| {model} | {P / 1e6:.1f}M | {n} | {p / 1e6:.2f}M | {k} | {t['capture']:.2f} | {t['gram']:.2f} "
+                    f"| {t['qp']:.2f} | {t['update']:.2f} | {overhead:.2f} | {floor:.2f} | {overhead / floor:.2f} "
+                    f"| {t['zero']:.2f} |",
+                    flush=True,
+                )
+    print(
+        f"\ncopy bandwidth (read + write): median {bandwidth.median:.1f} GB/s over {len(bandwidth.samples)} copies "
+        f"of {bandwidth.src.numel() * 4 >> 20} MiB (min {min(bandwidth.samples):.1f}, max {max(bandwidth.samples):.1f})"
+    )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"environment": environment(device), "design": args.design, "rows": rows}, handle, indent=1)
@@ -146,16 +173,32 @@ def plot(rows: list[dict], path: str, where: str) -> None:
         mine = sorted((r for r in rows if r["k"] == k), key=lambda r: r["p"])
         left.plot([r["p"] for r in mine], [r["overhead"] for r in mine], "o", color=colours[k], label=f"k = {k}")
         left.plot([r["p"] for r in mine], [r["floor"] for r in mine], "-", color=colours[k], alpha=0.6)
-    left.set(xscale="log", yscale="log", xlabel="p = P/N values per rank", ylabel="ms per step",
-             title="GEM overhead (points) and its floor (lines)")
+    left.set(
+        xscale="log",
+        yscale="log",
+        xlabel="p = P/N values per rank",
+        ylabel="ms per step",
+        title="GEM overhead (points) and its floor (lines)",
+    )
     left.legend()
-    for key in sorted({(r["model"], r["N"]) for r in rows}, key=lambda m: -min(r["p"] for r in rows if (r["model"], r["N"]) == m)):
+    for key in sorted(
+        {(r["model"], r["N"]) for r in rows}, key=lambda m: -min(r["p"] for r in rows if (r["model"], r["N"]) == m)
+    ):
         mine = sorted((r for r in rows if (r["model"], r["N"]) == key), key=lambda r: r["k"])
-        right.plot([r["k"] for r in mine], [r["overhead"] / r["floor"] for r in mine], "o-",
-                   label=f"{key[0]} N={key[1]} (p={mine[0]['p'] / 1e6:.2g}M)")
+        right.plot(
+            [r["k"] for r in mine],
+            [r["overhead"] / r["floor"] for r in mine],
+            "o-",
+            label=f"{key[0]} N={key[1]} (p={mine[0]['p'] / 1e6:.2g}M)",
+        )
     right.axhline(1.3, color="grey", linestyle="--", linewidth=1)
-    right.set(yscale="log", xlabel="k memories", ylabel="overhead / floor", xticks=ks,
-              title="against the floor (dashed: the 1.3x target)")
+    right.set(
+        yscale="log",
+        xlabel="k memories",
+        ylabel="overhead / floor",
+        xticks=ks,
+        title="against the floor (dashed: the 1.3x target)",
+    )
     right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.suptitle(where, fontsize=8)
     fig.tight_layout()

@@ -7,10 +7,11 @@ head on the configured English POS/NER train file, global batch train.batch_size
 no clipping, fp32, under DeepSpeed with configs/deepspeed/zero{stage}.json, on 1 or N CPU ranks
 (torchrun, gloo). distgem runs `launch/train.py` with method.name=naive and no evaluation and reports
 every step's wall time (steps.jsonl); Trainer gets the same windows (distgem's own encoding and
-padding collate) and a callback takes the same per-step wall time (from one step's end to the next). Medians over the steps after
---warmup; the ratio is ours / theirs in samples per second (> 1: distgem is faster). The runs
+padding collate) and a callback takes the same per-step wall time (from one step's end to the next). Medians
+over the steps after --warmup; the ratio is ours / theirs in samples per second (> 1: distgem is faster). The runs
 alternate (ours, theirs, theirs, ours, ...) per repeat so drift in the machine's load hits both.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,9 +27,18 @@ from pathlib import Path
 import torch
 from common import ROOT, environment, load_average
 
-COMMON = ["method.name=naive", "eval.before_training=false", "eval.after_training=false", "eval.memory=false",
-          "eval.every=100000", "output.tensorboard=false", "output.save_final=false", "train.gradient_clipping=0",
-          "train.warmup_steps=0", "train.weight_decay=0"]
+COMMON = [
+    "method.name=naive",
+    "eval.before_training=false",
+    "eval.after_training=false",
+    "eval.memory=false",
+    "eval.every=100000",
+    "output.tensorboard=false",
+    "output.save_final=false",
+    "train.gradient_clipping=0",
+    "train.warmup_steps=0",
+    "train.weight_decay=0",
+]
 
 
 def hf_worker(args) -> None:
@@ -36,19 +46,23 @@ def hf_worker(args) -> None:
     import torch
     from transformers import AutoModelForTokenClassification, AutoTokenizer, Trainer, TrainerCallback, TrainingArguments
 
-    from distgem.model.backbone import resolve
     from distgem.config.sections import load_run_config
     from distgem.data.corpora import path_of
+    from distgem.model.backbone import resolve
     from distgem.tasks.tagging import LABELS, collate, load_tagged
 
     config = load_run_config([], [*COMMON, *args.overrides])
     backbone, task = resolve(config.model.backbone), config.task.name
     tokenizer = AutoTokenizer.from_pretrained(backbone)
     split = config.data.ner_splits["train"] if task == "ner" else "train"
-    train = load_tagged(path_of(config.data, task, "en", split=split), task, tokenizer, config.model.max_length,
-                        config.model.stride).examples
-    dropout = {} if config.model.dropout is None else {"hidden_dropout_prob": config.model.dropout,
-                                                       "attention_probs_dropout_prob": config.model.dropout}
+    train = load_tagged(
+        path_of(config.data, task, "en", split=split), task, tokenizer, config.model.max_length, config.model.stride
+    ).examples
+    dropout = (
+        {}
+        if config.model.dropout is None
+        else {"hidden_dropout_prob": config.model.dropout, "attention_probs_dropout_prob": config.model.dropout}
+    )
     model = AutoModelForTokenClassification.from_pretrained(backbone, num_labels=len(LABELS[task]), **dropout)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     ds_config = json.loads((ROOT / config.train.deepspeed_config.format(stage=config.train.zero_stage)).read_text())
@@ -85,20 +99,42 @@ def hf_worker(args) -> None:
 
     times = StepTimes()
     arguments = TrainingArguments(
-        output_dir=args.workdir, per_device_train_batch_size=config.train.batch_size // world, max_steps=args.steps,
-        learning_rate=config.train.lr, weight_decay=0.0, warmup_steps=0, lr_scheduler_type="constant",
-        max_grad_norm=0.0, optim="adamw_torch", logging_steps=10**9, save_strategy="no", report_to=[],
-        dataloader_num_workers=0, disable_tqdm=True, seed=config.train.seed, deepspeed=ds_config, use_cpu=False)
-    trainer = Trainer(model=model, args=arguments, train_dataset=Windows(),
-                      data_collator=lambda windows: collate(windows, tokenizer.pad_token_id), callbacks=[times])
+        output_dir=args.workdir,
+        per_device_train_batch_size=config.train.batch_size // world,
+        max_steps=args.steps,
+        learning_rate=config.train.lr,
+        weight_decay=0.0,
+        warmup_steps=0,
+        lr_scheduler_type="constant",
+        max_grad_norm=0.0,
+        optim="adamw_torch",
+        logging_steps=10**9,
+        save_strategy="no",
+        report_to=[],
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        seed=config.train.seed,
+        deepspeed=ds_config,
+        use_cpu=False,
+    )
+    trainer = Trainer(
+        model=model,
+        args=arguments,
+        train_dataset=Windows(),
+        data_collator=lambda windows: collate(windows, tokenizer.pad_token_id),
+        callbacks=[times],
+    )
     trainer.train()
     if int(os.environ.get("RANK", "0")) == 0:
         Path(args.out).write_text(json.dumps(times.times))
 
 
 def launcher(ranks: int, port: int) -> list[str]:
-    return [sys.executable] if ranks == 1 else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
-                                                str(ranks), "--master_port", str(port)]
+    return (
+        [sys.executable]
+        if ranks == 1
+        else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", str(port)]
+    )
 
 
 def run(command: list[str], env: dict, what: str) -> None:
@@ -109,8 +145,18 @@ def run(command: list[str], env: dict, what: str) -> None:
 
 def ours(ranks: int, stage: int, args, work: Path, env: dict) -> list[float]:
     run_dir = work / f"ours-{ranks}-{stage}"
-    sets = [*COMMON, f"train.steps={args.steps}", f"train.zero_stage={stage}", f"output.run_dir={run_dir}", *args.overrides]
-    run([*launcher(ranks, 29751), str(ROOT / "launch" / "train.py"), *[a for s in sets for a in ("--set", s)]], env, "distgem")
+    sets = [
+        *COMMON,
+        f"train.steps={args.steps}",
+        f"train.zero_stage={stage}",
+        f"output.run_dir={run_dir}",
+        *args.overrides,
+    ]
+    run(
+        [*launcher(ranks, 29751), str(ROOT / "launch" / "train.py"), *[a for s in sets for a in ("--set", s)]],
+        env,
+        "distgem",
+    )
     records = [json.loads(line) for line in (run_dir / "steps.jsonl").read_text().splitlines()]
     return [r["samples_per_s"] for r in records if "samples_per_s" in r]
 
@@ -118,8 +164,22 @@ def ours(ranks: int, stage: int, args, work: Path, env: dict) -> list[float]:
 def theirs(ranks: int, stage: int, args, work: Path, env: dict) -> list[float]:
     out = work / f"hf-{ranks}-{stage}.json"
     sets = [f"train.zero_stage={stage}", *args.overrides]
-    run([*launcher(ranks, 29752), __file__, "--hf-worker", "--workdir", str(work / "hf"), "--out", str(out),
-         "--steps", str(args.steps), *[a for s in sets for a in ("--set", s)]], env, "HF Trainer")
+    run(
+        [
+            *launcher(ranks, 29752),
+            __file__,
+            "--hf-worker",
+            "--workdir",
+            str(work / "hf"),
+            "--out",
+            str(out),
+            "--steps",
+            str(args.steps),
+            *[a for s in sets for a in ("--set", s)],
+        ],
+        env,
+        "HF Trainer",
+    )
     batch = next((int(s.split("=", 1)[1]) for s in reversed(args.overrides) if s.startswith("train.batch_size=")), 16)
     return [batch / t for t in json.loads(out.read_text())]
 
@@ -142,12 +202,19 @@ def main() -> int:
         return 0
     if args.quick:
         args.ranks, args.stages, args.steps, args.warmup, args.repeats = [1], [2], 6, 2, 1
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONPATH": str(ROOT),
-           "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"), "HF_HUB_OFFLINE": "1",
-           "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        "PYTHONPATH": str(ROOT),
+        "DS_ACCELERATOR": os.environ.get("DS_ACCELERATOR", "cpu"),
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     print(f"# naive: distgem vs HF Trainer + DeepSpeed, {environment(torch.device('cpu'))}")
-    print(f"# {args.steps} steps per run, median samples/s over steps {args.warmup + 1}..{args.steps}, "
-          f"{args.repeats} repeat(s) alternating; load average before {load_average()}\n")
+    print(
+        f"# {args.steps} steps per run, median samples/s over steps {args.warmup + 1}..{args.steps}, "
+        f"{args.repeats} repeat(s) alternating; load average before {load_average()}\n"
+    )
     print("| ranks | ZeRO | distgem samples/s | HF Trainer samples/s | ours / theirs |")
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,7 +224,7 @@ def main() -> int:
                 for repeat in range(args.repeats):
                     sides = [(ours, a), (theirs, b)] if repeat % 2 == 0 else [(theirs, b), (ours, a)]
                     for side, into in sides:
-                        into += side(ranks, stage, args, Path(tmp) / str(repeat), env)[args.warmup:]
+                        into += side(ranks, stage, args, Path(tmp) / str(repeat), env)[args.warmup :]
                 mine, hf = statistics.median(a), statistics.median(b)
                 print(f"| {ranks} | {stage} | {mine:.1f} | {hf:.1f} | {mine / hf:.2f} |", flush=True)
     return 0

@@ -13,6 +13,7 @@ and "engine" what a training step does on its partition, in place (distgem.gem.p
 the dual, the update + check); on a GPU both stay on the device, while the reference copies the gradients
 to the host as float64.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -89,13 +90,17 @@ def violated_instance(P: int, k: int, device: torch.device, seed: int = 0):
 
 def engine_path(grad: torch.Tensor, memories: torch.Tensor, margin: float) -> None:
     """What a training step does on its partition: the Gram, the dual, g <- g + M^T v with the check, in place."""
-    Projector([str(i) for i in range(memories.shape[0])], margin).gradient(runs([grad], Layout.of([grad])), memories, 1, {})
+    Projector([str(i) for i in range(memories.shape[0])], margin).gradient(
+        runs([grad], Layout.of([grad])), memories, 1, {}
+    )
 
 
 def bench_project(sizes, ks, repeats, device, margin) -> list[dict]:
     """Rows: P, k, reference ms, ours ms per solver and the engine's path, ratios, agreement of the results."""
-    print("\n| P | k | GEM reference (ms) | ours exact (ms) | ours qpth (ms) | engine (ms) | ref/exact | ref/qpth "
-          "| ref/engine | max rel diff |")
+    print(
+        "\n| P | k | GEM reference (ms) | ours exact (ms) | ours qpth (ms) | engine (ms) | ref/exact | ref/qpth "
+        "| ref/engine | max rel diff |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     out = []
     for P in sizes:
@@ -104,32 +109,45 @@ def bench_project(sizes, ks, repeats, device, margin) -> list[dict]:
                 print(f"| {P:.0e} | {k} | skipped: inputs need {4 * P * (k + 3) / 2**30:.1f} GiB | | | | | | | |")
                 continue
             grad, memories = violated_instance(P, k, device)
-            ours = {s: timed(lambda s=s: project(grad, memories, margin, s), repeats, device)
-                    for s in ("exact", "qpth")}
+            ours = {
+                s: timed(lambda s=s: project(grad, memories, margin, s), repeats, device) for s in ("exact", "qpth")
+            }
             mine = project(grad, memories, margin, "exact").cpu()
             work = grad.clone()
-            ours["engine"] = timed(lambda: engine_path(work, memories, margin), repeats, device,
-                                   reset=lambda: work.copy_(grad))
+            ours["engine"] = timed(
+                lambda: engine_path(work, memories, margin), repeats, device, reset=lambda: work.copy_(grad)
+            )
             engine_diff = float((work.cpu() - mine).abs().max() / mine.abs().max())
             work = None  # free it (a closure above refers to the name: rebind, not del)
-            row = {"P": P, "k": k, "exact_ms": ours["exact"], "qpth_ms": ours["qpth"], "engine_ms": ours["engine"],
-                   "engine_rel_diff": engine_diff, "reference_ms": None}
+            row = {
+                "P": P,
+                "k": k,
+                "exact_ms": ours["exact"],
+                "qpth_ms": ours["qpth"],
+                "engine_ms": ours["engine"],
+                "engine_rel_diff": engine_diff,
+                "reference_ms": None,
+            }
             # GEM's layout: one (P, k+1) column per task; the reference overwrites the task column
             grads = torch.empty(P, k + 1, device=device)
             grads[:, :k].copy_(memories.T)
             grads[:, k].copy_(grad)
             memories = None
             need = P * (8 * k + 4 * k + 8 + 8 + 4)  # index_select copy, float64 copies, the result
-            cells = (f"| {P:.0e} | {k} | skipped: needs {need / 2**30:.0f} GiB more | "
-                     f"{ours['exact']:.1f} | {ours['qpth']:.1f} | {ours['engine']:.1f} | | | | |")
+            cells = (
+                f"| {P:.0e} | {k} | skipped: needs {need / 2**30:.0f} GiB more | "
+                f"{ours['exact']:.1f} | {ours['qpth']:.1f} | {ours['engine']:.1f} | | | | |"
+            )
             if need <= 0.7 * available_bytes(torch.device("cpu")):
                 ref = timed(lambda: gem_step(grads, k, margin), repeats, device, reset=lambda: grads[:, k].copy_(grad))
                 gem_step(grads, k, margin)
                 diff = float((grads[:, k].cpu() - mine).abs().max() / mine.abs().max())
                 row.update(reference_ms=ref, reference_rel_diff=diff)
-                cells = (f"| {P:.0e} | {k} | {ref:.1f} | {ours['exact']:.1f} | {ours['qpth']:.1f} | "
-                         f"{ours['engine']:.1f} | {ref / ours['exact']:.1f} | {ref / ours['qpth']:.1f} | "
-                         f"{ref / ours['engine']:.1f} | {max(diff, engine_diff):.1e} |")
+                cells = (
+                    f"| {P:.0e} | {k} | {ref:.1f} | {ours['exact']:.1f} | {ours['qpth']:.1f} | "
+                    f"{ours['engine']:.1f} | {ref / ours['exact']:.1f} | {ref / ours['qpth']:.1f} | "
+                    f"{ref / ours['engine']:.1f} | {max(diff, engine_diff):.1e} |"
+                )
             grads = grad = None
             out.append(row)
             print(cells, flush=True)
@@ -154,8 +172,15 @@ def bench_qp(ks, batches, device) -> list[dict]:
             G, d = gram.cpu().numpy(), dots.cpu().numpy()
             loop = timed(lambda: [quadprog.solve_qp(G[b], -d[b], np.eye(k), np.zeros(k)) for b in range(B)], 5, device)
             print(f"| {k} | {B} | {exact:.2f} | {qpth:.2f} | {loop:.2f} |", flush=True)
-            out.append({"k": k, "batch": B, "exact_ms": exact if exact == exact else None, "qpth_ms": qpth,
-                        "quadprog_loop_ms": loop})
+            out.append(
+                {
+                    "k": k,
+                    "batch": B,
+                    "exact_ms": exact if exact == exact else None,
+                    "qpth_ms": qpth,
+                    "quadprog_loop_ms": loop,
+                }
+            )
     return out
 
 
@@ -176,12 +201,17 @@ def main():
     ks = args.ks or ([1, 5] if args.quick else [1, 2, 5, 10])
     repeats = args.repeats or (3 if args.quick else 5)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}"
-    where = (f"{datetime.date.today()}, device {device} ({name}), torch {torch.__version__}, "
-             f"{torch.get_num_threads()} threads, median of {repeats}")
+    where = (
+        f"{datetime.date.today()}, device {device} ({name}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, median of {repeats}"
+    )
     print(f"# projection bench, {where}")
     rows = bench_project(sizes, ks, repeats, device, args.margin)
-    qp = bench_qp(args.qp_ks or ([1, 5, 10] if args.quick else [1, 2, 5, 8, 10, 13]),
-                  args.qp_batches or ([1, 16] if args.quick else [1, 16, 128]), device)
+    qp = bench_qp(
+        args.qp_ks or ([1, 5, 10] if args.quick else [1, 2, 5, 8, 10, 13]),
+        args.qp_batches or ([1, 16] if args.quick else [1, 16, 128]),
+        device,
+    )
     if args.json:
         with open(args.json, "w") as handle:
             json.dump({"environment": where, "margin": args.margin, "rows": rows, "qp": qp}, handle, indent=1)

@@ -10,6 +10,7 @@ reference's project2cone2 (quadprog on M M^T + 1e-3 I, v >= 0.5), and the same w
 Prints, per step, the Gram's scale and how far the reference's v and its projected gradient are from
 distgem's, and writes the Grams to --out (JSON) for anyone to re-solve.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,9 +37,16 @@ def main() -> int:
     from distgem.gem import gram as gem_gram
     from distgem.train.engine import Trainer
 
-    overrides = ["method.name=gem", "method.memory=[xsr]", "method.gem.memory_strength=0.5",
-                 f"method.gem.per_language={str(args.per_language).lower()}", "eval.before_training=false",
-                 "output.tensorboard=false", f"output.run_dir={Path(args.out).parent}", *args.overrides]
+    overrides = [
+        "method.name=gem",
+        "method.memory=[xsr]",
+        "method.gem.memory_strength=0.5",
+        f"method.gem.per_language={str(args.per_language).lower()}",
+        "eval.before_training=false",
+        "output.tensorboard=false",
+        f"output.run_dir={Path(args.out).parent}",
+        *args.overrides,
+    ]
     config = load_run_config(args.config, overrides)
     world = distributed.init()
     trainer = Trainer(config, world)
@@ -86,22 +94,30 @@ def compare(full: np.ndarray, margin: float = 0.5, eps: float = 1e-3) -> dict:
             continue
         delta = v - ours
         x_norm2 = gg + 2 * ours @ d + ours @ G @ ours  # |g + M^T v_ours|^2
-        out[name] = {"v": v.tolist(), "max_rel_v": float(np.abs(delta).max() / np.abs(ours).max()),
-                     "rel_projected": float(np.sqrt(max(delta @ G @ delta, 0)) / np.sqrt(max(x_norm2, 1e-300)))}
+        out[name] = {
+            "v": v.tolist(),
+            "max_rel_v": float(np.abs(delta).max() / np.abs(ours).max()),
+            "rel_projected": float(np.sqrt(max(delta @ G @ delta, 0)) / np.sqrt(max(x_norm2, 1e-300))),
+        }
     return out
 
 
 def table(grams: list) -> str:
-    lines = ["| step | projected | sqrt(mean |g_i|^2) | v (distgem) | v (reference, eps 1e-3) | max rel. diff of v "
-             "| |x_ref - x| / |x| |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| step | projected | sqrt(mean |g_i|^2) | v (distgem) | v (reference, eps 1e-3) | max rel. diff of v "
+        "| |x_ref - x| / |x| |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for i, full in enumerate(grams, 1):
         c = compare(np.array(full))
         if not c["projected"]:
             lines.append(f"| {i} | no | {c['scale']:.3g} | - | - | - | - |")
             continue
         ref = c["reference"]
-        lines.append(f"| {i} | yes | {c['scale']:.3g} | {', '.join(f'{x:.4g}' for x in c['ours'])} | "
-                     f"{', '.join(f'{x:.4g}' for x in ref['v'])} | {ref['max_rel_v']:.2e} | {ref['rel_projected']:.2e} |")
+        lines.append(
+            f"| {i} | yes | {c['scale']:.3g} | {', '.join(f'{x:.4g}' for x in c['ours'])} | "
+            f"{', '.join(f'{x:.4g}' for x in ref['v'])} | {ref['max_rel_v']:.2e} | {ref['rel_projected']:.2e} |"
+        )
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ against the majority tag, and XSR and perplexity again. `--control` repeats the 
 a randomly initialised encoder: what transfers without pre-training (names, digits, punctuation).
 Self-contained: the project's engine is not used.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,25 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from distgem.world.pretrain import PRESETS, ensure_backbone, evaluate, load_world_text  # noqa: E402
 
-UPOS = ("ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM", "PART", "PRON", "PROPN", "PUNCT",
-        "SCONJ", "SYM", "VERB", "X")
+UPOS = (
+    "ADJ",
+    "ADP",
+    "ADV",
+    "AUX",
+    "CCONJ",
+    "DET",
+    "INTJ",
+    "NOUN",
+    "NUM",
+    "PART",
+    "PRON",
+    "PROPN",
+    "PUNCT",
+    "SCONJ",
+    "SYM",
+    "VERB",
+    "X",
+)
 
 
 def read_conllu(path: Path) -> list[tuple[list[str], list[str]]]:
@@ -63,8 +81,8 @@ def collate(examples: list[dict], pad: int) -> dict:
     ids = torch.full((len(examples), length), pad)
     labels = torch.full((len(examples), length), -100)
     for row, e in enumerate(examples):
-        ids[row, :len(e["input_ids"])] = torch.tensor(e["input_ids"])
-        labels[row, :len(e["labels"])] = torch.tensor(e["labels"])
+        ids[row, : len(e["input_ids"])] = torch.tensor(e["input_ids"])
+        labels[row, : len(e["labels"])] = torch.tensor(e["labels"])
     return {"input_ids": ids, "attention_mask": (ids != pad).long(), "labels": labels}
 
 
@@ -74,11 +92,22 @@ class Tagger(nn.Module):
         self.encoder, self.dropout, self.head = encoder, nn.Dropout(0.1), nn.Linear(hidden, len(UPOS))
 
     def forward(self, input_ids, attention_mask):
-        return self.head(self.dropout(self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state))
+        return self.head(
+            self.dropout(self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state)
+        )
 
 
-def fine_tune(model, tokenizer, train: list[dict], steps: int, lr: float, batch_size: int, seed: int,
-              probe: dict[str, list[dict]] | None = None, every: int = 50) -> Tagger:
+def fine_tune(
+    model,
+    tokenizer,
+    train: list[dict],
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    probe: dict[str, list[dict]] | None = None,
+    every: int = 50,
+) -> Tagger:
     """Adam on English POS; with `probe`, prints zero-shot accuracy on those sets every `every` steps."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -98,8 +127,12 @@ def fine_tune(model, tokenizer, train: list[dict], steps: int, lr: float, batch_
             tagger.eval()
             scores = {lang: accuracy(tagger, tokenizer, examples) for lang, examples in probe.items()}
             tagger.train()
-            print(f"  step {step + 1:4d} zero-shot dev " + " ".join(f"{k} {v:.1f}" for k, v in scores.items())
-                  + f" | avg {sum(scores.values()) / len(scores):.1f}", file=sys.stderr)
+            print(
+                f"  step {step + 1:4d} zero-shot dev "
+                + " ".join(f"{k} {v:.1f}" for k, v in scores.items())
+                + f" | avg {sum(scores.values()) / len(scores):.1f}",
+                file=sys.stderr,
+            )
     tagger.eval()
     return tagger
 
@@ -108,7 +141,7 @@ def fine_tune(model, tokenizer, train: list[dict], steps: int, lr: float, batch_
 def accuracy(tagger: Tagger, tokenizer, examples: list[dict]) -> float:
     correct = total = 0
     for start in range(0, len(examples), 64):
-        batch = collate(examples[start:start + 64], tokenizer.pad_token_id)
+        batch = collate(examples[start : start + 64], tokenizer.pad_token_id)
         predicted = tagger(batch["input_ids"], batch["attention_mask"]).argmax(-1)
         known = batch["labels"] != -100
         correct += int((predicted[known] == batch["labels"][known]).sum())
@@ -142,7 +175,8 @@ def measure(model_dir: Path, world: Path, args) -> dict:
         probe = {lang: encode(tokenizer, read_conllu(world / "pos" / f"{lang}-dev.conllu")[:100]) for lang in langs[1:]}
         tagger = fine_tune(net, tokenizer, train, args.steps, args.lr, args.batch_size, args.seed, probe)
         result["zero_shot" if name == "pretrained" else "control_zero_shot"] = {
-            lang: round(accuracy(tagger, tokenizer, encode(tokenizer, s)), 2) for lang, s in tests.items()}
+            lang: round(accuracy(tagger, tokenizer, encode(tokenizer, s)), 2) for lang, s in tests.items()
+        }
         net.eval()
         result["after" if name == "pretrained" else "control_after"] = evaluate(net, tokenizer, data)
     return result
@@ -154,18 +188,37 @@ def table(r: dict, layer: int) -> str:
     key = str(layer)
     rows = [f"{'':<28}" + "".join(f"{lang:>8}" for lang in langs)]
     rows.append(f"{'MLM ppl before':<28}" + "".join(f"{r['before']['mlm_perplexity'][lang]:8.2f}" for lang in langs))
-    rows.append(f"{'MLM ppl after naive FT':<28}" + "".join(f"{r['after']['mlm_perplexity'][lang]:8.2f}" for lang in langs))
-    rows.append(f"{f'XSR P@1 before (layer {layer})':<28}{'':>8}" + "".join(f"{r['before']['xsr_p1_by_layer'][key][lang]:8.1f}" for lang in targets))
-    rows.append(f"{f'XSR P@1 after (layer {layer})':<28}{'':>8}" + "".join(f"{r['after']['xsr_p1_by_layer'][key][lang]:8.1f}" for lang in targets))
+    rows.append(
+        f"{'MLM ppl after naive FT':<28}" + "".join(f"{r['after']['mlm_perplexity'][lang]:8.2f}" for lang in langs)
+    )
+    rows.append(
+        f"{f'XSR P@1 before (layer {layer})':<28}{'':>8}"
+        + "".join(f"{r['before']['xsr_p1_by_layer'][key][lang]:8.1f}" for lang in targets)
+    )
+    rows.append(
+        f"{f'XSR P@1 after (layer {layer})':<28}{'':>8}"
+        + "".join(f"{r['after']['xsr_p1_by_layer'][key][lang]:8.1f}" for lang in targets)
+    )
     if "control_after" in r:
-        rows.append(f"{'XSR P@1 random init':<28}{'':>8}" + "".join(f"{r['control_after']['xsr_p1_by_layer'][key][lang]:8.1f}" for lang in targets))
+        rows.append(
+            f"{'XSR P@1 random init':<28}{'':>8}"
+            + "".join(f"{r['control_after']['xsr_p1_by_layer'][key][lang]:8.1f}" for lang in targets)
+        )
     rows.append(f"{'POS acc after naive FT':<28}" + "".join(f"{r['zero_shot'][lang]:8.1f}" for lang in langs))
     if "control_zero_shot" in r:
-        rows.append(f"{'POS acc, random init + FT':<28}" + "".join(f"{r['control_zero_shot'][lang]:8.1f}" for lang in langs))
-    rows.append(f"{'majority tag (' + r['majority_tag'] + ')':<28}" + "".join(f"{r['majority'][lang]:8.1f}" for lang in langs))
-    per_layer = "\n".join(f"  layer {k}: before " + " ".join(f"{r['before']['xsr_p1_by_layer'][k][t]:5.1f}" for t in targets)
-                          + " | after " + " ".join(f"{r['after']['xsr_p1_by_layer'][k][t]:5.1f}" for t in targets)
-                          for k in r["before"]["xsr_p1_by_layer"])
+        rows.append(
+            f"{'POS acc, random init + FT':<28}" + "".join(f"{r['control_zero_shot'][lang]:8.1f}" for lang in langs)
+        )
+    rows.append(
+        f"{'majority tag (' + r['majority_tag'] + ')':<28}" + "".join(f"{r['majority'][lang]:8.1f}" for lang in langs)
+    )
+    per_layer = "\n".join(
+        f"  layer {k}: before "
+        + " ".join(f"{r['before']['xsr_p1_by_layer'][k][t]:5.1f}" for t in targets)
+        + " | after "
+        + " ".join(f"{r['after']['xsr_p1_by_layer'][k][t]:5.1f}" for t in targets)
+        for k in r["before"]["xsr_p1_by_layer"]
+    )
     return "\n".join(rows) + f"\nXSR P@1 per layer ({' '.join(targets)}):\n{per_layer}"
 
 
@@ -191,8 +244,13 @@ def main(argv: list[str] | None = None) -> int:
 
         args.world = ensure_world(PRESETS[args.preset].world, args.seed)
     result = measure(args.backbone, args.world, args)
-    result.update(backbone=str(args.backbone), world=str(args.world), steps=args.steps, lr=args.lr,
-                  seconds=round(time.perf_counter() - started, 1))
+    result.update(
+        backbone=str(args.backbone),
+        world=str(args.world),
+        steps=args.steps,
+        lr=args.lr,
+        seconds=round(time.perf_counter() - started, 1),
+    )
     print(table(result, result["before"]["xsr_layer"]))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1) + "\n")

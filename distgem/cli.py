@@ -1,4 +1,5 @@
 """The `distgem` command: subcommands dispatch to the module that owns each job."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="distgem", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     data = sub.add_parser("data", help="check and prepare corpora").add_subparsers(dest="data_command", required=True)
-    check = data.add_parser("check", help="validate a corpus file (or parallel pair, or hf:NAME[/CONFIG]) and summarise it")
+    check = data.add_parser(
+        "check", help="validate a corpus file (or parallel pair, or hf:NAME[/CONFIG]) and summarise it"
+    )
     check.add_argument("path", help="a file, or hf:NAME[/CONFIG] / hf:DIR (a Hugging Face dataset)")
     check.add_argument("path2", nargs="?", help="the second file of a parallel pair")
     check.add_argument("--format", default="auto", choices=("auto", "conllu", "conll", "text", "parallel"))

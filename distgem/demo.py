@@ -5,6 +5,7 @@ through the `deepspeed` launcher on CPU ranks (GPUs when there are), and prints 
 scores of the tested checkpoint, and MLM perplexity and XSR P@1 before training, at the end of
 training and for the tested checkpoint, each row labelled with its step.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,15 +38,29 @@ def main(argv: list[str] | None = None) -> int:
     backbone = ensure_backbone(preset="tiny")
     print(f"[demo] backbone: {backbone}", file=sys.stderr)
     if cpu:
-        print(f"[demo] a CPU run: {args.ranks} ranks on CPU cores (gloo); the deepspeed launcher's own messages go "
-              f"to {args.out}/<method>/launcher.log", file=sys.stderr)
+        print(
+            f"[demo] a CPU run: {args.ranks} ranks on CPU cores (gloo); the deepspeed launcher's own messages go "
+            f"to {args.out}/<method>/launcher.log",
+            file=sys.stderr,
+        )
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     for name, method in METHODS.items():
         run_dir = Path(args.out) / name
-        command = ["deepspeed", "--num_gpus", str(args.ranks), "--master_port", str(_free_port()),
-                   str(ROOT / "launch" / "train.py"), "--config", str(ROOT / "configs" / "tiny.yaml"),
-                   "--config", str(ROOT / method), "--set", f"output.run_dir={run_dir}",
-                   *[a for o in args.overrides for a in ("--set", o)]]
+        command = [
+            "deepspeed",
+            "--num_gpus",
+            str(args.ranks),
+            "--master_port",
+            str(_free_port()),
+            str(ROOT / "launch" / "train.py"),
+            "--config",
+            str(ROOT / "configs" / "tiny.yaml"),
+            "--config",
+            str(ROOT / method),
+            "--set",
+            f"output.run_dir={run_dir}",
+            *[a for o in args.overrides for a in ("--set", o)],
+        ]
         print(f"[demo] training {name} on {args.ranks} ranks: {' '.join(command)}", file=sys.stderr)
         code = _run_quietly(command, env, run_dir / "launcher.log")
         if code != 0:
@@ -54,8 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     runs = {name: json.loads((Path(args.out) / name / "results.json").read_text()) for name in METHODS}
     print(table(runs))
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    print(f"\nwall time {time.perf_counter() - started:.0f} s, CPU time {usage.ru_utime + usage.ru_stime:.0f} s "
-          f"(this run; the world and backbone are cached for the next)")
+    print(
+        f"\nwall time {time.perf_counter() - started:.0f} s, CPU time {usage.ru_utime + usage.ru_stime:.0f} s "
+        f"(this run; the world and backbone are cached for the next)"
+    )
     print(next_commands(args.out))
     return 0
 
@@ -103,35 +120,52 @@ def table(runs: dict[str, dict]) -> str:
         best = r["dev"]["best_step"]
         return f"step {best}, best dev" if best is not None else f"step {r['train']['steps']}, last"
 
-    lines = [f"{'zero-shot ' + task + ' (tested checkpoint)':<{width}}" + "".join(f"{lang:>8}" for lang in langs)
-             + f"{'avg':>8}"]
+    lines = [
+        f"{'zero-shot ' + task + ' (tested checkpoint)':<{width}}"
+        + "".join(f"{lang:>8}" for lang in langs)
+        + f"{'avg':>8}"
+    ]
     for name, r in runs.items():
         per = r["test"]["per_language"]
-        lines.append(row(f"{method_label(name, r)} ({tested_step(r)})",
-                         [*(per[lang]["score"] for lang in langs), r["test"]["average"]]))
-    for title, key, columns, pick in (("MLM perplexity", "mlm_perplexity", langs, lambda m, lang: m[lang]),
-                                      ("XSR P@1 (xx->en)", "xsr", targets, lambda m, lang: m[lang]["p@1"])):
+        lines.append(
+            row(
+                f"{method_label(name, r)} ({tested_step(r)})",
+                [*(per[lang]["score"] for lang in langs), r["test"]["average"]],
+            )
+        )
+    for title, key, columns, pick in (
+        ("MLM perplexity", "mlm_perplexity", langs, lambda m, lang: m[lang]),
+        ("XSR P@1 (xx->en)", "xsr", targets, lambda m, lang: m[lang]["p@1"]),
+    ):
         lines += ["", f"{title:<{width}}" + "".join(f"{lang:>8}" for lang in columns)]
         lines.append(row("backbone (step 0)", [pick(first["backbone"][key], lang) for lang in columns]))
         for name, r in runs.items():
             end = r["dev"]["history"][-1] if r["dev"]["history"] else {}
             if end.get("memory") and end["step"] == r["train"]["steps"]:  # what was forgotten by the end
-                lines.append(row(f"{name}, end (step {end['step']})", [pick(end["memory"][key], lang) for lang in columns]))
+                lines.append(
+                    row(f"{name}, end (step {end['step']})", [pick(end["memory"][key], lang) for lang in columns])
+                )
             if r.get("after"):  # what the model that was tested kept
-                lines.append(row(f"{name}, tested ({tested_step(r)})", [pick(r["after"][key], lang) for lang in columns]))
+                lines.append(
+                    row(f"{name}, tested ({tested_step(r)})", [pick(r["after"][key], lang) for lang in columns])
+                )
     return "\n".join(lines)
 
 
 def next_commands(out: str) -> str:
     """What to type next: the environment the demo installed, then the tools on its runs."""
     venv = ROOT / ".venv"
-    return "\n".join([
-        "", "next:",
-        f"  source {os.path.relpath(venv / 'bin' / 'activate')}      # distgem, tensorboard, deepspeed on the PATH",
-        f"  tensorboard --logdir {out}                    # curves over training; open http://localhost:6006",
-        f"  distgem report {out} --out {out}/report        # tables, t-tests, plots (forgetting.png)",
-        f"  distgem export {out}/gem-both --out {out}/model && distgem predict {out}/model FILE.conllu --out tagged.conllu",
-    ])
+    return "\n".join(
+        [
+            "",
+            "next:",
+            f"  source {os.path.relpath(venv / 'bin' / 'activate')}      # distgem, tensorboard, deepspeed on the PATH",
+            f"  tensorboard --logdir {out}                    # curves over training; open http://localhost:6006",
+            f"  distgem report {out} --out {out}/report        # tables, t-tests, plots (forgetting.png)",
+            f"  distgem export {out}/gem-both --out {out}/model && "
+            f"distgem predict {out}/model FILE.conllu --out tagged.conllu",
+        ]
+    )
 
 
 def _free_port() -> int:

@@ -1,4 +1,5 @@
 """User-facing errors: one line, naming the file, line or key; the CLI turns them into exit code 2."""
+
 from __future__ import annotations
 
 import os

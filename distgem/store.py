@@ -6,6 +6,7 @@ is an advisory `flock`, which the kernel releases when its holder dies: a build 
 leaves no stale lock behind (unlike a lock *file* whose existence is the lock). A process that waits
 for another's build says so after a few seconds, naming the lock and its holder.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -77,8 +78,11 @@ def lock(path: Path, what: str) -> Iterator[None]:
                 if waited >= WAIT_QUIET_SECONDS and (announced is None or waited - announced >= 60):
                     handle.seek(0)
                     holder = handle.read().strip() or "unknown"
-                    print(f"distgem: waiting {waited:.0f} s for {what} (lock {path}, held by pid {holder})",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"distgem: waiting {waited:.0f} s for {what} (lock {path}, held by pid {holder})",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     announced = waited
                 time.sleep(0.2)
         try:

@@ -5,6 +5,7 @@ mapping with `name`, `config` files and `set` overrides), overrides for every ru
 resources per element and the output directory. `distgem sweep list|size|resolve|sbatch-args`
 serve `slurm/sweep.sh`; nothing here writes sbatch files.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from distgem.errors import ConfigError
 from distgem.config.loader import build
+from distgem.errors import ConfigError
 
 
 @dataclass
@@ -107,20 +108,28 @@ def train_arguments(run: Run) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="sweep_command", required=True, metavar="SUBCOMMAND",
-                                help="list, todo, size, resolve or sbatch-args")
-    for name, help_text in (("list", "print every run of the grid (index, id, finished?)"),
-                            ("todo", "print the array indices still to run (neither finished nor kept), as 3,7-9"),
-                            ("size", "print the number of runs"),
-                            ("logs", "print the directory for the array's Slurm logs"),
-                            ("sbatch-args", "print sbatch options for the array from the grid's resources")):
+    sub = parser.add_subparsers(
+        dest="sweep_command", required=True, metavar="SUBCOMMAND", help="list, todo, size, resolve or sbatch-args"
+    )
+    for name, help_text in (
+        ("list", "print every run of the grid (index, id, finished?)"),
+        ("todo", "print the array indices still to run (neither finished nor kept), as 3,7-9"),
+        ("size", "print the number of runs"),
+        ("logs", "print the directory for the array's Slurm logs"),
+        ("sbatch-args", "print sbatch options for the array from the grid's resources"),
+    ):
         command = sub.add_parser(name, help=help_text)
         command.add_argument("grid", help="a sweep grid (configs/sweep*.yaml)")
         command.add_argument("--json", action="store_true", help="one JSON object instead of text")
         if name in ("list", "todo"):
-            command.add_argument("--summary", nargs="+", default=[], metavar="RUNS_JSONL",
-                                 help="report summaries (distgem report's runs.jsonl): a run kept there counts as "
-                                      "done though its directory is gone")
+            command.add_argument(
+                "--summary",
+                nargs="+",
+                default=[],
+                metavar="RUNS_JSONL",
+                help="report summaries (distgem report's runs.jsonl): a run kept there counts as "
+                "done though its directory is gone",
+            )
     resolve = sub.add_parser("resolve", help="print shell assignments for one array element")
     resolve.add_argument("grid", help="a sweep grid (configs/sweep*.yaml)")
     resolve.add_argument("index", type=int, help="the array element (SLURM_ARRAY_TASK_ID)")
@@ -135,9 +144,17 @@ def run(args: argparse.Namespace) -> int:
         print(Path(grid.out) / grid.name / "slurm")
     elif args.sweep_command == "list":
         kept = summarised(args.summary)
-        rows = [{"index": r.index, "run_id": r.run_id, "run_dir": r.run_dir, "finished": finished(r.run_dir),
-                 "in_summary": r.run_id in kept, "command": "launch/train.py " + shlex.join(train_arguments(r))}
-                for r in runs]
+        rows = [
+            {
+                "index": r.index,
+                "run_id": r.run_id,
+                "run_dir": r.run_dir,
+                "finished": finished(r.run_dir),
+                "in_summary": r.run_id in kept,
+                "command": "launch/train.py " + shlex.join(train_arguments(r)),
+            }
+            for r in runs
+        ]
         if args.json:
             print(json.dumps(rows, indent=1))
         else:
@@ -145,17 +162,27 @@ def run(args: argparse.Namespace) -> int:
                 state = "done" if row["finished"] else "kept" if row["in_summary"] else "todo"
                 print(f"{row['index']:4d}  {state}  {row['run_id']}")
             only_kept = sum(r["in_summary"] and not r["finished"] for r in rows)
-            print(f"{len(rows)} runs, {sum(r['finished'] for r in rows)} finished"
-                  + (f", {only_kept} more kept in {' '.join(args.summary)} (directory gone)" if args.summary else "")
-                  + f"; output under {grid.out}/{grid.name}")
+            print(
+                f"{len(rows)} runs, {sum(r['finished'] for r in rows)} finished"
+                + (f", {only_kept} more kept in {' '.join(args.summary)} (directory gone)" if args.summary else "")
+                + f"; output under {grid.out}/{grid.name}"
+            )
     elif args.sweep_command == "todo":
         kept = summarised(args.summary)
         print(index_ranges([r.index for r in runs if not finished(r.run_dir) and r.run_id not in kept]))
     elif args.sweep_command == "sbatch-args":
         r = grid.resources
-        options = [f"--job-name=distgem-{grid.name}", f"--nodes={r.nodes}", "--ntasks-per-node=1",
-                   f"--cpus-per-task={r.cpus_per_task}", f"--mem={r.mem}", f"--time={r.time}",
-                   f"--signal=B:USR1@{r.signal_seconds}", "--requeue", "--open-mode=append"]
+        options = [
+            f"--job-name=distgem-{grid.name}",
+            f"--nodes={r.nodes}",
+            "--ntasks-per-node=1",
+            f"--cpus-per-task={r.cpus_per_task}",
+            f"--mem={r.mem}",
+            f"--time={r.time}",
+            f"--signal=B:USR1@{r.signal_seconds}",
+            "--requeue",
+            "--open-mode=append",
+        ]
         if r.gpus_per_node:
             options.append(f"--gpus-per-node={r.gpus_per_node}")
         print(" ".join(options))

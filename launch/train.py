@@ -4,6 +4,7 @@
 Also `torchrun --nproc_per_node N launch/train.py ...`, `mpirun -n N python launch/train.py ...`,
 `srun python launch/train.py ...`, or plain `python launch/train.py ...` (one process).
 """
+
 import sys
 from pathlib import Path
 

@@ -9,13 +9,13 @@ weights): the constraint held for the gradient, not for the step. Then its mean,
 over the pre-trained model's memory loss (gem.anchor: pretrained), the held-out memory loss at four
 points of its curve (runs with eval.memory_loss_every) and the median projection time.
 """
+
 from __future__ import annotations
 
 import json
 import statistics
 import sys
 from pathlib import Path
-
 
 ROUNDING = 0.01  # of the median |change| of unprojected steps: float32 rounding of rewritten weights is ~0.1%
 

@@ -1,4 +1,5 @@
 """Shared test helpers: paths, markers and a writer for small corpus files."""
+
 from __future__ import annotations
 
 import json
@@ -71,5 +72,14 @@ def pytest_runtest_logreport(report):
     outcome = report.outcome if report.when == "call" or report.skipped else "error"
     errors = [line[1:].strip() for line in report.longreprtext.splitlines() if line.startswith("E ")]
     with open(path, "a") as handle:
-        handle.write(json.dumps({"test": report.nodeid, "outcome": outcome, "seconds": round(report.duration, 2),
-                                 "message": " ".join(errors[:3])[:500]}) + "\n")
+        handle.write(
+            json.dumps(
+                {
+                    "test": report.nodeid,
+                    "outcome": outcome,
+                    "seconds": round(report.duration, 2),
+                    "message": " ".join(errors[:3])[:500],
+                }
+            )
+            + "\n"
+        )

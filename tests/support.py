@@ -3,6 +3,7 @@
 Tests of the method's *effect* use the embedded world and its pre-trained backbone; tests of the
 machinery (equivalence, resume, communication) need only something small, deterministic and quick.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,9 @@ def _word(lang: str, tag: str, i: int) -> str:
     return tag.lower()[:2] + "".join(alphabet[(i >> (3 * k)) & 7] for k in range(2))
 
 
-def _sentence(rng: random.Random, lang: str, long: bool = False, length: int | None = None) -> tuple[list[str], list[str]]:
+def _sentence(
+    rng: random.Random, lang: str, long: bool = False, length: int | None = None
+) -> tuple[list[str], list[str]]:
     n = rng.randint(length, length + length // 4) if length else rng.randint(18, 30) if long else rng.randint(3, 9)
     tags = [rng.choice(TAGS[:-1]) for _ in range(n - 1)] + ["PUNCT"]
     words = ["." if t == "PUNCT" else _word(lang, t, rng.randrange(24)) for t in tags]
@@ -51,17 +54,26 @@ def write_micro_corpus(root: Path, seed: int = 0, sentences: int = 64, length: i
             for _ in range(count):
                 words, _ = _sentence(rng, lang, length=length)
                 tags = [rng.choice(NER) for _ in words]
-                tags = ["B-" + t[2:] if t.startswith("I-") and (i == 0 or tags[i - 1] == "O") else t for i, t in enumerate(tags)]
+                tags = [
+                    "B-" + t[2:] if t.startswith("I-") and (i == 0 or tags[i - 1] == "O") else t
+                    for i, t in enumerate(tags)
+                ]
                 blocks.append("\n".join(f"{w} X {t}" for w, t in zip(words, tags)) + "\n")
             (root / "ner" / f"{lang}.{split}").write_text("\n".join(blocks), encoding="utf-8")
         (root / "mono" / f"{lang}.txt").write_text(
-            "\n".join(" ".join(_sentence(rng, lang, length=length)[0]) for _ in range(96)) + "\n", encoding="utf-8")
+            "\n".join(" ".join(_sentence(rng, lang, length=length)[0]) for _ in range(96)) + "\n", encoding="utf-8"
+        )
     for lang in ("es", "el"):
         pairs = [_sentence(rng, "en", length=length)[0] for _ in range(64)]
         (root / "parallel" / f"en-{lang}.en").write_text("\n".join(" ".join(p) for p in pairs) + "\n", encoding="utf-8")
         (root / "parallel" / f"en-{lang}.{lang}").write_text(
-            "\n".join(" ".join(w.translate(str.maketrans("abcdefgh", "ijklmnop" if lang == "es" else "αβγδεζηθ"))
-                               for w in p) for p in pairs) + "\n", encoding="utf-8")
+            "\n".join(
+                " ".join(w.translate(str.maketrans("abcdefgh", "ijklmnop" if lang == "es" else "αβγδεζηθ")) for w in p)
+                for p in pairs
+            )
+            + "\n",
+            encoding="utf-8",
+        )
     return root
 
 
@@ -80,27 +92,47 @@ def write_micro_backbone(directory: Path, corpus: Path, hidden: int = 32, layers
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
 
-    texts = [line for f in sorted((corpus / "mono").glob("*.txt")) for line in f.read_text(encoding="utf-8").splitlines()]
+    texts = [
+        line for f in sorted((corpus / "mono").glob("*.txt")) for line in f.read_text(encoding="utf-8").splitlines()
+    ]
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=False)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(texts, trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials, show_progress=False))
+    tok.train_from_iterator(
+        texts, trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials, show_progress=False)
+    )
     # the trainer numbers tied pieces in hash order (PYTHONHASHSEED): number them by the piece instead, so that
     # every session gets the same fixture and the equivalence tolerances are checked on the same numbers
-    pieces = sorted(tok.get_vocab(), key=lambda piece: (piece not in specials, specials.index(piece)
-                                                        if piece in specials else 0, piece))
+    pieces = sorted(
+        tok.get_vocab(),
+        key=lambda piece: (piece not in specials, specials.index(piece) if piece in specials else 0, piece),
+    )
     normalizer, pre_tokenizer = tok.normalizer, tok.pre_tokenizer
     tok = Tokenizer(models.WordPiece({piece: i for i, piece in enumerate(pieces)}, unk_token="[UNK]"))
     tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
-    tokenizer = BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
-                                  pad_token="[PAD]", mask_token="[MASK]")
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B [SEP]",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+    )
+    tokenizer = BertTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        mask_token="[MASK]",
+    )
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-                        intermediate_size=2 * hidden, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=2 * hidden,
+        max_position_embeddings=128,
+    )
     BertForMaskedLM(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
@@ -109,10 +141,23 @@ def write_micro_backbone(directory: Path, corpus: Path, hidden: int = 32, layers
 def micro_overrides(corpus: Path, backbone: Path, run_dir: Path, **extra) -> list[str]:
     """--set overrides for a fast deterministic run on the micro fixtures."""
     values = {
-        "model.backbone": str(backbone), "data.root": str(corpus), "model.max_length": 16, "model.stride": 4,
-        "model.dropout": 0.0, "task.targets": "[es, el]", "train.steps": 4, "train.batch_size": 8, "train.lr": 1e-3,
-        "method.memory_batch_size": 4, "method.xsr_layer": -1, "data.xsr_eval_pairs": 16, "data.mlm_eval_sentences": 16,
-        "eval.every": 2, "eval.batch_size": 16, "output.run_dir": str(run_dir), "output.tensorboard": "false",
+        "model.backbone": str(backbone),
+        "data.root": str(corpus),
+        "model.max_length": 16,
+        "model.stride": 4,
+        "model.dropout": 0.0,
+        "task.targets": "[es, el]",
+        "train.steps": 4,
+        "train.batch_size": 8,
+        "train.lr": 1e-3,
+        "method.memory_batch_size": 4,
+        "method.xsr_layer": -1,
+        "data.xsr_eval_pairs": 16,
+        "data.mlm_eval_sentences": 16,
+        "eval.every": 2,
+        "eval.batch_size": 16,
+        "output.run_dir": str(run_dir),
+        "output.tensorboard": "false",
         "data.cache_dir": str(corpus.parent / "datasets"),  # shared by the session's runs, never ~/.cache
     }
     values.update(extra)
@@ -128,25 +173,48 @@ def free_port() -> int:
 def train_command(ranks: int, launcher: str = "torchrun", collectives: Path | None = None) -> list[str]:
     """launch/train.py on `ranks` processes; with `collectives`, through bench/collectives.py, which writes every
     rank's collectives per step into that directory."""
-    script = [str(ROOT / "bench" / "collectives.py"), "--out", str(collectives)] if collectives \
+    script = (
+        [str(ROOT / "bench" / "collectives.py"), "--out", str(collectives)]
+        if collectives
         else [str(ROOT / "launch" / "train.py")]
+    )
     if ranks == 1:
         return [sys.executable, *script]
     if launcher == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks),
-                "--master_port", str(free_port()), *script]
+        return [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(ranks),
+            "--master_port",
+            str(free_port()),
+            *script,
+        ]
     raise ValueError(launcher)
 
 
-def run_training(micro, run_dir: Path, ranks: int = 1, extra: dict | None = None, args: tuple = (),
-                 timeout: int = 300, check: bool = True, env: dict | None = None,
-                 collectives: Path | None = None) -> subprocess.CompletedProcess:
+def run_training(
+    micro,
+    run_dir: Path,
+    ranks: int = 1,
+    extra: dict | None = None,
+    args: tuple = (),
+    timeout: int = 300,
+    check: bool = True,
+    env: dict | None = None,
+    collectives: Path | None = None,
+) -> subprocess.CompletedProcess:
     corpus, backbone = micro
     overrides = micro_overrides(corpus, backbone, run_dir, **(extra or {}))
     command = train_command(ranks, collectives=collectives) + [a for o in overrides for a in ("--set", o)] + list(args)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu",
-           "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions")),
-           **(env or {})}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "DS_ACCELERATOR": "cpu",
+        "TORCH_EXTENSIONS_DIR": os.environ.get("TORCH_EXTENSIONS_DIR", str(ROOT / ".cache" / "torch_extensions")),
+        **(env or {}),
+    }
     result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
     if check and result.returncode != 0:
         raise AssertionError(f"training failed (rc={result.returncode}):\n{result.stderr[-4000:]}")

@@ -3,6 +3,7 @@
 Unknown keys, wrong types and missing required values fail with the full dotted key and where it
 came from. Section dataclasses check their own values in `__post_init__` by raising `FieldError`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,8 +30,9 @@ class FieldError(ValueError):
         super().__init__(message)
 
 
-def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, lt: float | None = None,
-            le: float | None = None) -> Any:
+def bounded(
+    default: Any, *, ge: float | None = None, gt: float | None = None, lt: float | None = None, le: float | None = None
+) -> Any:
     """A numeric field with its valid range (checked on loading, with the dotted key named; tests draw values
     outside it): `lr: float = bounded(1e-5, gt=0)`. None, where the type allows it, is always valid."""
     bounds = {name: value for name, value in (("ge", ge), ("gt", gt), ("lt", lt), ("le", le)) if value is not None}
@@ -91,8 +93,11 @@ def build(cls: type, raw: dict, sources: dict[str, str] | None = None, prefix: s
             problem = out_of_bounds(values[name], field.metadata.get("bounds", {}))
             if problem:
                 raise ConfigError(f"{_where(sources, dotted)}: '{dotted}' {problem}, got {values[name]!r}")
-        elif dataclasses.is_dataclass(hints[name]) and field.default is dataclasses.MISSING \
-                and field.default_factory is dataclasses.MISSING:
+        elif (
+            dataclasses.is_dataclass(hints[name])
+            and field.default is dataclasses.MISSING
+            and field.default_factory is dataclasses.MISSING
+        ):
             values[name] = build(hints[name], {}, sources, dotted + ".")
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required value '{dotted}' (set it in the YAML or with --set {dotted}=...)")
@@ -220,8 +225,12 @@ def _convert(value: Any, hint: Any, dotted: str, sources: dict) -> Any:
         if not isinstance(value, list):
             raise ConfigError(f"{where}: '{dotted}' must be a list, got {value!r}")
         item = args[0] if args else Any
-        items = [_convert(_OverrideValue(v) if isinstance(v, str) and item is not str else v, item,
-                          f"{dotted}[{i}]", sources) for i, v in enumerate(value)]
+        items = [
+            _convert(
+                _OverrideValue(v) if isinstance(v, str) and item is not str else v, item, f"{dotted}[{i}]", sources
+            )
+            for i, v in enumerate(value)
+        ]
         return tuple(items) if origin is tuple or hint is tuple else items
     if origin is dict or hint is dict:
         if isinstance(value, _OverrideValue):

@@ -1,4 +1,5 @@
 """The config reference in docs/USAGE.md, generated from distgem/config/sections.py (fields, defaults, docstrings)."""
+
 from __future__ import annotations
 
 import ast
@@ -19,7 +20,11 @@ def field_docs() -> dict[str, dict[str, str]]:
         if isinstance(node, ast.ClassDef):
             body = node.body
             for item, after in zip(body, body[1:] + [None]):
-                if isinstance(item, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+                if (
+                    isinstance(item, ast.AnnAssign)
+                    and isinstance(after, ast.Expr)
+                    and isinstance(after.value, ast.Constant)
+                ):
                     docs.setdefault(node.name, {})[item.target.id] = " ".join(str(after.value.value).split())
     return docs
 
@@ -42,7 +47,9 @@ def reference() -> str:
             hint = hints[field.name]
             kind = hint.__name__ if isinstance(hint, type) else str(hint).replace("typing.", "")
             kind = kind.replace("|", "or")
-            lines.append(f"| `{prefix}.{field.name}` | {kind} | `{value!r}` | {docs.get(cls.__name__, {}).get(field.name, '')} |")
+            lines.append(
+                f"| `{prefix}.{field.name}` | {kind} | `{value!r}` | {docs.get(cls.__name__, {}).get(field.name, '')} |"
+            )
         lines.append("")
         for name, value in nested:
             section(name, value)

@@ -4,6 +4,7 @@ Each component receives only its own section. Precedence: defaults < YAML files 
 `include:` pulls in others) < `--set section.key=value`. Unknown keys and type mismatches fail
 with the full dotted key and the file or flag that set it (see `distgem.config.loader`).
 """
+
 from __future__ import annotations
 
 import os
@@ -55,22 +56,30 @@ class DataConfig:
     mono_sentences: int = bounded(0, ge=0)
     """Read only the first N sentences of every mono corpus (0 = all; the paper: 1M, 100K of them held out)."""
     paths: dict[str, str] = field(default_factory=dict)
-    """Per-language paths that win over the templates, keyed `<pos|ner|mono|parallel>.<lang>` (e.g. pos.en: hf:universal_dependencies/en_ewt)."""
+    """Per-language paths that win over the templates, keyed `<pos|ner|mono|parallel>.<lang>` (e.g. pos.en:
+    hf:universal_dependencies/en_ewt)."""
     hub_splits: dict[str, str] = field(default_factory=lambda: {"train": "train", "dev": "validation", "test": "test"})
     """Split of an hf: dataset read for train, dev and test (mono and parallel read `train`, else the only split)."""
     cache_dir: str = ""
-    """Tokenised corpora (Arrow, memory-mapped, shared by runs and ranks); empty = $DISTGEM_CACHE/datasets or ~/.cache/distgem/datasets."""
+    """Tokenised corpora (Arrow, memory-mapped, shared by runs and ranks); empty = $DISTGEM_CACHE/datasets or
+    ~/.cache/distgem/datasets."""
     num_proc: int = bounded(1, ge=1)
     """Processes that tokenise a corpus on a cache miss (Dataset.map num_proc)."""
 
     def __post_init__(self):
-        require(self.mono_sentences == 0 or self.mono_sentences >= 2 * self.mlm_eval_sentences, "mono_sentences",
-                "must be 0 (all) or at least twice mlm_eval_sentences")
+        require(
+            self.mono_sentences == 0 or self.mono_sentences >= 2 * self.mlm_eval_sentences,
+            "mono_sentences",
+            "must be 0 (all) or at least twice mlm_eval_sentences",
+        )
         require(set(self.hub_splits) == {"train", "dev", "test"}, "hub_splits", "needs exactly train, dev and test")
         for key in self.paths:
             kind, _, lang = key.partition(".")
-            require(kind in ("pos", "ner", "mono", "parallel") and lang and "." not in lang, "paths",
-                    f"key {key!r} must be <pos|ner|mono|parallel>.<lang>")
+            require(
+                kind in ("pos", "ner", "mono", "parallel") and lang and "." not in lang,
+                "paths",
+                f"key {key!r} must be <pos|ner|mono|parallel>.<lang>",
+            )
 
 
 @dataclass
@@ -153,8 +162,11 @@ class MethodConfig:
 
     def __post_init__(self):
         needs_memory = self.name in ("mtf", "gem")
-        require(bool(self.memory) == needs_memory, "memory",
-                f"{self.name} takes {'one or more memory tasks' if needs_memory else 'no memory tasks'}")
+        require(
+            bool(self.memory) == needs_memory,
+            "memory",
+            f"{self.name} takes {'one or more memory tasks' if needs_memory else 'no memory tasks'}",
+        )
         require(len(set(self.memory)) == len(self.memory), "memory", "lists a task twice")
         for task, weight in self.mtf_weights.items():
             require(weight >= 0, "mtf_weights", f"{task}: {weight:g} must be >= 0")

@@ -5,6 +5,7 @@ the window is cut on word boundaries into overlapping windows; each word is *own
 window (the one where it sits furthest from a cut), which carries its label in training and whose
 prediction stands for it in evaluation, so every word is predicted exactly once.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -25,8 +26,9 @@ class Window:
     owned: tuple[int, int]  # words [owned[0], owned[1]) are labelled and predicted by this window
 
 
-def encode_words(tokenizer, words: Sequence[str], labels: Sequence[int] | None = None,
-                 max_length: int = 128, stride: int = 32) -> list[Window]:
+def encode_words(
+    tokenizer, words: Sequence[str], labels: Sequence[int] | None = None, max_length: int = 128, stride: int = 32
+) -> list[Window]:
     """Tokenise pre-split words into windows of at most `max_length` tokens, `stride` tokens of overlap."""
     if labels is not None and len(labels) != len(words):
         raise ValueError(f"{len(words)} words but {len(labels)} labels")
@@ -124,8 +126,8 @@ def special_template(tokenizer) -> tuple[list[int], list[int]]:
         plain = tokenizer("a", add_special_tokens=False)["input_ids"]
         full = tokenizer("a", add_special_tokens=True)["input_ids"]
         for offset in range(len(full) - len(plain) + 1):
-            if full[offset:offset + len(plain)] == plain:
-                cached = (full[:offset], full[offset + len(plain):])
+            if full[offset : offset + len(plain)] == plain:
+                cached = (full[:offset], full[offset + len(plain) :])
                 break
         else:
             raise ValueError("cannot locate the content between the tokenizer's special tokens")

@@ -6,6 +6,7 @@ sibling while holding an exclusive lock on the entry, and renamed into place whe
 reader sees a whole entry or none, and concurrent jobs build it once. An entry whose files do not
 match its manifest (truncated, overwritten, a half-finished copy) is moved aside and rebuilt, never read.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -115,8 +116,12 @@ class DatasetCache:
             for other in tmp.iterdir():  # the generator's intermediate Arrow file and its builder folders
                 if other.name not in kept:
                     shutil.rmtree(other) if other.is_dir() else other.unlink()
-            manifest = {"format": FORMAT, "rows": rows, "key": key_parts,
-                        "files": [{"name": f.name, "size": f.stat().st_size, "xxh3": file_digest(f)} for f in files]}
+            manifest = {
+                "format": FORMAT,
+                "rows": rows,
+                "key": key_parts,
+                "files": [{"name": f.name, "size": f.stat().st_size, "xxh3": file_digest(f)} for f in files],
+            }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
             os.rename(tmp, final)
         except BaseException:

@@ -1,4 +1,5 @@
 """CoNLL 2002/2003 NER reader: word first, tag last, any middle columns; IOB1 normalised to IOB2."""
+
 from __future__ import annotations
 
 import os

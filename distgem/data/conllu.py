@@ -1,4 +1,5 @@
 """CoNLL-U (UD 2.x) reader: words and UPOS tags; multiword ranges and empty nodes are parsed, not tagged."""
+
 from __future__ import annotations
 
 import os
@@ -10,8 +11,23 @@ from distgem.data.sentence import TaggedSentence
 from distgem.errors import InputError
 
 UPOS_TAGS = (
-    "ADJ", "ADP", "ADV", "AUX", "CCONJ", "DET", "INTJ", "NOUN", "NUM",
-    "PART", "PRON", "PROPN", "PUNCT", "SCONJ", "SYM", "VERB", "X",
+    "ADJ",
+    "ADP",
+    "ADV",
+    "AUX",
+    "CCONJ",
+    "DET",
+    "INTJ",
+    "NOUN",
+    "NUM",
+    "PART",
+    "PRON",
+    "PROPN",
+    "PUNCT",
+    "SCONJ",
+    "SYM",
+    "VERB",
+    "X",
 )
 _UPOS = frozenset(UPOS_TAGS)
 _WORD_ID = re.compile(r"[1-9][0-9]*")

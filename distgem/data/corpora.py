@@ -6,6 +6,7 @@ stay memory-mapped and are indexed per batch (distgem.data.rows). A cache entry'
 content of its source (file bytes, or the hub split's fingerprint), the tokenizer, the settings
 and the code that encodes, so any change rebuilds it and nothing else does.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,9 +30,17 @@ from distgem.tasks.tagging import LABELS, TaggedCorpus, corpus_from_rows
 TAG_COLUMNS = {"pos": ("upos", "pos_tags"), "ner": ("ner_tags",)}  # hub columns, in order of preference
 FILE_FORMATS = {"pos": "conllu", "ner": "conll"}
 PARALLEL_MIN_ROWS = 5000  # below this, map's worker processes (~0.2 s each to start) cost more than they save
-CODE_MODULES = ("distgem.data.lines", "distgem.data.text", "distgem.data.conll", "distgem.data.conllu",
-                "distgem.data.align", "distgem.data.encode", "distgem.data.records", "distgem.data.hub",
-                "distgem.data.corpora")
+CODE_MODULES = (
+    "distgem.data.lines",
+    "distgem.data.text",
+    "distgem.data.conll",
+    "distgem.data.conllu",
+    "distgem.data.align",
+    "distgem.data.encode",
+    "distgem.data.records",
+    "distgem.data.hub",
+    "distgem.data.corpora",
+)
 
 
 @dataclass
@@ -60,9 +69,28 @@ def resolve_root(root: str) -> str:
 
 
 # {lang3} and {side3} in a template: the ISO 639-3 code, as Tatoeba and LASER name their files (spa-eng)
-ISO_639_3 = {"en": "eng", "es": "spa", "fr": "fra", "el": "ell", "ru": "rus", "de": "deu", "nl": "nld", "it": "ita",
-             "pt": "por", "ar": "ara", "zh": "cmn", "ja": "jpn", "ko": "kor", "hi": "hin", "tr": "tur", "fi": "fin",
-             "pl": "pol", "sv": "swe", "bg": "bul", "cs": "ces"}
+ISO_639_3 = {
+    "en": "eng",
+    "es": "spa",
+    "fr": "fra",
+    "el": "ell",
+    "ru": "rus",
+    "de": "deu",
+    "nl": "nld",
+    "it": "ita",
+    "pt": "por",
+    "ar": "ara",
+    "zh": "cmn",
+    "ja": "jpn",
+    "ko": "kor",
+    "hi": "hin",
+    "tr": "tur",
+    "fi": "fin",
+    "pl": "pol",
+    "sv": "swe",
+    "bg": "bul",
+    "cs": "ces",
+}
 
 
 def path_of(data, key: str, lang: str, **fields) -> str:
@@ -81,8 +109,16 @@ def path_of(data, key: str, lang: str, **fields) -> str:
     return path
 
 
-def load_corpora(data, task, model, tokenizer, need_mono: list[str], need_pairs: list[str],
-                 progress: bool = False, cache: DatasetCache | None = None) -> Corpora:
+def load_corpora(
+    data,
+    task,
+    model,
+    tokenizer,
+    need_mono: list[str],
+    need_pairs: list[str],
+    progress: bool = False,
+    cache: DatasetCache | None = None,
+) -> Corpora:
     """Tagging train (source), dev (targets), test (all); mono and parallel splits for memory and evaluation."""
     cache = cache or DatasetCache(data.cache_dir or None, data.num_proc, progress)
     languages = [task.source, *task.targets]
@@ -95,8 +131,11 @@ def load_corpora(data, task, model, tokenizer, need_mono: list[str], need_pairs:
         if not hub.is_hub(path_of(data, "parallel", lang, side=lang)):
             path_of(data, "parallel", lang, side="en")
     tagged = lambda lang, split: tagged_corpus(cache, data, task.name, lang, split, tokenizer, model)  # noqa: E731
-    corpora = Corpora(train=tagged(task.source, "train"), dev={lang: tagged(lang, "dev") for lang in task.targets},
-                      test={lang: tagged(lang, "test") for lang in languages})
+    corpora = Corpora(
+        train=tagged(task.source, "train"),
+        dev={lang: tagged(lang, "dev") for lang in task.targets},
+        test={lang: tagged(lang, "test") for lang in languages},
+    )
     for lang in need_mono:
         examples = mono_examples(cache, data, lang, tokenizer, model.max_length)
         held = min(data.mlm_eval_sentences, len(examples) // 2)
@@ -114,11 +153,21 @@ def tagged_corpus(cache: DatasetCache, data, task: str, lang: str, split: str, t
     path = path_of(data, task, lang, split=data.ner_splits[split] if task == "ner" else split)
     source = hub.identity(path, hub_split) if hub.is_hub(path) else _file_identity(path)
     key = _key(f"tag-{task}", source, tokenizer, max_length=model.max_length, stride=model.stride)
-    gen = {"path": path, "fmt": FILE_FORMATS[task], "labels": tuple(LABELS[task]), "split": hub_split,
-           "tag_columns": tuple(TAG_COLUMNS[task])}  # tuples: datasets shards over lists
+    gen = {
+        "path": path,
+        "fmt": FILE_FORMATS[task],
+        "labels": tuple(LABELS[task]),
+        "split": hub_split,
+        "tag_columns": tuple(TAG_COLUMNS[task]),
+    }  # tuples: datasets shards over lists
     fn = {"tokenizer": tokenizer, "labels": list(LABELS[task]), "max_length": model.max_length, "stride": model.stride}
-    dataset = cache.get(f"{task}-{lang}-{split}", key, lambda tmp, procs: _build(
-        tmp, procs, records.tagged_records, gen, "tagged", _tagged_batch, fn, key, remove=False))
+    dataset = cache.get(
+        f"{task}-{lang}-{split}",
+        key,
+        lambda tmp, procs: _build(
+            tmp, procs, records.tagged_records, gen, "tagged", _tagged_batch, fn, key, remove=False
+        ),
+    )
     return corpus_from_rows(path, iter_rows(dataset))
 
 
@@ -129,8 +178,11 @@ def mono_examples(cache: DatasetCache, data, lang: str, tokenizer, max_length: i
     key = _key("mlm", source, tokenizer, max_length=max_length, sentences=data.mono_sentences)
     gen = {"path": path, "limit": data.mono_sentences}
     fn = {"tokenizer": tokenizer, "max_length": max_length}
-    dataset = cache.get(f"mlm-{lang}", key, lambda tmp, procs: _build(
-        tmp, procs, records.mono_records, gen, "mono", _mono_batch, fn, key))
+    dataset = cache.get(
+        f"mlm-{lang}",
+        key,
+        lambda tmp, procs: _build(tmp, procs, records.mono_records, gen, "mono", _mono_batch, fn, key),
+    )
     return ArrowRows(dataset, ["input_ids"])
 
 
@@ -146,8 +198,11 @@ def parallel_pairs(cache: DatasetCache, data, lang: str, tokenizer, max_length: 
     key = _key("xsr", source, tokenizer, max_length=max_length)
     gen = {"source": first, "target": second, "lang": lang}
     fn = {"tokenizer": tokenizer, "max_length": max_length}
-    dataset = cache.get(f"xsr-{lang}", key, lambda tmp, procs: _build(
-        tmp, procs, records.parallel_records, gen, "parallel", _pair_batch, fn, key))
+    dataset = cache.get(
+        f"xsr-{lang}",
+        key,
+        lambda tmp, procs: _build(tmp, procs, records.parallel_records, gen, "parallel", _pair_batch, fn, key),
+    )
     return ArrowRows(dataset, ["source_ids", "target_ids"])
 
 
@@ -155,27 +210,57 @@ def parallel_pairs(cache: DatasetCache, data, lang: str, tokenizer, max_length: 
 
 _IDS = List(Value("int32"))  # vocabularies stay far below 2^31: half the bytes of int64
 OUTPUT = {
-    "tagged": Features({**records.FEATURES["tagged"], "input_ids": List(_IDS), "word_ids": List(_IDS),
-                        "labels": List(_IDS), "spans": List(_IDS)}),  # per sentence, one list per window
+    "tagged": Features(
+        {
+            **records.FEATURES["tagged"],
+            "input_ids": List(_IDS),
+            "word_ids": List(_IDS),
+            "labels": List(_IDS),
+            "spans": List(_IDS),
+        }
+    ),  # per sentence, one list per window
     "mono": Features({"input_ids": _IDS}),
     "parallel": Features({"source_ids": _IDS, "target_ids": _IDS}),
 }
 
 
-def _build(tmp: Path, num_proc: int, generator, gen_kwargs: dict, kind: str, function, fn_kwargs: dict,
-           key: dict, remove: bool = True) -> Dataset:
+def _build(
+    tmp: Path,
+    num_proc: int,
+    generator,
+    gen_kwargs: dict,
+    kind: str,
+    function,
+    fn_kwargs: dict,
+    key: dict,
+    remove: bool = True,
+) -> Dataset:
     fingerprint = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
-    raw = Dataset.from_generator(generator, features=records.FEATURES[kind], gen_kwargs=gen_kwargs,
-                                 cache_dir=str(tmp / "raw"), fingerprint=f"raw{fingerprint}")
+    raw = Dataset.from_generator(
+        generator,
+        features=records.FEATURES[kind],
+        gen_kwargs=gen_kwargs,
+        cache_dir=str(tmp / "raw"),
+        fingerprint=f"raw{fingerprint}",
+    )
     procs = num_proc if num_proc > 1 and raw.num_rows >= PARALLEL_MIN_ROWS else None
     # Record batches of 10K rows, not datasets' 1000: opening a memory-mapped stream reads every batch's
     # header, and the kernel maps 64 KB around each, so small batches make the whole file resident.
     rows = 1000 if kind == "tagged" else 10_000
     # fingerprints given, not computed: datasets would otherwise pickle and hash the tokenizer
-    return raw.map(function, fn_kwargs=fn_kwargs, batched=True, batch_size=rows, writer_batch_size=rows, num_proc=procs,
-                   remove_columns=raw.column_names if remove else None, features=OUTPUT[kind],
-                   cache_file_name=str(tmp / "data.arrow"), new_fingerprint=f"tok{fingerprint}",
-                   desc=f"tokenising {kind}")
+    return raw.map(
+        function,
+        fn_kwargs=fn_kwargs,
+        batched=True,
+        batch_size=rows,
+        writer_batch_size=rows,
+        num_proc=procs,
+        remove_columns=raw.column_names if remove else None,
+        features=OUTPUT[kind],
+        cache_file_name=str(tmp / "data.arrow"),
+        new_fingerprint=f"tok{fingerprint}",
+        desc=f"tokenising {kind}",
+    )
 
 
 def _tagged_batch(batch: dict, tokenizer, labels: list[str], max_length: int, stride: int) -> dict:
@@ -195,6 +280,7 @@ def _pair_batch(batch: dict, tokenizer, max_length: int) -> dict:
 
 # --- cache keys ---
 
+
 def _key(kind: str, source, tokenizer, **settings) -> dict:
     return {"kind": kind, "source": source, "tokenizer": tokenizer_digest(tokenizer), "code": code_digest(), **settings}
 
@@ -208,8 +294,9 @@ def tokenizer_digest(tokenizer) -> str:
     cached = getattr(tokenizer, "_distgem_digest", None)
     if cached is None:
         digest = hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode())
-        digest.update(json.dumps([type(tokenizer).__name__, tokenizer.special_tokens_map], sort_keys=True,
-                                 default=str).encode())
+        digest.update(
+            json.dumps([type(tokenizer).__name__, tokenizer.special_tokens_map], sort_keys=True, default=str).encode()
+        )
         cached = tokenizer._distgem_digest = digest.hexdigest()[:32]
     return cached
 

@@ -2,6 +2,7 @@
 
 Pure functions of (rows, tokenizer, settings), so any number of worker processes give the same rows.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ def mono_windows(texts: Sequence[str], tokenizer, max_length: int) -> list[list[
     encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"] if len(texts) else []
     for ids in encoded:
         for start in range(0, max(len(ids), 1), budget):
-            examples.append(prefix + ids[start:start + budget] + suffix)
+            examples.append(prefix + ids[start : start + budget] + suffix)
     return examples
 
 
@@ -27,8 +28,9 @@ def pair_ids(sources: Sequence[str], targets: Sequence[str], tokenizer, max_leng
     return encode(sources), encode(targets)
 
 
-def tagged_windows(words: Sequence[Sequence[str]], labels: Sequence[Sequence[int]], tokenizer, max_length: int,
-                   stride: int) -> dict[str, list]:
+def tagged_windows(
+    words: Sequence[Sequence[str]], labels: Sequence[Sequence[int]], tokenizer, max_length: int, stride: int
+) -> dict[str, list]:
     """Per sentence, its windows as parallel lists (ids, word ids, labels, [first, last, own_start, own_end])."""
     out: dict[str, list] = {"input_ids": [], "word_ids": [], "labels": [], "spans": []}
     for sentence_words, sentence_labels in zip(words, labels):

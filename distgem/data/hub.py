@@ -5,6 +5,7 @@ sequences become tagged sentences, a text column becomes sentences, a `translati
 `source_sentence`/`target_sentence` pair becomes sentence pairs. Without network a hub name fails
 within seconds with one line that says how to use a copy made elsewhere.
 """
+
 from __future__ import annotations
 
 import functools
@@ -31,7 +32,7 @@ def is_hub(path) -> bool:
 
 def parse(spec: str) -> tuple[str, str | None]:
     """(dataset name, configuration): NAME, NAME/CONFIG or ORG/NAME/CONFIG."""
-    parts = [p for p in spec[len(PREFIX):].split("/") if p]
+    parts = [p for p in spec[len(PREFIX) :].split("/") if p]
     if not 1 <= len(parts) <= 3:
         raise UserError(f"{spec}: expected hf:NAME, hf:NAME/CONFIG, hf:ORG/NAME/CONFIG or hf:DIR")
     if len(parts) == 3:
@@ -44,7 +45,7 @@ def load_splits(spec: str) -> dict:
     """Every split of the dataset, memory-mapped: a local `save_to_disk` directory, else the hub."""
     import datasets
 
-    target = spec[len(PREFIX):]
+    target = spec[len(PREFIX) :]
     if target and Path(target).is_dir():
         try:
             loaded = datasets.load_from_disk(target)
@@ -57,10 +58,12 @@ def load_splits(spec: str) -> dict:
         return dict(datasets.load_dataset(name, config))
     except Exception as err:  # ConnectionError, DatasetNotFoundError, ValueError (bad config) ...
         call = f"datasets.load_dataset({name!r}{f', {config!r}' if config else ''}).save_to_disk('DIR')"
-        raise UserError(f"{spec}: cannot load the Hugging Face dataset {name!r}"
-                        f"{f' (config {config!r})' if config else ''}: {_first_line(err)}; where there is network run "
-                        f"python -c \"import datasets; {call}\", copy DIR here and use hf:DIR, or point the "
-                        f"config at local files (data.root, data.paths)") from None
+        raise UserError(
+            f"{spec}: cannot load the Hugging Face dataset {name!r}"
+            f"{f' (config {config!r})' if config else ''}: {_first_line(err)}; where there is network run "
+            f'python -c "import datasets; {call}", copy DIR here and use hf:DIR, or point the '
+            f"config at local files (data.root, data.paths)"
+        ) from None
 
 
 def split_of(spec: str, split: str | None) -> tuple[object, str]:
@@ -76,11 +79,15 @@ def split_of(spec: str, split: str | None) -> tuple[object, str]:
 def identity(spec: str, split: str | None) -> dict:
     """What a cache key needs to know of a split: datasets' fingerprint (a hub name also its spec)."""
     dataset, split = split_of(spec, split)
-    target = spec[len(PREFIX):]
+    target = spec[len(PREFIX) :]
     files = [os.stat(f["filename"]) for f in dataset.cache_files]
     local = bool(target) and Path(target).is_dir()
-    return {"hf": None if local else spec, "split": split, "fingerprint": dataset._fingerprint,  # noqa: SLF001
-            "files": [[s.st_size, s.st_mtime_ns] for s in files] if local else None}
+    return {
+        "hf": None if local else spec,
+        "split": split,
+        "fingerprint": dataset._fingerprint,  # noqa: SLF001
+        "files": [[s.st_size, s.st_mtime_ns] for s in files] if local else None,
+    }
 
 
 def where(spec: str, split: str) -> str:
@@ -98,8 +105,10 @@ def tagged_columns(dataset, spec: str, tag_columns: Sequence[str]) -> tuple[str,
     tokens = next((c for c in TOKEN_COLUMNS if c in dataset.features), None)
     tags = next((c for c in tag_columns if c in dataset.features), None)
     if tokens is None or tags is None:
-        raise UserError(f"{spec}: expected a token column ({'/'.join(TOKEN_COLUMNS)}) and a tag column "
-                        f"({'/'.join(tag_columns)}), found {', '.join(dataset.features)}")
+        raise UserError(
+            f"{spec}: expected a token column ({'/'.join(TOKEN_COLUMNS)}) and a tag column "
+            f"({'/'.join(tag_columns)}), found {', '.join(dataset.features)}"
+        )
     return tokens, tags
 
 
@@ -121,7 +130,9 @@ def mono_rows(spec: str, split: str | None = None) -> Iterator[tuple[int, str]]:
     dataset, split = split_of(spec, split)
     column = next((c for c in TEXT_COLUMNS if c in dataset.features), None)
     if column is None:
-        raise UserError(f"{spec}: expected a text column ({'/'.join(TEXT_COLUMNS)}), found {', '.join(dataset.features)}")
+        raise UserError(
+            f"{spec}: expected a text column ({'/'.join(TEXT_COLUMNS)}), found {', '.join(dataset.features)}"
+        )
     for number, row in enumerate(iter_rows(dataset, [column]), start=1):
         _refuse_nul(spec, split, number, row[column] or "")
         for sentence in split_sentences(row[column] or ""):
@@ -153,8 +164,9 @@ def parallel_rows(spec: str, lang: str, split: str | None = None) -> Iterator[tu
         pick = lambda row: (row["source_sentence"], row["target_sentence"])  # noqa: E731
         columns = ["source_sentence", "target_sentence"]
     else:
-        raise UserError(f"{spec}: expected a translation column or source_sentence/target_sentence, "
-                        f"found {', '.join(features)}")
+        raise UserError(
+            f"{spec}: expected a translation column or source_sentence/target_sentence, found {', '.join(features)}"
+        )
     for number, row in enumerate(iter_rows(dataset, columns), start=1):
         _refuse_nul(spec, split, number, *(s or "" for s in pick(row)))
         source, target = (" ".join((s or "").split()) for s in pick(row))

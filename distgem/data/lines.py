@@ -1,4 +1,5 @@
 """Line iteration shared by every reader: strict UTF-8, BOM, CRLF, trailing whitespace, line numbers."""
+
 from __future__ import annotations
 
 import os
@@ -28,14 +29,16 @@ def iter_lines(path: str | os.PathLike) -> Iterator[tuple[int, str]]:
     with handle:
         for number, raw in enumerate(handle, start=1):
             if number == 1 and raw.startswith(_BOM):
-                raw = raw[len(_BOM):]
+                raw = raw[len(_BOM) :]
             nul = raw.find(b"\0")
             if nul >= 0:
                 raise InputError(path, number, f"NUL byte (at column {nul + 1})")
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise InputError(path, number, f"invalid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1})") from None
+                raise InputError(
+                    path, number, f"invalid UTF-8 (byte 0x{raw[err.start]:02x} at column {err.start + 1})"
+                ) from None
             yield number, text.rstrip()
     if number == 0:
         raise InputError(path, None, "empty file")

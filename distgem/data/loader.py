@@ -4,9 +4,11 @@ Every rank draws the same global batch and keeps its own contiguous slice (distg
 ranks read disjoint parts of each epoch whose union is the whole epoch, and N ranks see exactly the batch one
 rank would. The position (epoch, offset) is part of every checkpoint.
 """
+
 from __future__ import annotations
 
 import zlib
+
 import torch
 
 
@@ -39,7 +41,7 @@ class BatchStream:
             if self._order is None:
                 self._order = self.order(self.epoch)
             take = min(self.batch_size - len(batch), self.size - self.offset)
-            batch += self._order[self.offset:self.offset + take].tolist()
+            batch += self._order[self.offset : self.offset + take].tolist()
             self.offset += take
             if self.offset == self.size:
                 self.epoch, self.offset, self._order = self.epoch + 1, 0, None
@@ -50,8 +52,10 @@ class BatchStream:
 
     def load_state_dict(self, state: dict) -> None:
         if (state["size"], state["batch_size"]) != (self.size, self.batch_size):
-            raise ValueError(f"task {self.name!r}: checkpoint was written for {state['size']} examples in batches "
-                             f"of {state['batch_size']}, this run has {self.size} in batches of {self.batch_size}")
+            raise ValueError(
+                f"task {self.name!r}: checkpoint was written for {state['size']} examples in batches "
+                f"of {state['batch_size']}, this run has {self.size} in batches of {self.batch_size}"
+            )
         self.epoch, self.offset, self._order = state["epoch"], state["offset"], None
 
 
@@ -67,7 +71,7 @@ def group_by_length(order: torch.Tensor, lengths: torch.Tensor, batch_size: int,
     chunk = batch_size * MEGABATCH
     out = []
     for start in range(0, len(order), chunk):
-        mega = order[start:start + chunk]
+        mega = order[start : start + chunk]
         mega = mega[torch.argsort(lengths[mega], descending=True, stable=True)]
         batches = list(mega.split(batch_size))
         shuffle = torch.randperm(len(batches), generator=generator).tolist()

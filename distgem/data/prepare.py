@@ -3,6 +3,7 @@
 The corpora are exactly those a run of the config opens (same resolution, same keys), so the jobs
 of a Slurm array find every entry cached and start training at once.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,17 +12,28 @@ import time
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", action="append", default=[], metavar="YAML",
-                        help="run config (repeatable; later files win), as given to training")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
-                        help="override one config value (repeatable)")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="YAML",
+        help="run config (repeatable; later files win), as given to training",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        dest="overrides",
+        help="override one config value (repeatable)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from distgem.model import backbone
     from distgem.config.sections import load_run_config
     from distgem.data.cache import DatasetCache
     from distgem.data.corpora import load_corpora, needed
+    from distgem.model import backbone
 
     config = load_run_config(args.config, args.overrides)
     started = time.perf_counter()
@@ -39,12 +51,16 @@ def format_entries(cache, seconds: float) -> str:
     lines = []
     for entry in cache.entries:
         state = "built " if entry.built else "cached"
-        lines.append(f"  {state} {entry.name:<16} {entry.rows:>10,} rows {_size(entry.bytes):>10}  "
-                     f"{entry.seconds:6.1f} s  {entry.path.name}")
+        lines.append(
+            f"  {state} {entry.name:<16} {entry.rows:>10,} rows {_size(entry.bytes):>10}  "
+            f"{entry.seconds:6.1f} s  {entry.path.name}"
+        )
     built = sum(e.built for e in cache.entries)
     total = sum(e.bytes for e in cache.entries)
-    head = (f"prepared {len(cache.entries)} corpora in {cache.directory} ({built} built, "
-            f"{len(cache.entries) - built} already cached; {_size(total)} on disk) in {seconds:.1f} s")
+    head = (
+        f"prepared {len(cache.entries)} corpora in {cache.directory} ({built} built, "
+        f"{len(cache.entries) - built} already cached; {_size(total)} on disk) in {seconds:.1f} s"
+    )
     return "\n".join([head, *lines])
 
 

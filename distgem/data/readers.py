@@ -1,4 +1,5 @@
 """One entry point over the format readers: detect a file's format, read it, summarise it."""
+
 from __future__ import annotations
 
 import os
@@ -15,7 +16,16 @@ READERS = {"conllu": read_conllu, "conll": read_conll, "text": read_text, "paral
 FORMATS = ("auto", *READERS)
 _SUFFIXES = {".conllu": "conllu", ".txt": "text", ".tsv": "parallel"}
 
-__all__ = ["READERS", "FORMATS", "detect_format", "summarise", "read_conllu", "read_conll", "read_text", "read_parallel"]
+__all__ = [
+    "READERS",
+    "FORMATS",
+    "detect_format",
+    "summarise",
+    "read_conllu",
+    "read_conll",
+    "read_text",
+    "read_parallel",
+]
 
 
 def detect_format(path: str | os.PathLike, second: str | os.PathLike | None = None) -> str:
@@ -76,8 +86,13 @@ def summarise(path: str | os.PathLike, second: str | os.PathLike | None = None, 
         pairs = list(read_parallel(path, second))
         src = sum(len(p.source.split()) for p in pairs)
         tgt = sum(len(p.target.split()) for p in pairs)
-        summary.update(second_path=os.fspath(second) if second else None, pairs=len(pairs),
-                       tokens=src + tgt, source_tokens=src, target_tokens=tgt)
+        summary.update(
+            second_path=os.fspath(second) if second else None,
+            pairs=len(pairs),
+            tokens=src + tgt,
+            source_tokens=src,
+            target_tokens=tgt,
+        )
     return summary
 
 
@@ -89,11 +104,16 @@ def format_summary(summary: dict) -> str:
     """A short human-readable rendering of `summarise`'s result."""
     fmt = summary["format"]
     if fmt == "hf":
-        return "\n".join([f"{summary['path']}: Hugging Face dataset, {len(summary['splits'])} splits",
-                          *(_format_split(name, info) for name, info in summary["splits"].items())])
+        return "\n".join(
+            [
+                f"{summary['path']}: Hugging Face dataset, {len(summary['splits'])} splits",
+                *(_format_split(name, info) for name, info in summary["splits"].items()),
+            ]
+        )
     where = summary["path"] + (f" + {summary['second_path']}" if summary.get("second_path") else "")
     if fmt == "parallel":
-        head = f"{where}: parallel, {summary['pairs']} pairs, {summary['source_tokens']} + {summary['target_tokens']} tokens"
+        tokens = f"{summary['source_tokens']} + {summary['target_tokens']} tokens"
+        head = f"{where}: parallel, {summary['pairs']} pairs, {tokens}"
     else:
         head = f"{where}: {fmt}, {summary['sentences']} sentences, {summary['tokens']} tokens"
     if fmt == "conllu":
@@ -113,5 +133,7 @@ def _format_split(name: str, info: dict) -> str:
     if "sentences" in info:
         line += f", {info['sentences']} sentences"
     for column, labels in info.get("tags", {}).items():
-        line += f"\n    {column} ({len(labels)}): " + ", ".join(f"{t} {n}" for t, n in sorted(labels.items(), key=lambda kv: -kv[1]))
+        line += f"\n    {column} ({len(labels)}): " + ", ".join(
+            f"{t} {n}" for t, n in sorted(labels.items(), key=lambda kv: -kv[1])
+        )
     return line

@@ -4,6 +4,7 @@ tagged: {words, tags}; mono: {text}; parallel: {source, target}. Every problem i
 naming the file and line (or the dataset, split and row) while the rows are read, before any cache
 entry exists, so a bad file never leaves a cache entry behind.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
@@ -24,8 +25,9 @@ FEATURES = {
 FILE_READERS = {"conllu": read_conllu, "conll": read_conll}
 
 
-def tagged_records(path: str, fmt: str, labels: Sequence[str], split: str | None = None,
-                   tag_columns: Sequence[str] = ()) -> Iterator[dict]:
+def tagged_records(
+    path: str, fmt: str, labels: Sequence[str], split: str | None = None, tag_columns: Sequence[str] = ()
+) -> Iterator[dict]:
     """Sentences of a CoNLL-U/CoNLL file (`fmt`) or a hub split; a tag outside `labels` is an InputError."""
     allowed = set(labels)
     if hub.is_hub(path):
@@ -35,9 +37,13 @@ def tagged_records(path: str, fmt: str, labels: Sequence[str], split: str | None
         names = hub.tag_names(dataset, column)
         unknown = sorted(set(names or ()) - allowed - {hub.SKIP_TAG})
         if unknown:  # a whole tag set that does not fit (Penn tags for UPOS): say so once, not at row 1
-            raise InputError(where, None, f"column {column!r} has tags outside the label set "
-                                          f"({', '.join(unknown[:6])}{', ...' if len(unknown) > 6 else ''}); "
-                                          f"expected {', '.join(labels)}")
+            raise InputError(
+                where,
+                None,
+                f"column {column!r} has tags outside the label set "
+                f"({', '.join(unknown[:6])}{', ...' if len(unknown) > 6 else ''}); "
+                f"expected {', '.join(labels)}",
+            )
         for number, words, tags in hub.tagged_rows(path, split, tag_columns):
             tags = to_iob2(tags) if fmt == "conll" else tags
             for tag in tags:

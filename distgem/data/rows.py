@@ -3,6 +3,7 @@
 A task source indexes `rows[i]` per batch, so a run over millions of sentences keeps only the pages
 it touches resident (the Arrow files are memory-mapped by `datasets`), never a list of every example.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -41,14 +42,15 @@ class ArrowRows(Sequence):
         values = [column[self.start + index].as_py() for column in self._columns]
         return values[0] if len(values) == 1 else tuple(values)
 
-
     def lengths(self):
         """Token count of every row (the longest column of a pair), read from the Arrow offsets: no row is decoded."""
         import numpy as np
         import torch
 
-        per_column = [pc.list_value_length(column.slice(self.start, len(self))).to_numpy(zero_copy_only=False)
-                      for column in self._columns]
+        per_column = [
+            pc.list_value_length(column.slice(self.start, len(self))).to_numpy(zero_copy_only=False)
+            for column in self._columns
+        ]
         return torch.from_numpy(np.maximum.reduce(per_column).astype(np.int64))
 
 
@@ -75,7 +77,6 @@ class ConcatRows(Sequence):
             raise IndexError(f"row {index} of {len(self)}")
         part = bisect.bisect_right(self.ends, index)
         return self.parts[part][index - (self.ends[part - 1] if part else 0)]
-
 
     def lengths(self):
         import torch

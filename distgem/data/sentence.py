@@ -1,4 +1,5 @@
 """The records readers yield: plain data, no behaviour beyond what the formats share."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

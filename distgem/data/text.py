@@ -1,4 +1,5 @@
 """Monolingual (one sentence per line) and parallel (two aligned files, or a two-column TSV) readers."""
+
 from __future__ import annotations
 
 import os
@@ -62,7 +63,8 @@ def _raise_length_mismatch(source, target, left, right) -> None:
     # point at the first line the shorter file lacks
     shorter, number = (target, tgt_count + 1) if right is None else (source, src_count + 1)
     raise InputError(
-        shorter, number,
+        shorter,
+        number,
         f"parallel files differ in length: {os.fspath(source)} has {src_count} lines, "
         f"{os.fspath(target)} has {tgt_count}",
     )

@@ -12,6 +12,7 @@ the manifest and falls back to the newest intact checkpoint (saying which file w
 newest `keep` step checkpoints are kept, older ones deleted only once a newer one is complete; `best`
 is kept aside and never pruned.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-
 
 LATEST = "latest"
 MANIFEST = "manifest.json"
@@ -50,14 +50,25 @@ class Checkpointer:
             tensors["cuda_rng"] = torch.cuda.get_rng_state(self.engine.device)
         if client.get("memory") is not None:
             tensors["memory"] = client["memory"].detach().cpu().contiguous()
-        tensors.update({f"method.{name}": t.detach().cpu().contiguous() for name, t in client.get("tensors", {}).items()})
+        tensors.update(
+            {f"method.{name}": t.detach().cpu().contiguous() for name, t in client.get("tensors", {}).items()}
+        )
         save_file(tensors, str(tmp / f"rank{self.rank}.safetensors"))
         py_state = random.getstate()
         np_state = np.random.get_state()
-        _write_json(tmp / f"rank{self.rank}.json", {
-            "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
-            "numpy_rng": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        })
+        _write_json(
+            tmp / f"rank{self.rank}.json",
+            {
+                "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
+                "numpy_rng": [
+                    np_state[0],
+                    np_state[1].tolist(),
+                    int(np_state[2]),
+                    int(np_state[3]),
+                    float(np_state[4]),
+                ],
+            },
+        )
         if self.world.is_main:
             _write_json(tmp / "state.json", {"state": client["state"], "streams": client["streams"]})
             (tmp / "config.yaml").write_text(config, encoding="utf-8")
@@ -79,12 +90,15 @@ class Checkpointer:
     def _prune(self) -> None:
         """Delete step checkpoints beyond the newest `keep` (only called once the newest is complete)."""
         steps = sorted(self.step_tags(), key=lambda t: int(STEP_TAG.match(t).group(1)), reverse=True)
-        for tag in steps[self.keep:]:
+        for tag in steps[self.keep :]:
             shutil.rmtree(self.directory / tag, ignore_errors=True)
 
     def step_tags(self) -> list[str]:
-        return [p.name for p in self.directory.iterdir() if p.is_dir() and STEP_TAG.match(p.name)] \
-            if self.directory.is_dir() else []
+        return (
+            [p.name for p in self.directory.iterdir() if p.is_dir() and STEP_TAG.match(p.name)]
+            if self.directory.is_dir()
+            else []
+        )
 
     def latest(self) -> str | None:
         path = self.directory / LATEST
@@ -97,8 +111,9 @@ class Checkpointer:
         if self.world.is_main:
             damaged = []
             hint = self.latest()
-            candidates = sorted(self.step_tags(), key=lambda t: (t == hint, int(STEP_TAG.match(t).group(1))),
-                                reverse=True)
+            candidates = sorted(
+                self.step_tags(), key=lambda t: (t == hint, int(STEP_TAG.match(t).group(1))), reverse=True
+            )
             for tag in candidates:
                 problem = verify(self.directory / tag)
                 if problem is None:
@@ -127,7 +142,7 @@ class Checkpointer:
         np.random.set_state((np_state[0], np.array(np_state[1], dtype=np.uint32), *np_state[2:]))
         client = json.loads((path / "state.json").read_text())
         client["memory"] = tensors.get("memory")
-        client["tensors"] = {name[len("method."):]: t for name, t in tensors.items() if name.startswith("method.")}
+        client["tensors"] = {name[len("method.") :]: t for name, t in tensors.items() if name.startswith("method.")}
         config = path / "config.yaml"
         client["config"] = config.read_text(encoding="utf-8") if config.is_file() else None
         return client
@@ -153,8 +168,11 @@ def verify(directory: Path) -> str | None:
 
 
 def _describe(directory: Path) -> dict[str, dict]:
-    return {str(path.relative_to(directory)): {"size": path.stat().st_size, "xxh3": _digest(path)}
-            for path in sorted(directory.rglob("*")) if path.is_file() and path.name != MANIFEST}
+    return {
+        str(path.relative_to(directory)): {"size": path.stat().st_size, "xxh3": _digest(path)}
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and path.name != MANIFEST
+    }
 
 
 def _digest(path: Path) -> str:
@@ -194,6 +212,7 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 # --- DeepSpeed's files, read back without unpickling arbitrary objects ------------------------------
+
 
 def _save_engine(engine, directory, tag: str) -> None:
     """DeepSpeed's checkpoint of model, optimizer partitions and scheduler (all ranks call it)."""
@@ -256,7 +275,9 @@ def consolidated_weights(checkpoint_root, tag: str) -> dict[str, torch.Tensor]:
 
     directory = Path(checkpoint_root) / tag
     with safe_torch_load():
-        if list(directory.glob("*optim_states.pt")) and any("zero" in p.name for p in directory.glob("*optim_states.pt")):
+        if list(directory.glob("*optim_states.pt")) and any(
+            "zero" in p.name for p in directory.glob("*optim_states.pt")
+        ):
             return get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_root), tag=tag)
         states = torch.load(directory / "mp_rank_00_model_states.pt", map_location="cpu")
     return {name: tensor.float() for name, tensor in states["module"].items()}

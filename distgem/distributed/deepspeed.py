@@ -8,6 +8,7 @@
 The private attributes differ between DeepSpeed releases, so the supported range is pinned
 (pyproject.toml, constraints.txt) and checked when an engine is built (`check_version`).
 """
+
 from __future__ import annotations
 
 import json
@@ -22,11 +23,20 @@ from distgem.errors import ConfigError, UserError
 
 SUPPORTED = ("0.19.8", "0.20")
 """DeepSpeed versions distgem was tested with: at least the first, below the second."""
-PRIVATE = {1: ("averaged_gradients", "single_partition_of_fp32_groups", "params_in_partition", "update_lp_params"),
-           2: ("averaged_gradients", "single_partition_of_fp32_groups", "params_in_partition", "update_lp_params"),
-           3: ("averaged_gradients", "fp32_partitioned_groups_flat", "grad_partitions_flat_buffer", "fp16_groups",
-               "_partition_all_parameters", "_reassign_or_swap_out_partitioned_parameters", "persistent_parameters",
-               "invalidate_secondary_tensor")}
+PRIVATE = {
+    1: ("averaged_gradients", "single_partition_of_fp32_groups", "params_in_partition", "update_lp_params"),
+    2: ("averaged_gradients", "single_partition_of_fp32_groups", "params_in_partition", "update_lp_params"),
+    3: (
+        "averaged_gradients",
+        "fp32_partitioned_groups_flat",
+        "grad_partitions_flat_buffer",
+        "fp16_groups",
+        "_partition_all_parameters",
+        "_reassign_or_swap_out_partitioned_parameters",
+        "persistent_parameters",
+        "invalidate_secondary_tensor",
+    ),
+}
 """The optimizer's private attributes GradientPartition reads, per ZeRO stage."""
 
 
@@ -40,13 +50,22 @@ def check_version(version: str | None = None) -> None:
         version = deepspeed.__version__
     low, high = SUPPORTED
     if not Version(low) <= Version(version) < Version(high) and os.environ.get("DISTGEM_ALLOW_DEEPSPEED") != "1":
-        raise UserError(f"deepspeed {version} is not supported: distgem reads its optimizer's gradient partitions "
-                        f"and was tested with >={low},<{high} (pip install 'deepspeed>={low},<{high}'; "
-                        f"DISTGEM_ALLOW_DEEPSPEED=1 tries anyway)")
+        raise UserError(
+            f"deepspeed {version} is not supported: distgem reads its optimizer's gradient partitions "
+            f"and was tested with >={low},<{high} (pip install 'deepspeed>={low},<{high}'; "
+            f"DISTGEM_ALLOW_DEEPSPEED=1 tries anyway)"
+        )
 
 
-def deepspeed_config(path: str | os.PathLike, *, micro_batch: int, world_size: int, zero_stage: int,
-                     precision: str, gradient_clipping: float) -> dict:
+def deepspeed_config(
+    path: str | os.PathLike,
+    *,
+    micro_batch: int,
+    world_size: int,
+    zero_stage: int,
+    precision: str,
+    gradient_clipping: float,
+) -> dict:
     """Load a DeepSpeed JSON and fill its "auto" fields from the run config; a disagreement is an error."""
     path = Path(path)
     try:
@@ -73,8 +92,9 @@ def deepspeed_config(path: str | os.PathLike, *, micro_batch: int, world_size: i
         if current == "auto":
             node[keys[-1]] = value
         elif current != value:
-            raise ConfigError(f"{path}: '{'.'.join(keys)}' is {current!r} but the run config implies {value!r} "
-                              f"(set it to \"auto\")")
+            raise ConfigError(
+                f"{path}: '{'.'.join(keys)}' is {current!r} but the run config implies {value!r} (set it to \"auto\")"
+            )
     config["zero_allow_untested_optimizer"] = True
     config.setdefault("steps_per_print", 10**9)
     config.setdefault("wall_clock_breakdown", False)
@@ -132,8 +152,10 @@ class GradientPartition:
         if missing:
             import deepspeed
 
-            raise UserError(f"deepspeed {deepspeed.__version__}: its ZeRO-{self.stage} optimizer has no "
-                            f"{', '.join(missing)}, which distgem reads (supported: >={SUPPORTED[0]},<{SUPPORTED[1]})")
+            raise UserError(
+                f"deepspeed {deepspeed.__version__}: its ZeRO-{self.stage} optimizer has no "
+                f"{', '.join(missing)}, which distgem reads (supported: >={SUPPORTED[0]},<{SUPPORTED[1]})"
+            )
         self.names = names  # id(param) -> name
         self._layout: list[str] | None = None
         self._padding: torch.Tensor | None = None

@@ -5,6 +5,7 @@ Slurm; gloo on CPU, NCCL on GPU, through DeepSpeed. Everything else in distgem r
 and calls its methods (which share of a batch or an evaluation set is mine, sum this tensor over
 the ranks, gather these objects): no other module reads a rank or imports torch.distributed.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,16 +45,17 @@ class World:
         """This rank's contiguous slice of a global batch, cut into `accumulation` micro-batches (every rank
         draws the same global batch, so N ranks see exactly the batch one process would)."""
         if len(batch) % (self.size * accumulation):
-            raise ValueError(f"global batch {len(batch)} does not divide into {self.size} ranks x "
-                             f"{accumulation} micro-batches")
+            raise ValueError(
+                f"global batch {len(batch)} does not divide into {self.size} ranks x {accumulation} micro-batches"
+            )
         per_rank = len(batch) // self.size
-        mine = list(batch[self.rank * per_rank:(self.rank + 1) * per_rank])
+        mine = list(batch[self.rank * per_rank : (self.rank + 1) * per_rank])
         micro = per_rank // accumulation
-        return [mine[i * micro:(i + 1) * micro] for i in range(accumulation)]
+        return [mine[i * micro : (i + 1) * micro] for i in range(accumulation)]
 
     def shard(self, indices: Sequence[int]) -> list[int]:
         """A strided share of an evaluation set (every example on exactly one rank)."""
-        return list(indices[self.rank::self.size])
+        return list(indices[self.rank :: self.size])
 
     # --- collectives (no-ops on one process) -----------------------------------------------------
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -148,7 +150,7 @@ class _GatherRows(torch.autograd.Function):
         total = grad.contiguous().clone()
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
         start = dist.get_rank() * ctx.rows
-        return total[start:start + ctx.rows]
+        return total[start : start + ctx.rows]
 
 
 def _initialised() -> bool:
@@ -170,6 +172,7 @@ def _wait_group():
 
 
 # --- joining and leaving -------------------------------------------------------------------------
+
 
 def discover_ranks() -> tuple[int, int, int]:
     """(rank, world size, local rank): torchrun/deepspeed env, else MPI (mpi4py), else srun, else one process."""
@@ -215,15 +218,21 @@ def init(local_rank: int | None = None) -> World:
 
     prebuild_ops()  # before the process group: a build one rank waits for must not hold the others' rendezvous
     with contextlib.redirect_stdout(io.StringIO()):  # "DeepSpeed ... op built successfully", once per rank
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", auto_mpi_discovery=False, verbose=False,
-                                   timeout=collective_timeout())
+        deepspeed.init_distributed(
+            dist_backend="nccl" if cuda else "gloo",
+            auto_mpi_discovery=False,
+            verbose=False,
+            timeout=collective_timeout(),
+        )
     if size > 1:  # where each rank runs: on several nodes, the proof that they do (host name, address)
         import sys
 
         master = os.environ["MASTER_ADDR"]
         # one write: ranks share the job's log file, and print() writes the line and its newline apart
-        sys.stderr.write(f"distgem: rank {rank}/{size} on {socket.gethostname()} ({_source_address(master)}), "
-                         f"master {master}:{os.environ['MASTER_PORT']}\n")
+        sys.stderr.write(
+            f"distgem: rank {rank}/{size} on {socket.gethostname()} ({_source_address(master)}), "
+            f"master {master}:{os.environ['MASTER_PORT']}\n"
+        )
         sys.stderr.flush()
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     return World(rank, size, local_rank, device)
@@ -248,8 +257,15 @@ def collective_timeout() -> timedelta:
 
 
 # What gloo and NCCL say when a collective's peer is gone or silent
-_LOST_PEER = ("Timed out waiting", "Connection reset by peer", "Connection closed by peer", "Broken pipe",
-              "Connection refused", "operation timeout", "communicator was aborted")
+_LOST_PEER = (
+    "Timed out waiting",
+    "Connection reset by peer",
+    "Connection closed by peer",
+    "Broken pipe",
+    "Connection refused",
+    "operation timeout",
+    "communicator was aborted",
+)
 
 
 def lost_peer(error: BaseException, world: World) -> str | None:
@@ -260,8 +276,10 @@ def lost_peer(error: BaseException, world: World) -> str | None:
     first = text.splitlines()[0]
     if first.startswith("[") and "] " in first:  # gloo's "[/path/to/pair.cc:537] Read error ..."
         first = first.split("] ", 1)[1]
-    return (f"rank {world.rank}: a collective failed, a peer rank died or stopped answering "
-            f"(timeout {collective_timeout().total_seconds():.0f} s): {first.split('. ')[0].rstrip('.')}")
+    return (
+        f"rank {world.rank}: a collective failed, a peer rank died or stopped answering "
+        f"(timeout {collective_timeout().total_seconds():.0f} s): {first.split('. ')[0].rstrip('.')}"
+    )
 
 
 def _source_address(host: str) -> str:

@@ -5,6 +5,7 @@ pieces that continue one another in one storage are merged into runs (ZeRO-3's p
 ZeRO-1/2's a few), so that each pass over them is one loop per run. Rows 0..k-1 of the buffer hold the
 memory gradients in the same layout; the task gradient stays where backward left it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -78,7 +79,7 @@ class MemoryBuffer:
     def capture(self, row: int, grads: Sequence[Run], accumulate: bool = False) -> None:
         """Copy (or add) the runs into row `row`."""
         for run in grads:
-            view = self.data[row, run.offset:run.offset + run.size]
+            view = self.data[row, run.offset : run.offset + run.size]
             if accumulate:
                 view.add_(run.grad.to(view.dtype))
             else:
@@ -87,4 +88,4 @@ class MemoryBuffer:
     def restore(self, row: int, grads: Sequence[Run]) -> None:
         """Write row `row` back into the runs (gradient accumulation kept outside the optimizer)."""
         for run in grads:
-            run.grad.copy_(self.data[row, run.offset:run.offset + run.size])
+            run.grad.copy_(self.data[row, run.offset : run.offset + run.size])

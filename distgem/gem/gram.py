@@ -14,6 +14,7 @@ Both read every value once (GEM's floor, docs/PERFORMANCE.md), on one of two pat
 
 The caller sums the partial Gram over ranks when the partition is sharded (distgem.gem.projector).
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -38,7 +39,7 @@ def partial_gram(memories: torch.Tensor, grads: Sequence[Run], groups: int) -> t
     k = memories.shape[0]
     gram = torch.zeros((groups, k + 1, k + 1), dtype=torch.float64, device=memories.device)
     for run in grads:
-        rows = memories[:, run.offset:run.offset + run.size]
+        rows = memories[:, run.offset : run.offset + run.size]
         if not _kernel_gram(gram[run.group], rows, run.grad):
             _gram_chunks(gram[run.group], rows, run.grad)
     return gram
@@ -53,7 +54,7 @@ def combine(grads: Sequence[Run], memories: torch.Tensor, weights: torch.Tensor,
     weights = weights.to(device=memories.device, dtype=torch.float64).contiguous()
     dots = torch.zeros_like(weights) if check else None
     for run in grads:
-        rows = memories[:, run.offset:run.offset + run.size]
+        rows = memories[:, run.offset : run.offset + run.size]
         out = dots[run.group] if dots is not None else None
         if not _kernel_update(rows, run.grad, weights[run.group], out):
             _update_chunks(rows, run.grad, weights[run.group], out)
@@ -72,7 +73,7 @@ def _gram_chunks(out: torch.Tensor, rows: torch.Tensor, grad: torch.Tensor) -> N
     buffer = torch.empty(k + 1, min(chunk, size), dtype=torch.float64, device=grad.device)
     for start in range(0, size, chunk):
         stop = min(start + chunk, size)
-        block = buffer[:, :stop - start]
+        block = buffer[:, : stop - start]
         block[:k].copy_(rows[:, start:stop])
         block[k].copy_(grad[start:stop])
         out.addmm_(block, block.T)
@@ -109,8 +110,16 @@ def _kernel_gram(out: torch.Tensor, memories: torch.Tensor, grad: torch.Tensor) 
     if lib is None:
         return False
     k, n = memories.shape
-    code = lib.distgem_gram(DTYPES[memories.dtype], DTYPES[grad.dtype], memories.data_ptr(), memories.stride(0),
-                            grad.data_ptr(), n, k, out.data_ptr())
+    code = lib.distgem_gram(
+        DTYPES[memories.dtype],
+        DTYPES[grad.dtype],
+        memories.data_ptr(),
+        memories.stride(0),
+        grad.data_ptr(),
+        n,
+        k,
+        out.data_ptr(),
+    )
     return code == 0
 
 
@@ -120,8 +129,17 @@ def _kernel_update(memories: torch.Tensor, grad: torch.Tensor, v: torch.Tensor, 
     if lib is None:
         return False
     k, n = memories.shape
-    code = lib.distgem_update(DTYPES[memories.dtype], DTYPES[grad.dtype], memories.data_ptr(), memories.stride(0),
-                              grad.data_ptr(), n, k, v.data_ptr(), None if dots is None else dots.data_ptr())
+    code = lib.distgem_update(
+        DTYPES[memories.dtype],
+        DTYPES[grad.dtype],
+        memories.data_ptr(),
+        memories.stride(0),
+        grad.data_ptr(),
+        n,
+        k,
+        v.data_ptr(),
+        None if dots is None else dots.data_ptr(),
+    )
     return code == 0
 
 
@@ -131,8 +149,11 @@ def _usable(memories: torch.Tensor, grad: torch.Tensor, *doubles: torch.Tensor):
         return None
     if memories.dtype not in DTYPES or grad.dtype not in DTYPES or not 1 <= memories.shape[0] < KMAX:
         return None
-    if memories.shape[1] != grad.shape[0] or (memories.shape[1] > 1 and memories.stride(1) != 1) \
-            or (grad.numel() > 1 and grad.stride(0) != 1):
+    if (
+        memories.shape[1] != grad.shape[0]
+        or (memories.shape[1] > 1 and memories.stride(1) != 1)
+        or (grad.numel() > 1 and grad.stride(0) != 1)
+    ):
         return None
     if any(d.dtype != torch.float64 or not d.is_contiguous() or d.device.type != "cpu" for d in doubles):
         return None

@@ -7,6 +7,7 @@ The gradient (the paper) or the step the optimizer took (`gem.target: update`) i
 optional margin per constraint (`gem.anchor`). Nothing here knows about ranks: the caller hands in the
 function that sums a tensor over them (None on one rank or where every rank holds the whole gradient).
 """
+
 from __future__ import annotations
 
 import time
@@ -45,8 +46,14 @@ def counters() -> dict:
 class Projector:
     """Projects onto the memories' constraints and counts what it did into `self.counters`."""
 
-    def __init__(self, names: list[str], memory_strength: float = 0.0, solver: str = "auto",
-                 sum_over_ranks: SumOverRanks | None = None, timer=None):
+    def __init__(
+        self,
+        names: list[str],
+        memory_strength: float = 0.0,
+        solver: str = "auto",
+        sum_over_ranks: SumOverRanks | None = None,
+        timer=None,
+    ):
         self.names, self.memory_strength, self.solver = names, memory_strength, solver
         self.sum_over_ranks = sum_over_ranks
         self.timer = timer
@@ -55,8 +62,9 @@ class Projector:
     def _phase(self, name: str):
         return self.timer.phase(name) if self.timer is not None else nullcontext()
 
-    def gradient(self, grads: Sequence[Run], memories: torch.Tensor, groups: int, stats: dict,
-                 margin: torch.Tensor | None = None) -> Check | None:
+    def gradient(
+        self, grads: Sequence[Run], memories: torch.Tensor, groups: int, stats: dict, margin: torch.Tensor | None = None
+    ) -> Check | None:
         """g~ = g + M^T v in place on `grads`, so that <g_i, g~> >= margin_i (0 by default); None where the
         Gram is not finite (an fp16 overflow step, which DeepSpeed skips: nothing to project)."""
         started = time.perf_counter()
@@ -81,8 +89,9 @@ class Projector:
             violated = (dots < offset).any(1)
             v = np.zeros_like(dots)
             if violated.any():
-                dual = qp.solve(torch.from_numpy(mem_gram), torch.from_numpy(dots - offset), self.memory_strength,
-                                self.solver)
+                dual = qp.solve(
+                    torch.from_numpy(mem_gram), torch.from_numpy(dots - offset), self.memory_strength, self.solver
+                )
                 v = np.where(violated[:, None], dual.v.numpy(), 0.0)
                 self.counters["fallbacks"] += dual.fallbacks
         after = torch.from_numpy(dots)
@@ -101,18 +110,28 @@ class Projector:
         for i, name in enumerate(self.names):  # the dose: memory gradient added, summed over steps
             counters["dual_sum"][name] = counters["dual_sum"].get(name, 0.0) + float(v[:, i].mean())
         new_norm2 = task_norm2 + 2 * (v * dots).sum(1) + np.einsum("gi,gij,gj->g", v, mem_gram, v)
-        stats.update({
-            "gem/violated": float(violated.any()),
-            "gem/projection_ms": 1000 * elapsed,
-            "gem/norm_ratio": float(np.sqrt(max(new_norm2.sum(), 0)) / max(np.sqrt(task_norm2.sum()), 1e-30)),
-        })
+        stats.update(
+            {
+                "gem/violated": float(violated.any()),
+                "gem/projection_ms": 1000 * elapsed,
+                "gem/norm_ratio": float(np.sqrt(max(new_norm2.sum(), 0)) / max(np.sqrt(task_norm2.sum()), 1e-30)),
+            }
+        )
         scale = np.maximum(np.sqrt(np.diagonal(mem_gram, axis1=1, axis2=2) * task_norm2[:, None]), 1e-30)
         for i, name in enumerate(self.names):
             stats[f"gem/cosine/{name}"] = float((dots[:, i] / scale[:, i]).mean())
             stats[f"gem/dual/{name}"] = float(v[:, i].mean())
 
-    def update(self, before: torch.Tensor, current: torch.Tensor, layout: Layout, memories: torch.Tensor,
-               partition, stats: dict, margin: torch.Tensor | None = None) -> Check | None:
+    def update(
+        self,
+        before: torch.Tensor,
+        current: torch.Tensor,
+        layout: Layout,
+        memories: torch.Tensor,
+        partition,
+        stats: dict,
+        margin: torch.Tensor | None = None,
+    ) -> Check | None:
         """GEM on the step the optimizer took: u = theta_before - theta_after (AdamW's update, weight decay
         included; `before`, `current` are flat copies in the memories' layout) is projected like a gradient,
         u~ = u + M^T v with <g_i, u~> >= margin_i, and the master weights are rewritten to
@@ -122,7 +141,7 @@ class Projector:
         leaves no memory loss above the pre-trained model's. `current` is overwritten with u~.
         """
         update = torch.sub(before, current, out=current)
-        pieces = runs([update[o:o + n] for o, n in zip(layout.offsets, layout.sizes)], layout)
+        pieces = runs([update[o : o + n] for o, n in zip(layout.offsets, layout.sizes)], layout)
         check = self.gradient(pieces, memories, len(layout.group_names), stats, margin)
         if stats.get("gem/violated"):
             with self._phase("update"):
@@ -135,8 +154,9 @@ class Projector:
         return check
 
 
-def project(grad: torch.Tensor, memories: torch.Tensor, memory_strength: float = 0.0,
-            solver: str = "auto") -> torch.Tensor:
+def project(
+    grad: torch.Tensor, memories: torch.Tensor, memory_strength: float = 0.0, solver: str = "auto"
+) -> torch.Tensor:
     """GEM on one flat gradient through the engine's own passes: `grad` itself when no <g_i, g> < 0 (or the
     Gram is not finite), else a new tensor g + M^T v* in grad's dtype (tests, benchmarks)."""
     if grad.dim() != 1 or memories.dim() != 2 or memories.shape[1] != grad.shape[0]:

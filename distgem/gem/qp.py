@@ -15,6 +15,7 @@ same numbers. Numerics (docs/PROJECTION.md):
   each memory's own squared norm: an absolute eps would swamp small gradients and disable GEM;
 - v is mapped back to the ORIGINAL problem (the rescaling changes nothing but the ridge).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -67,8 +68,9 @@ def solve(gram: torch.Tensor, dots: torch.Tensor, memory_strength: float = 0.0, 
         raise ValueError(f"memory_strength must be >= 0, got {memory_strength}")
     k = dots.shape[-1]
     if gram.shape[-2:] != (k, k):
-        raise ValueError(f"gram {tuple(gram.shape)} does not match dots {tuple(dots.shape)}: "
-                         "want (..., k, k) and (..., k)")
+        raise ValueError(
+            f"gram {tuple(gram.shape)} does not match dots {tuple(dots.shape)}: want (..., k, k) and (..., k)"
+        )
     batch = torch.broadcast_shapes(gram.shape[:-2], dots.shape[:-1])
     # Three implementations of the same exact algorithm, chosen by size: every training step solves one small
     # QP, where torch's per-op cost (and numpy's per-call cost) would dominate a microsecond of arithmetic.
@@ -77,8 +79,11 @@ def solve(gram: torch.Tensor, dots: torch.Tensor, memory_strength: float = 0.0, 
         d_list = dots.detach().reshape(k).tolist()
         v_list = _solve_scalar(gram.detach().reshape(k, k).tolist(), d_list, memory_strength)
         if v_list is not None:
-            return Dual(torch.tensor(v_list, dtype=torch.float64, device=gram.device).reshape(*batch, k),
-                        torch.tensor(any(x < 0 for x in d_list), device=gram.device).reshape(batch), "exact")
+            return Dual(
+                torch.tensor(v_list, dtype=torch.float64, device=gram.device).reshape(*batch, k),
+                torch.tensor(any(x < 0 for x in d_list), device=gram.device).reshape(batch),
+                "exact",
+            )
         # a singular support (not reachable with the ridge): the batched solvers below decide
     G = gram.detach().to(torch.float64).expand(*batch, k, k).reshape(-1, k, k)
     d = dots.detach().to(torch.float64).expand(*batch, k).reshape(-1, k)
@@ -107,13 +112,15 @@ def solve(gram: torch.Tensor, dots: torch.Tensor, memory_strength: float = 0.0, 
     return Dual(v.reshape(*batch, k), violated.reshape(batch), solver, fallbacks)
 
 
-def solve_dual(gram: torch.Tensor, dots: torch.Tensor, memory_strength: float = 0.0,
-               solver: str = "auto") -> torch.Tensor:
+def solve_dual(
+    gram: torch.Tensor, dots: torch.Tensor, memory_strength: float = 0.0, solver: str = "auto"
+) -> torch.Tensor:
     """v* >= memory_strength minimising 1/2 v^T gram v + dots^T v, float64 (..., k), batched over leading dims."""
     return solve(gram, dots, memory_strength, solver).v
 
 
 # --- rescaling and solvers -----------------------------------------------------------------------
+
 
 def _rescale(G: torch.Tensor, d: torch.Tensor, gamma: float):
     """(B,k,k), (B,k) -> cosine matrix + ridge C, p, lower, scale with v = scale * u and u >= lower.
@@ -207,6 +214,7 @@ def _solve_qpth(C: torch.Tensor, p: torch.Tensor, lower: torch.Tensor) -> tuple[
 
 # --- the exact solver in numpy, for the small problems of every step -----------------------------
 
+
 def _solve_host(G: np.ndarray, d: np.ndarray, gamma: float) -> np.ndarray:
     """`solve` for (B, k, k), (B, k) float64 arrays: _rescale + _solve_exact in numpy (the torch
     versions document the steps); a batch element with a non-finite input gets v = 0."""
@@ -254,8 +262,10 @@ def _solve_scalar(G: list, d: list, gamma: float) -> list | None:
     norms = [math.sqrt(x) if x > 0 else 0.0 for x in diag]
     largest = max(norms)
     norms = [n if x > 0 else (largest if largest > 0 else 1.0) for n, x in zip(norms, diag)]
-    C = [[0.5 * (G[i][j] + G[j][i]) / (norms[i] * norms[j]) + (RIDGE if i == j else 0.0) for j in range(k)]
-         for i in range(k)]
+    C = [
+        [0.5 * (G[i][j] + G[j][i]) / (norms[i] * norms[j]) + (RIDGE if i == j else 0.0) for j in range(k)]
+        for i in range(k)
+    ]
     cosine_dots = [x / n for x, n in zip(d, norms)]
     c = max(max(abs(x) for x in cosine_dots), gamma * max(norms))
     c = c if c > 0 else 1.0

@@ -1,4 +1,5 @@
 """Backbones by Hugging Face directory or hub name, or the embedded default (`embedded:tiny|small`)."""
+
 from __future__ import annotations
 
 import os
@@ -14,7 +15,7 @@ def resolve(name: str) -> str:
     if name.startswith(EMBEDDED):
         from distgem.world.pretrain import ensure_backbone
 
-        return str(ensure_backbone(preset=name[len(EMBEDDED):]))
+        return str(ensure_backbone(preset=name[len(EMBEDDED) :]))
     return name
 
 
@@ -62,6 +63,8 @@ def _not_found(name: str, path: str, err: Exception) -> str:
     if os.path.isdir(path) or Path(path).exists():
         return f"{path}: not a loadable Hugging Face model directory ({str(err).splitlines()[0]})"
     offline = os.environ.get("HF_HUB_OFFLINE") == "1"
-    return (f"model {name!r} is neither a local directory nor {'available offline' if offline else 'reachable'}: "
-            f"download it where there is network (huggingface-cli download {name} --local-dir DIR) and set "
-            f"model.backbone=DIR, or use model.backbone=embedded:tiny")
+    return (
+        f"model {name!r} is neither a local directory nor {'available offline' if offline else 'reachable'}: "
+        f"download it where there is network (huggingface-cli download {name} --local-dir DIR) and set "
+        f"model.backbone=DIR, or use model.backbone=embedded:tiny"
+    )

@@ -4,6 +4,7 @@ A plain nn.Module that imports nothing distributed. `forward(task, **batch)` run
 returns a dict with the task's loss (a *sum* over the batch's units, scaled by `batch["scale"]`,
 so that any split of a global batch over ranks and micro-batches adds up to the global mean).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -22,9 +23,16 @@ def identity_gather(tensor: torch.Tensor) -> tuple[torch.Tensor, int]:
 class MultiTaskModel(nn.Module):
     """Encoder + token-classification head + (if the backbone has one) masked-LM head."""
 
-    def __init__(self, backbone: nn.Module, num_labels: int, xsr_layer: int = -1, xsr_scale: float = 20.0,
-                 gather: Callable[[torch.Tensor], tuple[torch.Tensor, int]] = identity_gather, embed_chunk_tokens: int = 0,
-                 agree_chunks: Callable[[int], int] | None = None):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_labels: int,
+        xsr_layer: int = -1,
+        xsr_scale: float = 20.0,
+        gather: Callable[[torch.Tensor], tuple[torch.Tensor, int]] = identity_gather,
+        embed_chunk_tokens: int = 0,
+        agree_chunks: Callable[[int], int] | None = None,
+    ):
         super().__init__()
         self.config = backbone.config  # the backbone itself is not registered twice: encoder + head are its parts
         self.encoder = backbone.base_model
@@ -97,7 +105,7 @@ class MultiTaskModel(nn.Module):
             # ranks' collectives in step (never in training, where every rank holds as many rows)
             if torch.is_grad_enabled():
                 raise RuntimeError(f"{len(lengths)} rows cannot run as the {count} chunks the other ranks run")
-            self._embed(input_ids[:1, :lengths[0]], attention_mask[:1, :lengths[0]], pool_mask[:1, :lengths[0]])
+            self._embed(input_ids[:1, : lengths[0]], attention_mask[:1, : lengths[0]], pool_mask[:1, : lengths[0]])
         return torch.cat(parts)[torch.tensor(order, device=input_ids.device).argsort()]
 
     def _embed(self, input_ids, attention_mask, pool_mask) -> torch.Tensor:
@@ -113,8 +121,10 @@ class MultiTaskModel(nn.Module):
         source, target = embedding[:n], embedding[n:]
         (all_source, offset), (all_target, _) = self.gather(source), self.gather(target)
         positives = torch.arange(n, device=embedding.device) + offset  # this process's pairs among everyone's
-        nll = (F.cross_entropy(self.xsr_scale * source @ all_target.T, positives, reduction="sum")
-               + F.cross_entropy(self.xsr_scale * target @ all_source.T, positives, reduction="sum")) / 2
+        nll = (
+            F.cross_entropy(self.xsr_scale * source @ all_target.T, positives, reduction="sum")
+            + F.cross_entropy(self.xsr_scale * target @ all_source.T, positives, reduction="sum")
+        ) / 2
         loss = nll * scale if scale is not None else nll / max(n, 1)
         return {"loss": loss}
 
@@ -145,7 +155,7 @@ def split_chunks(chunks: list[list[int]], lengths: list[int], count: int) -> lis
         rows = max(splittable, key=lambda c: len(c) * max(lengths[r] for r in c))
         chunks.remove(rows)
         rows = sorted(rows, key=lambda r: lengths[r])
-        chunks += [rows[:len(rows) // 2], rows[len(rows) // 2:]]
+        chunks += [rows[: len(rows) // 2], rows[len(rows) // 2 :]]
     return chunks
 
 

@@ -5,6 +5,7 @@ Every claim is a list of comparisons (method against another, one metric, one ta
 states), "partly" when some do, "direction only" when every mean goes the paper's way without
 significance, and "does not reproduce" otherwise. Inputs are the runs `distgem report` loads.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -34,8 +35,10 @@ class Comparison:
     def line(self) -> str:
         p = "n/a" if self.p != self.p else f"{self.p:.2g}"
         mark = "holds" if self.holds else ("direction only" if self.direction else "no")
-        return (f"{self.method} {self.mean:.2f} vs {self.other} {self.other_mean:.2f} ({self.metric}; "
-                f"{self.seeds[0]} vs {self.seeds[1]} seeds, p = {p}): {mark}")
+        return (
+            f"{self.method} {self.mean:.2f} vs {self.other} {self.other_mean:.2f} ({self.metric}; "
+            f"{self.seeds[0]} vs {self.seeds[1]} seeds, p = {p}): {mark}"
+        )
 
 
 @dataclass
@@ -97,11 +100,14 @@ class Runs:
         mean_a, mean_b = statistics.fmean(a), statistics.fmean(b)
         direction = mean_a < mean_b if lower else mean_a > mean_b
         significant = p == p and p < ALPHA
-        holds = {"significant": direction and significant,
-                 "far": direction and significant and abs(mean_a - mean_b) >= FAR,
-                 "not higher": not (mean_a > mean_b and significant)}[rule]
-        return Comparison(task, method, other, name, mean_a, mean_b, p, (len(a), len(b)),
-                          direction or rule == "not higher", holds)
+        holds = {
+            "significant": direction and significant,
+            "far": direction and significant and abs(mean_a - mean_b) >= FAR,
+            "not higher": not (mean_a > mean_b and significant),
+        }[rule]
+        return Comparison(
+            task, method, other, name, mean_a, mean_b, p, (len(a), len(b)), direction or rule == "not higher", holds
+        )
 
 
 def evaluate(runs: list[dict], gem: str = "") -> list[Claim]:
@@ -114,34 +120,72 @@ def evaluate(runs: list[dict], gem: str = "") -> list[Claim]:
     def claim(title: str, comparisons, note: str = "") -> Claim:
         return Claim(title, [c for c in comparisons if c is not None], note)
 
-    claims = [claim("GEM preserves MLM better than naive and frozen (Table 1: perplexity after English POS)",
-                    [data.compare(src, m, b, perplexity, "MLM perplexity", lower=True)
-                     for m in ("gem-mlm" + gem, "gem-both" + gem) for b in ("naive", "frozen")])]
-    xsr = claim(f"GEM w/ XSR keeps XSR far better than naive (Table 1; far = at least {FAR:g} P@1 points)",
-                [data.compare(src, "gem-xsr" + gem, "naive", retrieval, "XSR P@1", rule="far")])
+    claims = [
+        claim(
+            "GEM preserves MLM better than naive and frozen (Table 1: perplexity after English POS)",
+            [
+                data.compare(src, m, b, perplexity, "MLM perplexity", lower=True)
+                for m in ("gem-mlm" + gem, "gem-both" + gem)
+                for b in ("naive", "frozen")
+            ],
+        )
+    ]
+    xsr = claim(
+        f"GEM w/ XSR keeps XSR far better than naive (Table 1; far = at least {FAR:g} P@1 points)",
+        [data.compare(src, "gem-xsr" + gem, "naive", retrieval, "XSR P@1", rule="far")],
+    )
     if xsr.comparisons and data.backbone:
         kept = statistics.fmean(retrieval({"after": b}) for b in data.backbone)
         c = xsr.comparisons[0]
-        xsr.note = (f"of the backbone's {kept:.1f}, gem-xsr keeps {100 * c.mean / kept:.0f}% and naive "
-                    f"{100 * c.other_mean / kept:.0f}%")
+        xsr.note = (
+            f"of the backbone's {kept:.1f}, gem-xsr keeps {100 * c.mean / kept:.0f}% and naive "
+            f"{100 * c.other_mean / kept:.0f}%"
+        )
     claims.append(xsr)
     for task in data.tasks:
-        found = [c for c in (data.compare(task, m, b, zero_shot, f"zero-shot {task.upper()} avg")
-                             for m in variants for b in BASELINES) if c is not None]
-        winners = [m for m in variants if any(c.method == m for c in found)
-                   and all(c.holds for c in found if c.method == m)]
+        found = [
+            c
+            for c in (
+                data.compare(task, m, b, zero_shot, f"zero-shot {task.upper()} avg")
+                for m in variants
+                for b in BASELINES
+            )
+            if c is not None
+        ]
+        winners = [
+            m for m in variants if any(c.method == m for c in found) and all(c.holds for c in found if c.method == m)
+        ]
         # the claim is about GEM (some variant) against every baseline: a winner carries it
         best = [c for c in found if c.method in winners] or found
-        claims.append(Claim(f"GEM beats every baseline on zero-shot {task.upper()} (average, p < {ALPHA:g})", best,
-                            f"GEM variants that beat all {len(BASELINES)} baselines: {', '.join(winners) or 'none'}"))
-    claims.append(claim("MTF w/ MLM hurts zero-shot transfer (against naive)",
-                        [data.compare(task, "mtf-mlm", "naive", zero_shot, f"zero-shot {task.upper()} avg", lower=True)
-                         for task in data.tasks]))
+        claims.append(
+            Claim(
+                f"GEM beats every baseline on zero-shot {task.upper()} (average, p < {ALPHA:g})",
+                best,
+                f"GEM variants that beat all {len(BASELINES)} baselines: {', '.join(winners) or 'none'}",
+            )
+        )
+    claims.append(
+        claim(
+            "MTF w/ MLM hurts zero-shot transfer (against naive)",
+            [
+                data.compare(task, "mtf-mlm", "naive", zero_shot, f"zero-shot {task.upper()} avg", lower=True)
+                for task in data.tasks
+            ],
+        )
+    )
     ablation = []
     for m, suffix in (("gem-mlm", gem), ("mtf-mlm", "")):
         ablation.append(data.compare(src, m + suffix, f"{m}(en){suffix}", perplexity, "MLM perplexity", lower=True))
-        ablation.append(data.compare(src, m + suffix, f"{m}(en){suffix}", zero_shot,
-                                     f"zero-shot {src.upper()} avg not higher", rule="not higher"))
+        ablation.append(
+            data.compare(
+                src,
+                m + suffix,
+                f"{m}(en){suffix}",
+                zero_shot,
+                f"zero-shot {src.upper()} avg not higher",
+                rule="not higher",
+            )
+        )
     claims.append(claim("MLM(all) lowers perplexity but does not raise POS (Table 3, against MLM(en))", ablation))
     return claims
 

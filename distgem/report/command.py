@@ -1,4 +1,5 @@
 """`distgem report RUNS... --out DIR`: tables, plots and (optionally) the results page from whatever runs exist."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,8 +14,12 @@ from distgem.report.tables import build_report, write_outputs
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", help="directories searched (recursively) for results.json, or runs.jsonl "
-                        "summaries; a run id found again in a later one replaces the earlier")
+    parser.add_argument(
+        "runs",
+        nargs="+",
+        help="directories searched (recursively) for results.json, or runs.jsonl "
+        "summaries; a run id found again in a later one replaces the earlier",
+    )
     parser.add_argument("--out", required=True, help="where the tables and plots go")
     parser.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib, no event files read)")
     parser.add_argument("--results-md", help="also write a results page (set-up, the paper's claims, tables, plots)")
@@ -47,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
 
         command = f"distgem report {' '.join(args.runs)} --out {args.out} --results-md {args.results_md}"
         command += f" --discussion {args.discussion}" if args.discussion else ""
-        write_results(report, sound, Path(args.results_md), out, command,
-                      Path(args.discussion) if args.discussion else None)
+        write_results(
+            report, sound, Path(args.results_md), out, command, Path(args.discussion) if args.discussion else None
+        )
     print(f"{len(runs)} runs -> {out}/report.md" + (f", {args.results_md}" if args.results_md else ""))
     return 0

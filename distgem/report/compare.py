@@ -8,6 +8,7 @@ pair and MLM perplexity per language after fine-tuning, the held-out memory loss
 Each row: mean ± std (seeds) of A and of B, A - B, Welch's t and p (n/a with fewer than two seeds on a
 side). Labels are the report's (`distgem report` prints them).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,20 @@ def compare(runs: list[dict], a: str, b: str) -> list[dict]:
             continue  # measured by one side only (e.g. steps projected against naive)
         (a_mean, a_std, a_n), (b_mean, b_std, b_n) = mean_std(xs), mean_std(ys)
         t, p = welch(xs, ys)
-        rows.append({"metric": metric, "a_mean": a_mean, "a_std": a_std, "a_n": a_n, "b_mean": b_mean, "b_std": b_std,
-                     "b_n": b_n, "diff": a_mean - b_mean, "t": t, "p": p})
+        rows.append(
+            {
+                "metric": metric,
+                "a_mean": a_mean,
+                "a_std": a_std,
+                "a_n": a_n,
+                "b_mean": b_mean,
+                "b_std": b_std,
+                "b_n": b_n,
+                "diff": a_mean - b_mean,
+                "t": t,
+                "p": p,
+            }
+        )
     return rows
 
 
@@ -84,7 +97,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     print(f"| metric | {a} | {b} | A - B | t | p |\n|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['metric']} | {_cell(r, 'a')} | {_cell(r, 'b')} | {r['diff']:+.2f} | {format_stat(r['t'], '.2f')} "
-              f"| {format_stat(r['p'], '.2g')} |")
+        print(
+            f"| {r['metric']} | {_cell(r, 'a')} | {_cell(r, 'b')} | {r['diff']:+.2f} | {format_stat(r['t'], '.2f')} "
+            f"| {format_stat(r['p'], '.2g')} |"
+        )
     print("\nmean ± std (seeds); Welch's t-test, two-sided; n/a: fewer than two seeds on a side or no spread")
     return 0

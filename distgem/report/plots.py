@@ -1,4 +1,5 @@
 """The report's plots: per-language bars of each Table 2 and forgetting curves from the TensorBoard events."""
+
 from __future__ import annotations
 
 import logging
@@ -35,9 +36,10 @@ def plot(report: dict, runs: list[dict], out: Path) -> None:
     _forgetting_curves(runs, out, plt)
 
 
-CURVES = {"MLM perplexity (mean over languages)": lambda parts: parts[:2] == ["memory", "mlm_perplexity"]
-                                                              and len(parts) == 3,
-          "XSR P@1 (mean over pairs)": lambda parts: parts[:2] == ["memory", "xsr"] and parts[3:] == ["p@1"]}
+CURVES = {
+    "MLM perplexity (mean over languages)": lambda parts: parts[:2] == ["memory", "mlm_perplexity"] and len(parts) == 3,
+    "XSR P@1 (mean over pairs)": lambda parts: parts[:2] == ["memory", "xsr"] and parts[3:] == ["p@1"],
+}
 """Each curve's TensorBoard tags, matched by their exact parts (`memory/xsr/es/p@1`, never `p@10`)."""
 
 
@@ -107,11 +109,17 @@ def _forgetting_curves(runs: list[dict], out: Path, plt) -> None:
     for axis, (metric, methods) in zip(axes, sorted(curves.items())):
         for name in sorted(methods, key=method_order):
             steps = sorted(methods[name])
-            line, = axis.plot(steps, [statistics.fmean(methods[name][s]) for s in steps], marker=".", label=name)
+            (line,) = axis.plot(steps, [statistics.fmean(methods[name][s]) for s in steps], marker=".", label=name)
             points = tested[metric].get(name)
             if points:
-                axis.plot(statistics.fmean(p[0] for p in points), statistics.fmean(p[1] for p in points), marker="*",
-                          markersize=11, color=line.get_color(), linestyle="none")
+                axis.plot(
+                    statistics.fmean(p[0] for p in points),
+                    statistics.fmean(p[1] for p in points),
+                    marker="*",
+                    markersize=11,
+                    color=line.get_color(),
+                    linestyle="none",
+                )
         axis.plot([], [], marker="*", color="grey", linestyle="none", label="tested checkpoint")
         axis.set_xlabel("step")
         axis.set_title(metric + ": over training (lines), tested checkpoint (stars)", fontsize=8)

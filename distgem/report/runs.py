@@ -3,6 +3,7 @@
 The vocabulary every part of the report shares (tables, plots, claims, compare): one run per run id,
 each with its table label (`gem-xsr+gamma0.1`), the methods' order, and Welch's t-test over seeds.
 """
+
 from __future__ import annotations
 
 import json
@@ -120,8 +121,11 @@ def _labelled(data, where: str) -> dict:
     """The run with its table label; a run without the fields the tables read is the user's error."""
     try:
         data["label"] = label(data)
-        required = (("run", "task"),) if (data.get("status") or "ok") != "ok" else \
-            (("run", "task"), ("test", "per_language"), ("test", "average"))
+        required = (
+            (("run", "task"),)
+            if (data.get("status") or "ok") != "ok"
+            else (("run", "task"), ("test", "per_language"), ("test", "average"))
+        )
         for section, key in required:
             data[section][key]  # noqa: B018 (the tables read these)
     except (KeyError, TypeError) as err:
@@ -143,9 +147,16 @@ def label(results: dict) -> str:
         name += "+w" + "/".join(f"{weights.get(task, 1.0):g}" for task in memory)  # the memory losses' weights
     gem = config["gem"]
     if config["name"] == "gem":
-        name += "".join(s for s, on in (("+per-language", gem["per_language"]), ("+per-layer", gem["per_layer"]),
-                                         (f"+R{gem['refresh_every']}", gem["refresh_every"] > 1),
-                                         (f"+gamma{gem['memory_strength']:g}", gem["memory_strength"] > 0)) if on)
+        name += "".join(
+            s
+            for s, on in (
+                ("+per-language", gem["per_language"]),
+                ("+per-layer", gem["per_layer"]),
+                (f"+R{gem['refresh_every']}", gem["refresh_every"] > 1),
+                (f"+gamma{gem['memory_strength']:g}", gem["memory_strength"] > 0),
+            )
+            if on
+        )
         if gem.get("target", "gradient") != "gradient":
             name += f"+{gem['target']}"
         if gem.get("anchor", "previous") != "previous":

@@ -8,6 +8,7 @@ written alone as seeds_TASK.md); mean and standard deviation over seeds; Welch t
 every method against every baseline (significance: p < 0.01); Markdown, CSV and LaTeX; PNG plots
 (per-language bars; forgetting curves read from the TensorBoard event files).
 """
+
 from __future__ import annotations
 
 import csv
@@ -34,11 +35,18 @@ def build_report(runs: list[dict]) -> dict:
             group = methods[name]
             cells = [name, len(group)]
             for lang in langs:
-                cells.append(mean_std([g["test"]["per_language"][lang]["score"] for g in group if lang in g["test"]["per_language"]]))
+                cells.append(
+                    mean_std(
+                        [g["test"]["per_language"][lang]["score"] for g in group if lang in g["test"]["per_language"]]
+                    )
+                )
             cells.append(mean_std([g["test"]["average"] for g in group]))
             rows.append(cells)
-        report["tables"][f"table2_{task}"] = {"title": f"Table 2: zero-shot {task.upper()} (test; avg excludes the source)",
-                                              "columns": columns, "rows": rows}
+        report["tables"][f"table2_{task}"] = {
+            "title": f"Table 2: zero-shot {task.upper()} (test; avg excludes the source)",
+            "columns": columns,
+            "rows": rows,
+        }
         for name in sorted(methods, key=method_order):
             for baseline in BASELINES:
                 if baseline == name or baseline not in methods:
@@ -46,9 +54,18 @@ def build_report(runs: list[dict]) -> dict:
                 a = [g["test"]["average"] for g in methods[name]]
                 b = [g["test"]["average"] for g in methods[baseline]]
                 t, p = welch(a, b)
-                report["ttests"].append({"task": task, "method": name, "baseline": baseline, "mean": statistics.fmean(a),
-                                         "baseline_mean": statistics.fmean(b), "t": t, "p": p,
-                                         "significant": bool(p == p and p < ALPHA and statistics.fmean(a) > statistics.fmean(b))})
+                report["ttests"].append(
+                    {
+                        "task": task,
+                        "method": name,
+                        "baseline": baseline,
+                        "mean": statistics.fmean(a),
+                        "baseline_mean": statistics.fmean(b),
+                        "t": t,
+                        "p": p,
+                        "significant": bool(p == p and p < ALPHA and statistics.fmean(a) > statistics.fmean(b)),
+                    }
+                )
     for task, methods in sorted(by_task.items()):
         report["tables"][f"seeds_{task}"] = _over_seeds(task, methods)
     source_task = "pos" if "pos" in by_task else next(iter(by_task))
@@ -70,8 +87,16 @@ def _over_seeds(task: str, methods: dict[str, list[dict]]) -> dict:
     pairs = _in_task_order(first, dict.fromkeys(p for a in after for p in a.get("xsr") or {}))
     ppl_langs = _in_task_order(first, dict.fromkeys(lang for a in after for lang in a.get("mlm_perplexity") or {}))
     langs = _in_task_order(first, dict.fromkeys(lang for r in runs for lang in r["test"]["per_language"]))
-    columns = ["method", "seeds", *[f"P@1 {p}" for p in pairs], *[f"ppl {lang}" for lang in ppl_langs],
-               *[f"{task} {lang}" for lang in langs], f"{task} avg", "steps projected", "held-out memory loss"]
+    columns = [
+        "method",
+        "seeds",
+        *[f"P@1 {p}" for p in pairs],
+        *[f"ppl {lang}" for lang in ppl_langs],
+        *[f"{task} {lang}" for lang in langs],
+        f"{task} avg",
+        "steps projected",
+        "held-out memory loss",
+    ]
 
     def stat(values):
         return mean_std(values) if values else None
@@ -82,16 +107,26 @@ def _over_seeds(task: str, methods: dict[str, list[dict]]) -> dict:
         done = [r["after"] for r in group if r.get("after")]
         row = [name, f"{len(group)} ({', '.join(str(r['run'].get('seed', '?')) for r in group)})"]
         row += [stat([a["xsr"][p]["p@1"] for a in done if p in (a.get("xsr") or {})]) for p in pairs]
-        row += [stat([a["mlm_perplexity"][lang] for a in done if lang in (a.get("mlm_perplexity") or {})])
-                for lang in ppl_langs]
-        row += [stat([r["test"]["per_language"][lang]["score"] for r in group if lang in r["test"]["per_language"]])
-                for lang in langs]
-        row += [stat([r["test"]["average"] for r in group]), _per_seed(group, _steps_projected),
-                _per_seed(group, _held_out)]
+        row += [
+            stat([a["mlm_perplexity"][lang] for a in done if lang in (a.get("mlm_perplexity") or {})])
+            for lang in ppl_langs
+        ]
+        row += [
+            stat([r["test"]["per_language"][lang]["score"] for r in group if lang in r["test"]["per_language"]])
+            for lang in langs
+        ]
+        row += [
+            stat([r["test"]["average"] for r in group]),
+            _per_seed(group, _steps_projected),
+            _per_seed(group, _held_out),
+        ]
         rows.append(row)
-    return {"title": f"Over seeds, {task.upper()}: memory tasks after fine-tuning, test scores, and per seed the "
-                     "steps GEM projected and the held-out memory loss (backbone's on the same batch)",
-            "columns": columns, "rows": rows}
+    return {
+        "title": f"Over seeds, {task.upper()}: memory tasks after fine-tuning, test scores, and per seed the "
+        "steps GEM projected and the held-out memory loss (backbone's on the same batch)",
+        "columns": columns,
+        "rows": rows,
+    }
 
 
 def _per_seed(group: list[dict], cell) -> str:
@@ -110,8 +145,13 @@ def _held_out(run: dict) -> str | None:
     has more than one: `0.06 (1.56)`, `mlm 2.10 (2.05), xsr 0.50 (0.48)`, `xsr.fr 0.06 (1.56), ...`."""
     losses = held_out_losses(run)
     named = len(losses) > 1
-    return ", ".join(f"{key + ' ' if named else ''}{loss:.2f}" + (f" ({backbone:.2f})" if backbone is not None else "")
-                     for key, loss, backbone in losses) or None
+    return (
+        ", ".join(
+            f"{key + ' ' if named else ''}{loss:.2f}" + (f" ({backbone:.2f})" if backbone is not None else "")
+            for key, loss, backbone in losses
+        )
+        or None
+    )
 
 
 def _cost(by_task) -> dict:
@@ -125,10 +165,21 @@ def _cost(by_task) -> dict:
                 continue
             shares = [100 * t["gem_violated_share"] for t in train if t.get("gem_violated_share") is not None]
             rss = [max(t["peak_rss_mb"]) for t in train if t.get("peak_rss_mb")]
-            rows.append([task, name, len(train), mean_std([t["seconds"] / t["steps"] for t in train]),
-                         mean_std(shares) if shares else None, mean_std(rss) if rss else None])
-    return {"title": "Cost: wall seconds per step (dev evaluations included), steps projected (%), peak RSS (MB)",
-            "columns": ["task", "method", "seeds", "s/step", "projected %", "peak RSS MB"], "rows": rows}
+            rows.append(
+                [
+                    task,
+                    name,
+                    len(train),
+                    mean_std([t["seconds"] / t["steps"] for t in train]),
+                    mean_std(shares) if shares else None,
+                    mean_std(rss) if rss else None,
+                ]
+            )
+    return {
+        "title": "Cost: wall seconds per step (dev evaluations included), steps projected (%), peak RSS (MB)",
+        "columns": ["task", "method", "seeds", "s/step", "projected %", "peak RSS MB"],
+        "rows": rows,
+    }
 
 
 def _in_task_order(run: dict, languages) -> list[str]:
@@ -143,7 +194,12 @@ def _table1(methods: dict[str, list[dict]], task: str) -> dict:
     first = next(g for group in methods.values() for g in group)
     langs = _in_task_order(first, first["backbone"]["mlm_perplexity"]) if first.get("backbone") else []
     pairs = _in_task_order(first, first["backbone"]["xsr"]) if first.get("backbone") else []
-    columns = ["model", "seeds", *[f"ppl {lang}" for lang in langs], *[f"{p}-en P@{k}" for p in pairs for k in (1, 5, 10)]]
+    columns = [
+        "model",
+        "seeds",
+        *[f"ppl {lang}" for lang in langs],
+        *[f"{p}-en P@{k}" for p in pairs for k in (1, 5, 10)],
+    ]
 
     def cells(name, memories):
         row = [name, len(memories)]
@@ -162,8 +218,11 @@ def _table1(methods: dict[str, list[dict]], task: str) -> dict:
         after = [g["after"] for g in methods[name] if g.get("after")]
         if after:
             rows.append(cells(name, after))
-    return {"title": f"Table 1: memory tasks after fine-tuning on {task.upper()} (backbone first)",
-            "columns": columns, "rows": rows}
+    return {
+        "title": f"Table 1: memory tasks after fine-tuning on {task.upper()} (backbone first)",
+        "columns": columns,
+        "rows": rows,
+    }
 
 
 def _ablation(by_task) -> dict:
@@ -180,10 +239,15 @@ def _ablation(by_task) -> dict:
             if not groups:
                 continue
             # perplexity from the task whose runs measured it (NER sweeps often skip the memory metrics)
-            any_group = next((g for g in groups.values() if any(r.get("after") for r in g)), next(iter(groups.values())))
+            any_group = next(
+                (g for g in groups.values() if any(r.get("after") for r in g)), next(iter(groups.values()))
+            )
             ppl = [statistics.fmean(g["after"]["mlm_perplexity"].values()) for g in any_group if g.get("after")]
             row = [base, f"MLM({which})", len(any_group), mean_std(ppl) if ppl else None]
-            row += [mean_std([g["test"]["average"] for g in groups[task]]) if task in groups else None for task in sorted(by_task)]
+            row += [
+                mean_std([g["test"]["average"] for g in groups[task]]) if task in groups else None
+                for task in sorted(by_task)
+            ]
             rows.append(row)
     return {"title": "Ablation: MLM(en) vs MLM(all)", "columns": columns, "rows": rows}
 
@@ -207,23 +271,36 @@ def write_outputs(report: dict, out: Path) -> None:
         _write_csv(out / f"{key}.csv", table)
         if key.startswith("seeds_"):  # on its own too, for a results page's discussion to include
             (out / f"{key}.md").write_text("\n".join(table_markdown(key, table, beats_all)) + "\n")
-        latex += [f"% {table['title']}", "\\begin{tabular}{" + "l" * len(table["columns"]) + "}", "\\hline",
-                  " & ".join(table["columns"]).replace("_", "\\_").replace("@", "@") + " \\\\", "\\hline"]
+        latex += [
+            f"% {table['title']}",
+            "\\begin{tabular}{" + "l" * len(table["columns"]) + "}",
+            "\\hline",
+            " & ".join(table["columns"]).replace("_", "\\_").replace("@", "@") + " \\\\",
+            "\\hline",
+        ]
         latex += [" & ".join(format_cell(c, latex=True) for c in row) + " \\\\" for row in table["rows"]]
         latex += ["\\hline", "\\end{tabular}", ""]
     if beats_all:
         markdown += ["† better than every baseline (Welch t-test over seeds, p < 0.01).", ""]
     if report.get("left_out"):
         markdown += ["Left out (their numbers are not reported): " + "; ".join(report["left_out"]) + ".", ""]
-    markdown += ["## t-tests (test average over target languages)", "",
-                 "| task | method | baseline | mean | baseline mean | t | p | significant |", "|---|---|---|---|---|---|---|---|"]
-    markdown += [f"| {t['task']} | {t['method']} | {t['baseline']} | {t['mean']:.2f} | {t['baseline_mean']:.2f} | "
-                 f"{format_stat(t['t'], '.2f')} | {format_stat(t['p'], '.2g')} | {'yes' if t['significant'] else 'no'} |"
-                 for t in report["ttests"]]
+    markdown += [
+        "## t-tests (test average over target languages)",
+        "",
+        "| task | method | baseline | mean | baseline mean | t | p | significant |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    markdown += [
+        f"| {t['task']} | {t['method']} | {t['baseline']} | {t['mean']:.2f} | {t['baseline_mean']:.2f} | "
+        f"{format_stat(t['t'], '.2f')} | {format_stat(t['p'], '.2g')} | {'yes' if t['significant'] else 'no'} |"
+        for t in report["ttests"]
+    ]
     if any(t["p"] != t["p"] for t in report["ttests"]):
         markdown += ["", "n/a: not testable, a side has fewer than two seeds or no spread between its seeds."]
     with (out / "ttests.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["task", "method", "baseline", "mean", "baseline_mean", "t", "p", "significant"])
+        writer = csv.DictWriter(
+            handle, fieldnames=["task", "method", "baseline", "mean", "baseline_mean", "t", "p", "significant"]
+        )
         writer.writeheader()
         writer.writerows(report["ttests"])
     (out / "report.md").write_text("\n".join(markdown) + "\n")

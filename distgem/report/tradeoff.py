@@ -7,6 +7,7 @@ LoRA's rank. At matched English accuracy (each GEM margin against the MTF weight
 score), Welch t-tests say whether GEM keeps more retrieval or zero-shot accuracy than MTF; the dose (GEM's
 mean dual variable per step, against MTF's constant weight) says how much memory gradient each added.
 """
+
 from __future__ import annotations
 
 import csv
@@ -17,8 +18,15 @@ from pathlib import Path
 
 from distgem.report.runs import mean_std, welch
 
-FAMILIES = ("naive", "GEM, margin", "GEM per language, margin", "GEM margin 0.5, refreshed every R", "MTF, weight",
-            "L2-SP, strength", "LoRA, rank")
+FAMILIES = (
+    "naive",
+    "GEM, margin",
+    "GEM per language, margin",
+    "GEM margin 0.5, refreshed every R",
+    "MTF, weight",
+    "L2-SP, strength",
+    "LoRA, rank",
+)
 
 
 @dataclass
@@ -47,8 +55,14 @@ def family(run: dict) -> tuple[str, float] | None:
         return "LoRA, rank", method.get("lora_rank", 8)
     if name == "mtf" and memory == ["xsr"] and usual:
         return "MTF, weight", (method.get("mtf_weights") or {}).get("xsr", 1.0)
-    if name != "gem" or memory != ["xsr"] or not usual or gem.get("per_layer") or \
-            gem.get("target", "gradient") != "gradient" or gem.get("anchor", "previous") != "previous":
+    if (
+        name != "gem"
+        or memory != ["xsr"]
+        or not usual
+        or gem.get("per_layer")
+        or gem.get("target", "gradient") != "gradient"
+        or gem.get("anchor", "previous") != "previous"
+    ):
         return None
     strength = gem.get("memory_strength", 0.0)
     if gem.get("refresh_every", 1) > 1:
@@ -88,8 +102,12 @@ def matched(all_points: list[Point]) -> list[dict]:
         if not mtf:
             break
         m = min(mtf, key=lambda p: abs(statistics.fmean(p.source) - statistics.fmean(g.source)))
-        row = {"gem": g.label, "mtf": m.label, "english_gem": statistics.fmean(g.source),
-               "english_mtf": statistics.fmean(m.source)}
+        row = {
+            "gem": g.label,
+            "mtf": m.label,
+            "english_gem": statistics.fmean(g.source),
+            "english_mtf": statistics.fmean(m.source),
+        }
         for key, attr in (("retrieval", "retrieval"), ("zero_shot", "zero_shot"), ("english", "source")):
             a, b = getattr(g, attr), getattr(m, attr)
             row[f"{key}_diff"] = statistics.fmean(a) - statistics.fmean(b)
@@ -106,35 +124,73 @@ def write(runs: list[dict], out: Path, plots: bool = True) -> Path | None:
     if len({p.family for p in all_points}) < 2 or len(all_points) < 3:
         return None
     cell = lambda values: f"{mean_std(values)[0]:.1f} ± {mean_std(values)[1]:.1f}" if values else "-"  # noqa: E731
-    lines = ["| family | knob | seeds | English | XSR P@1 (targets) | zero-shot avg | dose (mean v or w) "
-             "| steps projected % |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| family | knob | seeds | English | XSR P@1 (targets) | zero-shot avg | dose (mean v or w) "
+        "| steps projected % |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     with (out / "tradeoff.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["label", "family", "knob", "seeds", "english_mean", "english_std", "xsr_p1_mean", "xsr_p1_std",
-                         "zero_shot_mean", "zero_shot_std", "dose_mean", "projected_mean"])
+        writer.writerow(
+            [
+                "label",
+                "family",
+                "knob",
+                "seeds",
+                "english_mean",
+                "english_std",
+                "xsr_p1_mean",
+                "xsr_p1_std",
+                "zero_shot_mean",
+                "zero_shot_std",
+                "dose_mean",
+                "projected_mean",
+            ]
+        )
         for p in all_points:
             dose = f"{statistics.fmean(p.dose):.3g}" if p.dose else "-"
             projected = f"{statistics.fmean(p.projected):.0f}" if p.projected else "-"
-            lines.append(f"| {p.family} | {p.knob:g} | {len(p.source)} | {cell(p.source)} | {cell(p.retrieval)} | "
-                         f"{cell(p.zero_shot)} | {dose} | {projected} |")
-            writer.writerow([p.label, p.family, p.knob, len(p.source), *mean_std(p.source)[:2],
-                             *mean_std(p.retrieval)[:2], *mean_std(p.zero_shot)[:2],
-                             statistics.fmean(p.dose) if p.dose else "", statistics.fmean(p.projected) if p.projected else ""])
-    backbone = [statistics.fmean(p["p@1"] for p in r["backbone"]["xsr"].values())
-                for r in runs if (r.get("backbone") or {}).get("xsr") and family(r)]
+            lines.append(
+                f"| {p.family} | {p.knob:g} | {len(p.source)} | {cell(p.source)} | {cell(p.retrieval)} | "
+                f"{cell(p.zero_shot)} | {dose} | {projected} |"
+            )
+            writer.writerow(
+                [
+                    p.label,
+                    p.family,
+                    p.knob,
+                    len(p.source),
+                    *mean_std(p.source)[:2],
+                    *mean_std(p.retrieval)[:2],
+                    *mean_std(p.zero_shot)[:2],
+                    statistics.fmean(p.dose) if p.dose else "",
+                    statistics.fmean(p.projected) if p.projected else "",
+                ]
+            )
+    backbone = [
+        statistics.fmean(p["p@1"] for p in r["backbone"]["xsr"].values())
+        for r in runs
+        if (r.get("backbone") or {}).get("xsr") and family(r)
+    ]
     if backbone:
         lines += ["", f"The backbone's XSR P@1 before fine-tuning: {statistics.fmean(backbone):.1f}."]
     pairs = matched(all_points)
     if pairs:
-        lines += ["", "At matched English accuracy (each GEM margin against the MTF weight closest to it in English "
-                      "score; GEM - MTF, Welch t-test over seeds):", "",
-                  "| GEM | MTF | English GEM / MTF | XSR P@1 diff (p) | zero-shot diff (p) | dose GEM / MTF |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "At matched English accuracy (each GEM margin against the MTF weight closest to it in English "
+            "score; GEM - MTF, Welch t-test over seeds):",
+            "",
+            "| GEM | MTF | English GEM / MTF | XSR P@1 diff (p) | zero-shot diff (p) | dose GEM / MTF |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in pairs:
             dose = f"{r['dose_gem']:.3g} / {r['dose_mtf']:g}" if r["dose_gem"] is not None else f"- / {r['dose_mtf']:g}"
-            lines.append(f"| {r['gem']} | {r['mtf']} | {r['english_gem']:.1f} / {r['english_mtf']:.1f} | "
-                         f"{r['retrieval_diff']:+.1f} ({_p(r['retrieval_p'])}) | {r['zero_shot_diff']:+.2f} "
-                         f"({_p(r['zero_shot_p'])}) | {dose} |")
+            lines.append(
+                f"| {r['gem']} | {r['mtf']} | {r['english_gem']:.1f} / {r['english_mtf']:.1f} | "
+                f"{r['retrieval_diff']:+.1f} ({_p(r['retrieval_p'])}) | {r['zero_shot_diff']:+.2f} "
+                f"({_p(r['zero_shot_p'])}) | {dose} |"
+            )
     path = out / "tradeoff.md"
     path.write_text("\n".join(lines) + "\n")
     if plots:
@@ -156,10 +212,17 @@ def _plot(all_points: list[Point], out: Path, backbone: float | None) -> None:
     for p in all_points:
         by_family[p.family].append(p)
     for name, (x_attr, x_label), (y_attr, y_label) in (
-            ("tradeoff_retrieval_english.png", ("source", "English POS accuracy (test)"),
-             ("retrieval", "XSR P@1, mean over target languages")),
-            ("tradeoff_zero_shot_retrieval.png", ("retrieval", "XSR P@1, mean over target languages"),
-             ("zero_shot", "zero-shot POS, average over targets"))):
+        (
+            "tradeoff_retrieval_english.png",
+            ("source", "English POS accuracy (test)"),
+            ("retrieval", "XSR P@1, mean over target languages"),
+        ),
+        (
+            "tradeoff_zero_shot_retrieval.png",
+            ("retrieval", "XSR P@1, mean over target languages"),
+            ("zero_shot", "zero-shot POS, average over targets"),
+        ),
+    ):
         figure, axis = plt.subplots(figsize=(6.4, 4.6))
         for fam in FAMILIES:
             group = by_family.get(fam)
@@ -167,14 +230,23 @@ def _plot(all_points: list[Point], out: Path, backbone: float | None) -> None:
                 continue
             xs = [mean_std(getattr(p, x_attr)) for p in group]
             ys = [mean_std(getattr(p, y_attr)) for p in group]
-            axis.errorbar([x[0] for x in xs], [y[0] for y in ys], xerr=[x[1] for x in xs], yerr=[y[1] for y in ys],
-                          marker="o", capsize=2, linestyle="-" if len(group) > 1 else "none", label=fam)
+            axis.errorbar(
+                [x[0] for x in xs],
+                [y[0] for y in ys],
+                xerr=[x[1] for x in xs],
+                yerr=[y[1] for y in ys],
+                marker="o",
+                capsize=2,
+                linestyle="-" if len(group) > 1 else "none",
+                label=fam,
+            )
             for p, x, y in zip(group, xs, ys):
                 if fam != "naive":
                     axis.annotate(f"{p.knob:g}", (x[0], y[0]), textcoords="offset points", xytext=(4, 3), fontsize=6)
         if backbone is not None:  # what keeping everything would mean
-            (axis.axhline if y_attr == "retrieval" else axis.axvline)(backbone, color="grey", linestyle=":",
-                                                                      label="backbone (before fine-tuning)")
+            (axis.axhline if y_attr == "retrieval" else axis.axvline)(
+                backbone, color="grey", linestyle=":", label="backbone (before fine-tuning)"
+            )
         axis.set_xlabel(x_label)
         axis.set_ylabel(y_label)
         axis.set_title("each point: mean ± std over seeds; numbers: the family's knob", fontsize=8)

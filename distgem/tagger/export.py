@@ -4,6 +4,7 @@ Weights of any ZeRO stage are consolidated by DeepSpeed's own zero_to_fp32 in on
 many ranks wrote them), mapped onto `AutoModelForTokenClassification` of the backbone's architecture,
 and saved as safetensors with `id2label`/`label2id`, the tokenizer, and a model card.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,15 +49,21 @@ with `distgem predict THIS_DIR INPUT --out OUTPUT` (windows for long sentences, 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run_dir", help="a run directory (its config.yaml and checkpoints/)")
     parser.add_argument("--out", required=True, help="the Hugging Face model directory to write")
-    parser.add_argument("--checkpoint", default="best",
-                        help="best (the best dev average; the default), last (the newest step checkpoint) or a step number")
+    parser.add_argument(
+        "--checkpoint",
+        default="best",
+        help="best (the best dev average; the default), last (the newest step checkpoint) or a step number",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     out = export(Path(args.run_dir), Path(args.out), args.checkpoint)
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
-    print(f"exported {args.run_dir} ({args.checkpoint}) -> {out}: {size / 1e6:.1f} MB in {time.perf_counter() - started:.1f} s")
+    print(
+        f"exported {args.run_dir} ({args.checkpoint}) -> {out}: {size / 1e6:.1f} MB "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
     return 0
 
 
@@ -83,9 +90,9 @@ def export(run_dir: Path, out: Path, which: str = "best") -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForTokenClassification
 
-    from distgem.model import backbone as backbones
     from distgem.config.sections import load_run_config
     from distgem.distributed.checkpoint import consolidated_weights
+    from distgem.model import backbone as backbones
     from distgem.tasks.tagging import LABELS
 
     if not (run_dir / "config.yaml").is_file():
@@ -97,25 +104,31 @@ def export(run_dir: Path, out: Path, which: str = "best") -> Path:
         weights = merge_lora(weights, config.method.lora_alpha / config.method.lora_rank)
     labels = list(LABELS[config.task.name])
     source = backbones.resolve(config.model.backbone)
-    hf_config = AutoConfig.from_pretrained(source, num_labels=len(labels), id2label=dict(enumerate(labels)),
-                                           label2id={label: i for i, label in enumerate(labels)})
+    hf_config = AutoConfig.from_pretrained(
+        source,
+        num_labels=len(labels),
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+    )
     hf_config.distgem = {"max_length": config.model.max_length, "stride": config.model.stride, "task": config.task.name}
     model = AutoModelForTokenClassification.from_config(hf_config)
     prefix = model.base_model_prefix
     mapped = {}
     for name, tensor in weights.items():
         if name.startswith("encoder."):
-            mapped[f"{prefix}.{name[len('encoder.'):]}"] = tensor
+            mapped[f"{prefix}.{name[len('encoder.') :]}"] = tensor
         elif name.startswith("tagger."):
-            mapped[f"classifier.{name[len('tagger.'):]}"] = tensor
+            mapped[f"classifier.{name[len('tagger.') :]}"] = tensor
     missing, unexpected = model.load_state_dict(mapped, strict=False)
     # a backbone without a masked-LM head loads as AutoModel and keeps its pooler, which token classification
     # neither has nor uses (and the MLM one lacks): a pooler on either side is not part of the tagger
     missing = [m for m in missing if "pooler" not in m.split(".") and "position_ids" not in m]
     unexpected = [u for u in unexpected if "pooler" not in u.split(".")]
     if missing or unexpected:
-        raise UserError(f"{run_dir}: checkpoint does not fit {type(model).__name__}: "
-                        f"missing {missing[:3]}, unexpected {unexpected[:3]}")
+        raise UserError(
+            f"{run_dir}: checkpoint does not fit {type(model).__name__}: "
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
     out.mkdir(parents=True, exist_ok=True)
     model.to(torch.float32).save_pretrained(out, safe_serialization=True)
     tokenizer, _ = _tokenizer(source)
@@ -157,21 +170,37 @@ def _card(run_dir: Path, config, tag: str) -> str:
     results_path = run_dir / "results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else None
     per_language = results["test"]["per_language"] if results else {}
-    rows = "\n".join(f"| {lang} | {m['score']:.2f} |" for lang, m in per_language.items()
-                     if m.get("score") is not None) or "| - | not evaluated |"
+    rows = (
+        "\n".join(f"| {lang} | {m['score']:.2f} |" for lang, m in per_language.items() if m.get("score") is not None)
+        or "| - | not evaluated |"
+    )
     method = config.method
-    method_line = method.name + (f" with memory {', '.join(method.memory)} (MLM over {method.mlm_languages})" if method.memory else "")
+    method_line = method.name + (
+        f" with memory {', '.join(method.memory)} (MLM over {method.mlm_languages})" if method.memory else ""
+    )
     if method.name == "gem":
         gem = method.gem
-        method_line += (f"; memory_strength {gem.memory_strength}, per_language {gem.per_language}, "
-                        f"per_layer {gem.per_layer}, refresh every {gem.refresh_every}")
+        method_line += (
+            f"; memory_strength {gem.memory_strength}, per_language {gem.per_language}, "
+            f"per_layer {gem.per_layer}, refresh every {gem.refresh_every}"
+        )
     state_path = run_dir / "checkpoints" / tag / "state.json"
     step = json.loads(state_path.read_text())["state"]["step"] if state_path.is_file() else "?"
     command = f"deepspeed launch/train.py --config {run_dir}/config.yaml"
-    return CARD.format(task=config.task.name, task_upper=config.task.name.upper(), method=method.name,
-                       backbone=config.model.backbone, source=config.task.source, targets=", ".join(config.task.targets),
-                       method_line=method_line, seed=config.train.seed, checkpoint=tag, step=step,
-                       zero_stage=config.train.zero_stage, world_size=results["run"]["world_size"] if results else "?",
-                       rows=rows, command=command,
-                       average=f"{results['test']['average']:.2f}" if results and results["test"]["average"] is not None
-                       else "-")
+    return CARD.format(
+        task=config.task.name,
+        task_upper=config.task.name.upper(),
+        method=method.name,
+        backbone=config.model.backbone,
+        source=config.task.source,
+        targets=", ".join(config.task.targets),
+        method_line=method_line,
+        seed=config.train.seed,
+        checkpoint=tag,
+        step=step,
+        zero_stage=config.train.zero_stage,
+        world_size=results["run"]["world_size"] if results else "?",
+        rows=rows,
+        command=command,
+        average=f"{results['test']['average']:.2f}" if results and results["test"]["average"] is not None else "-",
+    )

@@ -4,6 +4,7 @@ CoNLL-U: only the UPOS column of word lines changes (comments, multiword-token l
 nodes stay byte for byte). CoNLL: the last column. Text: each word becomes `word/TAG`. Sentences
 longer than the window are tagged through overlapping windows, as in evaluation.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,12 @@ FORMATS = ("auto", "conllu", "conll", "text")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model_dir", help="a model directory written by `distgem export`")
     parser.add_argument("input", help="the file to tag: CoNLL-U, CoNLL columns or one sentence per line")
-    parser.add_argument("--format", default="auto", choices=FORMATS,
-                        help="the input's format (auto: from its content); the output keeps it")
+    parser.add_argument(
+        "--format",
+        default="auto",
+        choices=FORMATS,
+        help="the input's format (auto: from its content); the output keeps it",
+    )
     parser.add_argument("--out", required=True, help="where the tagged copy goes (every other column unchanged)")
     parser.add_argument("--batch-size", type=int, default=64, help="windows per forward pass")
 
@@ -74,12 +79,16 @@ def predict_file(model_dir: Path, path: Path, fmt: str, batch_size: int = 64):
     per_sentence: list[list] = [[] for _ in sentences]
     with torch.no_grad():
         for start in tqdm(range(0, len(flat), batch_size), desc="predict", unit="batch", disable=None, file=sys.stderr):
-            chunk = flat[start:start + batch_size]
+            chunk = flat[start : start + batch_size]
             batch = tagging.collate([w for _, w in chunk], tokenizer.pad_token_id)
-            logits = model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+            logits = model(
+                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+            ).logits
             for (i, _), row in zip(chunk, logits.argmax(-1).tolist()):
                 per_sentence[i].append(row)
-    tags = [[id2label[t] for t in stitch(windows[i], per_sentence[i], len(sentences[i][0]))] for i in range(len(sentences))]
+    tags = [
+        [id2label[t] for t in stitch(windows[i], per_sentence[i], len(sentences[i][0]))] for i in range(len(sentences))
+    ]
     gold = None
     if fmt != "text":
         task = settings.get("task", "pos" if fmt == "conllu" else "ner")
@@ -109,7 +118,7 @@ def write_back(path: Path, out: Path, fmt: str, tags: list[list[str]]) -> None:
         for number, line in enumerate(raw.splitlines(keepends=True), start=1):
             if number in replacement:
                 body = line.rstrip(b"\r\n")
-                ending = line[len(body):]
+                ending = line[len(body) :]
                 text = body.decode("utf-8-sig" if number == 1 else "utf-8")
                 bom = "\ufeff" if number == 1 and body.startswith(b"\xef\xbb\xbf") else ""
                 if fmt == "conllu":
@@ -119,6 +128,6 @@ def write_back(path: Path, out: Path, fmt: str, tags: list[list[str]]) -> None:
                 else:
                     stripped = text.rstrip()
                     head, _, _ = stripped.rpartition(stripped.split()[-1])
-                    text = head + replacement[number] + text[len(stripped):]
+                    text = head + replacement[number] + text[len(stripped) :]
                 line = (bom + text).encode("utf-8") + ending
             handle.write(line)

@@ -1,4 +1,5 @@
 """Evaluation metrics: POS accuracy, NER entity F1 (seqeval), MLM perplexity, XSR precision@k."""
+
 from __future__ import annotations
 
 import math

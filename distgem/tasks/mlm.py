@@ -1,4 +1,5 @@
 """Masked language modelling: monolingual examples, deterministic 15% 80/10/10 masking, perplexity."""
+
 from __future__ import annotations
 
 import zlib
@@ -18,8 +19,9 @@ def load_mono(path: str, tokenizer, max_length: int, limit: slice | None = None)
     return mono_windows(lines[limit] if limit is not None else lines, tokenizer, max_length)
 
 
-def mask(examples: Sequence[Sequence[int]], keys: Sequence[int], seed: int, tokenizer,
-         probability: float = 0.15) -> dict[str, torch.Tensor]:
+def mask(
+    examples: Sequence[Sequence[int]], keys: Sequence[int], seed: int, tokenizer, probability: float = 0.15
+) -> dict[str, torch.Tensor]:
     """BERT masking, a pure function of (seed, key) per example: the same on every rank and every run."""
     special = set(tokenizer.all_special_ids)
     vocab = len(tokenizer)
@@ -37,9 +39,9 @@ def mask(examples: Sequence[Sequence[int]], keys: Sequence[int], seed: int, toke
         row_labels = torch.where(chosen, tokens, IGNORE)
         tokens = torch.where(chosen & (action < 0.8), tokenizer.mask_token_id, tokens)
         tokens = torch.where(chosen & (action >= 0.8) & (action < 0.9), random_tokens, tokens)
-        ids[row, :len(example)] = tokens
-        attention[row, :len(example)] = 1
-        labels[row, :len(example)] = row_labels
+        ids[row, : len(example)] = tokens
+        attention[row, : len(example)] = 1
+        labels[row, : len(example)] = row_labels
     return {"input_ids": ids, "attention_mask": attention, "labels": labels}
 
 

@@ -4,6 +4,7 @@ The fine-tuning task and every memory constraint are sources; per-language const
 source per (memory task, language). The engine treats them all alike. Memory examples are lazy
 sequences over the memory-mapped cache: a batch reads only its own rows.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -27,10 +28,14 @@ class Source:
 
 def tagging_source(name: str, corpus: tagging.TaggedCorpus, pad_id: int) -> Source:
     examples = corpus.examples
-    return Source(name, "tag", len(examples),
-                  lambda idx, step: tagging.collate([examples[i] for i in idx], pad_id),
-                  lambda b: int((b["labels"] != tagging.IGNORE).sum()),
-                  lambda: torch.tensor([len(w.input_ids) for w in examples], dtype=torch.long))
+    return Source(
+        name,
+        "tag",
+        len(examples),
+        lambda idx, step: tagging.collate([examples[i] for i in idx], pad_id),
+        lambda b: int((b["labels"] != tagging.IGNORE).sum()),
+        lambda: torch.tensor([len(w.input_ids) for w in examples], dtype=torch.long),
+    )
 
 
 def mlm_source(name: str, examples: Sequence[list[int]], tokenizer, seed: int) -> Source:
@@ -42,8 +47,14 @@ def mlm_source(name: str, examples: Sequence[list[int]], tokenizer, seed: int) -
 
 
 def xsr_source(name: str, pairs: Sequence[tuple], tokenizer, pooling: str = "words") -> Source:
-    return Source(name, "xsr", len(pairs), lambda idx, step: xsr.collate([pairs[i] for i in idx], tokenizer, pooling),
-                  lambda b: b["input_ids"].shape[0] // 2, lambda: lengths_of(pairs))
+    return Source(
+        name,
+        "xsr",
+        len(pairs),
+        lambda idx, step: xsr.collate([pairs[i] for i in idx], tokenizer, pooling),
+        lambda b: b["input_ids"].shape[0] // 2,
+        lambda: lengths_of(pairs),
+    )
 
 
 def memory_sources(method, corpora, tokenizer, seed: int) -> list[Source]:
@@ -60,7 +71,9 @@ def memory_sources(method, corpora, tokenizer, seed: int) -> list[Source]:
             groups = {lang: [lang] for lang in corpora.pairs_train} if per_language else {"": list(corpora.pairs_train)}
             for suffix, langs in groups.items():
                 pairs = ConcatRows([corpora.pairs_train[lang] for lang in langs])
-                sources.append(xsr_source("xsr" + (f".{suffix}" if suffix else ""), pairs, tokenizer, method.xsr_pooling))
+                sources.append(
+                    xsr_source("xsr" + (f".{suffix}" if suffix else ""), pairs, tokenizer, method.xsr_pooling)
+                )
     return sources
 
 

@@ -1,4 +1,5 @@
 """Token classification (UPOS tagging, NER): encoded corpora, batches and word-level evaluation."""
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
@@ -42,7 +43,9 @@ def load_tagged(path: str, task: str, tokenizer, max_length: int, stride: int) -
                 raise InputError(path, line, f"tag {tag!r} is not in the {task} label set ({', '.join(LABELS[task])})")
         words.append(sentence.words)
         tags.append(sentence.tags)
-        windows.append(encode_words(tokenizer, sentence.words, [label_ids[t] for t in sentence.tags], max_length, stride))
+        windows.append(
+            encode_words(tokenizer, sentence.words, [label_ids[t] for t in sentence.tags], max_length, stride)
+        )
     return TaggedCorpus(str(path), words, tags, windows)
 
 
@@ -52,9 +55,12 @@ def corpus_from_rows(path: str, rows) -> TaggedCorpus:
     for row in rows:
         words.append(tuple(row["words"]))
         tags.append(tuple(row["tags"]))
-        windows.append([Window(ids, word_ids, labels, span[0], span[1], (span[2], span[3]))
-                        for ids, word_ids, labels, span in zip(row["input_ids"], row["word_ids"], row["labels"],
-                                                              row["spans"])])
+        windows.append(
+            [
+                Window(ids, word_ids, labels, span[0], span[1], (span[2], span[3]))
+                for ids, word_ids, labels, span in zip(row["input_ids"], row["word_ids"], row["labels"], row["spans"])
+            ]
+        )
     return TaggedCorpus(str(path), words, tags, windows)
 
 
@@ -82,13 +88,19 @@ Schedule = Callable[[list, Callable[[], object]], Iterable[tuple[object, bool]]]
 where other processes run more forwards (distgem.train.evaluation.lockstep; None: the batches alone)."""
 
 
-def predict(logits_fn: Callable[[dict], torch.Tensor], corpus: TaggedCorpus, pad_id: int, batch_size: int,
-            indices: Sequence[int] | None = None, schedule: Schedule | None = None) -> dict[int, list[str]]:
+def predict(
+    logits_fn: Callable[[dict], torch.Tensor],
+    corpus: TaggedCorpus,
+    pad_id: int,
+    batch_size: int,
+    indices: Sequence[int] | None = None,
+    schedule: Schedule | None = None,
+) -> dict[int, list[str]]:
     """Word-level predicted tags of the given sentences (all by default): {sentence index: tags}."""
     indices = range(len(corpus.words)) if indices is None else indices
     flat = [(s, w) for s in indices for w in corpus.windows[s]]
     token_predictions: dict[int, list[list[int]]] = {s: [] for s in indices}
-    chunks = [flat[start:start + batch_size] for start in range(0, len(flat), batch_size)]
+    chunks = [flat[start : start + batch_size] for start in range(0, len(flat), batch_size)]
     schedule = schedule or (lambda batches, spare: ((batch, True) for batch in batches))
     for chunk, real in schedule(chunks, lambda: [(None, corpus.windows[0][0])]):  # a window of no sentence
         logits = logits_fn(collate([w for _, w in chunk], pad_id))

@@ -1,4 +1,5 @@
 """Cross-lingual sentence retrieval: pairs, batches of [sources; targets], P@k evaluation."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -29,8 +30,9 @@ def encode_batch(sentences: Sequence[Sequence[int]], tokenizer, pooling: str = "
     attention = torch.zeros_like(ids)
     pool = torch.zeros_like(ids)
     for row, sentence in enumerate(sentences):
-        ids[row, :len(sentence)] = torch.tensor(sentence)
-        attention[row, :len(sentence)] = 1
-        pool[row, :len(sentence)] = torch.tensor([pooling == "all" or t not in special for t in sentence],
-                                                 dtype=torch.long)
+        ids[row, : len(sentence)] = torch.tensor(sentence)
+        attention[row, : len(sentence)] = 1
+        pool[row, : len(sentence)] = torch.tensor(
+            [pooling == "all" or t not in special for t in sentence], dtype=torch.long
+        )
     return {"input_ids": ids, "attention_mask": attention, "pool_mask": pool}

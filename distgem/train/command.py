@@ -1,10 +1,10 @@
 """`distgem train` / `launch/train.py`: parse, build, train, close."""
+
 from __future__ import annotations
 
 import argparse
 import os
 import sys
-
 
 EXAMPLES = """examples:
   distgem train --config configs/tiny.yaml --config configs/methods/gem-both.yaml
@@ -21,14 +21,31 @@ every setting: docs/USAGE.md ("Configuration reference"); exit codes: 0 done, 2 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EXAMPLES
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("--config", action="append", default=[], metavar="YAML",
-                        help="run config (repeatable; later files win; each may `include:` others)")
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", dest="overrides",
-                        help="override one config value, parsed to the field's type (repeatable)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from the run's newest intact checkpoint (from the start when there is none)")
-    parser.add_argument("--allow-config-change", action="store_true",
-                        help="with --resume: continue even though the config differs from the checkpoint's")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="YAML",
+        help="run config (repeatable; later files win; each may `include:` others)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        dest="overrides",
+        help="override one config value, parsed to the field's type (repeatable)",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the run's newest intact checkpoint (from the start when there is none)",
+    )
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="with --resume: continue even though the config differs from the checkpoint's",
+    )
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
 
 
@@ -67,8 +84,11 @@ def run(args: argparse.Namespace) -> int:
             if world.is_main:
                 print(f"distgem: error: {stop} -> {config.output.run_dir}/results.json", file=sys.stderr)
         if code == 0 and world.is_main:
-            print(f"test average ({config.task.name}, targets): {results['test']['average']:.2f}  "
-                  f"-> {config.output.run_dir}/results.json", file=sys.stderr)
+            print(
+                f"test average ({config.task.name}, targets): {results['test']['average']:.2f}  "
+                f"-> {config.output.run_dir}/results.json",
+                file=sys.stderr,
+            )
     except BaseException as error:
         lost = distributed.lost_peer(error, world)
         distributed.shutdown(wait=False)

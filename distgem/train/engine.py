@@ -6,6 +6,7 @@ projects), the optimizer step, the method's edit of the step taken (GEM's update
 all-reduce for everything the step reports. Every gradient lives on this rank's ZeRO partition only.
 `Trainer.train` is the run: evaluation, checkpoints and logs are plain calls at intervals.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,13 +37,14 @@ from distgem.tasks.tagging import LABELS
 from distgem.train.evaluation import Evaluator
 from distgem.train.log import RunLog
 from distgem.train.methods import METHODS, StepView
-from distgem.train.preemption import (DIVERGED_MARKER, PREEMPTED_EXIT, PREEMPTED_MARKER, PREEMPTION, Diverged,
-                                      Preempted)
+from distgem.train.preemption import DIVERGED_MARKER, PREEMPTED_EXIT, PREEMPTED_MARKER, PREEMPTION, Diverged, Preempted
 from distgem.train.reduction import Reduction
 from distgem.train.results import build_results, memory_mb, peak_rss_mb, strict_json, write_json
 from distgem.train.timer import PhaseTimer
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
 class Trainer:
     def __init__(self, config: RunConfig, world: World):
         self.config, self.world = config, world
@@ -54,45 +56,77 @@ class Trainer:
         _check_against_backbone(config, backbone, has_mlm)
         mono, pairs = needed(config.task, has_mlm)  # perplexity for every language, XSR for every target
         with world.main_first():  # one rank tokenises into the shared cache, the others open what it wrote
-            self.corpora = load_corpora(config.data, config.task, config.model, self.tokenizer, mono, pairs,
-                                        progress=world.is_main)
+            self.corpora = load_corpora(
+                config.data, config.task, config.model, self.tokenizer, mono, pairs, progress=world.is_main
+            )
         # ZeRO-3 gathers each layer's parameters collectively in every forward: where a count of forwards can differ
         # between ranks (evaluation shards, embedding chunks), every rank runs the most any rank needs
         lockstep = train.zero_stage == 3 and world.size > 1
-        self.model = MultiTaskModel(backbone, len(LABELS[config.task.name]), method.xsr_layer, gather=world.gather_rows(),
-                                    embed_chunk_tokens=config.model.embed_chunk_tokens,
-                                    agree_chunks=world.max if lockstep else None)
+        self.model = MultiTaskModel(
+            backbone,
+            len(LABELS[config.task.name]),
+            method.xsr_layer,
+            gather=world.gather_rows(),
+            embed_chunk_tokens=config.model.embed_chunk_tokens,
+            agree_chunks=world.max if lockstep else None,
+        )
         self.main = tagging_source(config.task.name, self.corpora.train, self.tokenizer.pad_token_id)
         languages = [config.task.source, *config.task.targets]
-        self.corpora.mono_train = {lang: self.corpora.mono_train[lang] for lang in
-                                   (languages if method.mlm_languages == "all" else ["en"])
-                                   if lang in self.corpora.mono_train}
+        self.corpora.mono_train = {
+            lang: self.corpora.mono_train[lang]
+            for lang in (languages if method.mlm_languages == "all" else ["en"])
+            if lang in self.corpora.mono_train
+        }
         self.memories = memory_sources(method, self.corpora, self.tokenizer, train.seed) if method.memory else []
         # the same constraints over the held-out memory data (fixed batches: memory_loss/<name> at dev evaluations)
-        held_out = SimpleNamespace(mono_train={lang: self.corpora.mono_eval[lang] for lang in self.corpora.mono_train
-                                               if lang in self.corpora.mono_eval}, pairs_train=self.corpora.pairs_eval)
-        self.held_out = memory_sources(method, held_out, self.tokenizer, train.seed) \
-            if method.memory and config.eval.memory_loss_examples else []
+        held_out = SimpleNamespace(
+            mono_train={
+                lang: self.corpora.mono_eval[lang] for lang in self.corpora.mono_train if lang in self.corpora.mono_eval
+            },
+            pairs_train=self.corpora.pairs_eval,
+        )
+        self.held_out = (
+            memory_sources(method, held_out, self.tokenizer, train.seed)
+            if method.memory and config.eval.memory_loss_examples
+            else []
+        )
         self.timer = PhaseTimer(world.device)  # off unless DISTGEM_PROFILE=1 (bench/)
         self.method = METHODS[method.name](method, self.memories, world, train.zero_stage > 0, self.timer)
         self.method.prepare(self.model)
         self.names = {id(p): n for n, p in self.model.named_parameters()}
         self.engine = build_engine(self.model, *self._optimizer(), self._deepspeed_config())
         self.partition = GradientPartition(self.engine, self.names)
-        self.streams = {s.name: BatchStream(s.size, train.batch_size if s is self.main else method.memory_batch_size,
-                                            train.seed, s.name, s.lengths() if train.group_by_length else None)
-                        for s in [self.main, *self.memories]}
+        self.streams = {
+            s.name: BatchStream(
+                s.size,
+                train.batch_size if s is self.main else method.memory_batch_size,
+                train.seed,
+                s.name,
+                s.lengths() if train.group_by_length else None,
+            )
+            for s in [self.main, *self.memories]
+        }
         self.layout: Layout | None = None
         self.buffer: MemoryBuffer | None = None  # rows 0..k-1: the memory gradients
         self.task_buffer: MemoryBuffer | None = None  # the task gradient accumulated over micro-batches
-        self.evaluator = Evaluator(self.engine, world, self.tokenizer, config.eval.batch_size, lockstep,
-                                   method.xsr_pooling)
-        self.state = {"step": 0, "best": None, "best_step": None, "bad_evals": 0, "history": [], "backbone": None,
-                      "gem": self.method.state_dict() or {"violated_steps": 0, "steps": 0, "fallbacks": 0}}
+        self.evaluator = Evaluator(
+            self.engine, world, self.tokenizer, config.eval.batch_size, lockstep, method.xsr_pooling
+        )
+        self.state = {
+            "step": 0,
+            "best": None,
+            "best_step": None,
+            "bad_evals": 0,
+            "history": [],
+            "backbone": None,
+            "gem": self.method.state_dict() or {"violated_steps": 0, "steps": 0, "fallbacks": 0},
+        }
         self._trace_started = False
         self._restored_memory: torch.Tensor | None = None  # from a checkpoint, until the buffer exists
         self.stop_requested = False
-        self.checkpoints = Checkpointer(self.run_dir / "checkpoints", self.engine, world, config.output.keep_checkpoints)
+        self.checkpoints = Checkpointer(
+            self.run_dir / "checkpoints", self.engine, world, config.output.keep_checkpoints
+        )
         self.config_text = dump_yaml(config)  # kept with every checkpoint: a resume compares it
         self._stop_if_preempted()  # a signal during start-up (data, engine build): requeue without a checkpoint
 
@@ -103,24 +137,35 @@ class Trainer:
         for param in self.model.parameters():
             if param.requires_grad:
                 (no_decay if param.ndim < 2 else decay).append(param)
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": train.weight_decay},
-                                       {"params": no_decay, "weight_decay": 0.0}], lr=train.lr)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=train.lr,
+        )
         warmup = train.warmup_steps
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
         return optimizer, schedule
 
     def _deepspeed_config(self) -> dict:
         train, size = self.config.train, self.world.size
-        for key, batch in (("train.batch_size", train.batch_size),
-                           ("method.memory_batch_size", self.config.method.memory_batch_size)):
+        for key, batch in (
+            ("train.batch_size", train.batch_size),
+            ("method.memory_batch_size", self.config.method.memory_batch_size),
+        ):
             if batch % (size * train.gradient_accumulation):
-                raise ConfigError(f"{key} {batch} must divide into {size} ranks x "
-                                  f"train.gradient_accumulation {train.gradient_accumulation} micro-batches")
+                raise ConfigError(
+                    f"{key} {batch} must divide into {size} ranks x "
+                    f"train.gradient_accumulation {train.gradient_accumulation} micro-batches"
+                )
         path = train.deepspeed_config.format(stage=train.zero_stage)
         path = path if Path(path).is_absolute() or Path(path).exists() else str(ROOT / path)
-        return deepspeed_config(path, micro_batch=train.batch_size // size // train.gradient_accumulation,
-                                world_size=size, zero_stage=train.zero_stage, precision=train.precision,
-                                gradient_clipping=train.gradient_clipping)
+        return deepspeed_config(
+            path,
+            micro_batch=train.batch_size // size // train.gradient_accumulation,
+            world_size=size,
+            zero_stage=train.zero_stage,
+            precision=train.precision,
+            gradient_clipping=train.gradient_clipping,
+        )
 
     # --- the step ---------------------------------------------------------------------------
     def step(self, step: int) -> dict[str, float]:
@@ -149,16 +194,22 @@ class Trainer:
         reduction.add("nonfinite", torch.tensor([float(nonfinite)]))
         if predict:  # first order: L_i(theta + delta) - L_i(theta) ~ <g_i, delta> for the step actually taken
             delta = self._values().sub_(before)
-            reduction.add("predicted", (self.buffer.data @ delta).double() / (1 if self.partition.stage else self.world.size))
+            reduction.add(
+                "predicted", (self.buffer.data @ delta).double() / (1 if self.partition.stage else self.world.size)
+            )
         with self.timer.phase("reduce_losses"):
             reduced = reduction.sum(self.world)
         self.stop_requested = bool(reduced["stop"][0] > 0)
         stats = view.stats
         stats["train/nonfinite"] = float(reduced["nonfinite"][0] > 0)  # on any rank
         reported = self.memories if refresh else []
-        stats.update({f"loss/{s.name}": v / self.world.size for s, v in zip([*reported, self.main], reduced["losses"].tolist())})
+        stats.update(
+            {f"loss/{s.name}": v / self.world.size for s, v in zip([*reported, self.main], reduced["losses"].tolist())}
+        )
         if predict:
-            stats.update({f"gem/predicted_change/{s.name}": v for s, v in zip(self.memories, reduced["predicted"].tolist())})
+            stats.update(
+                {f"gem/predicted_change/{s.name}": v for s, v in zip(self.memories, reduced["predicted"].tolist())}
+            )
         method.report(reduced, stats)
         stats["lr"] = self.engine.get_lr()[0]
         stats.update(self.timer.take())
@@ -179,16 +230,24 @@ class Trainer:
         grads = runs(pieces, self.layout) if self.buffer is not None or self.task_buffer is not None else []
         if self.task_buffer is not None:  # micro-batches were accumulated outside the optimizer's partition
             self.task_buffer.restore(0, grads)
-        return StepView(grads, self.buffer.data if self.buffer is not None else None, self.layout, self._values,
-                        self.partition, reduction)
+        return StepView(
+            grads,
+            self.buffer.data if self.buffer is not None else None,
+            self.layout,
+            self._values,
+            self.partition,
+            reduction,
+        )
 
     def _values(self) -> torch.Tensor:
         """A float32 copy of this rank's trainable values in the memory buffer's layout, padding zeroed."""
         values = torch.cat([t.float() for t in self.partition.values()])
         if values.numel() != self.layout.numel:
-            raise ConfigError(f"eval.predicted_change / method.gem.target: update: the optimizer's partition holds "
-                              f"{values.numel()} values but the gradient's {self.layout.numel} (this DeepSpeed "
-                              f"version lays them out differently)")
+            raise ConfigError(
+                f"eval.predicted_change / method.gem.target: update: the optimizer's partition holds "
+                f"{values.numel()} values but the gradient's {self.layout.numel} (this DeepSpeed "
+                f"version lays them out differently)"
+            )
         padding = self.partition.padding()  # on the values' device, built once
         if padding.numel():
             values[padding] = 0.0
@@ -240,8 +299,9 @@ class Trainer:
     # --- evaluation -----------------------------------------------------------------------------
     def evaluate_tagging(self, corpora: dict, save_as: str | None = None) -> dict[str, dict[str, float]]:
         """Scores per language; with `save_as`, also the word-level tags under predictions/<save_as>/."""
-        return self.evaluator.tagging(self.config.task.name, corpora,
-                                      self.run_dir / "predictions" / save_as if save_as else None)
+        return self.evaluator.tagging(
+            self.config.task.name, corpora, self.run_dir / "predictions" / save_as if save_as else None
+        )
 
     def evaluate_memory(self) -> dict:
         """MLM perplexity per language and XSR P@1/5/10 per pair (Table 1)."""
@@ -259,7 +319,9 @@ class Trainer:
             (self.run_dir / DIVERGED_MARKER).unlink(missing_ok=True)
         if resume:
             self._resume(allow_config_change)
-        log = RunLog(self.run_dir, self.world.is_main, config.output.tensorboard, config.train.steps, self.state["step"])
+        log = RunLog(
+            self.run_dir, self.world.is_main, config.output.tensorboard, config.train.steps, self.state["step"]
+        )
         started = time.perf_counter()
         if config.eval.before_training and self.state["backbone"] is None:
             self.state["backbone"] = self.evaluate_memory()
@@ -288,15 +350,22 @@ class Trainer:
                 self._count_nonfinite(step + 1, stats, log)
                 if (step + 1) % config.eval.every == 0 or step + 1 == config.train.steps:
                     if self._evaluate_dev(step + 1, log, held):
-                        log.message(f"early stopping at step {step + 1}: no improvement in {config.eval.patience} evaluations")
+                        log.message(
+                            f"early stopping at step {step + 1}: no improvement in {config.eval.patience} evaluations"
+                        )
                         break
-                if config.output.checkpoint_every and (step + 1) % config.output.checkpoint_every == 0 \
-                        or self.stop_requested:
+                if (
+                    config.output.checkpoint_every
+                    and (step + 1) % config.output.checkpoint_every == 0
+                    or self.stop_requested
+                ):
                     self.checkpoints.save(f"step{step + 1}", self._client_state(), self.config_text)
                 if self.stop_requested:
                     if self.world.is_main:
                         (self.run_dir / PREEMPTED_MARKER).write_text(f"{step + 1}\n")
-                    log.message(f"preempted: checkpoint at step {step + 1}; exiting with code {PREEMPTED_EXIT} to be requeued")
+                    log.message(
+                        f"preempted: checkpoint at step {step + 1}; exiting with code {PREEMPTED_EXIT} to be requeued"
+                    )
                     log.close()
                     raise Preempted(step + 1)
         except Diverged as err:
@@ -311,8 +380,15 @@ class Trainer:
         after = self.evaluate_memory() if config.eval.after_training else None
         return self._write_results(test, after, train_seconds, log)
 
-    def _write_results(self, test: dict | None, after: dict | None, seconds: float, log: RunLog, status: str = "ok",
-                       error: str | None = None) -> dict:
+    def _write_results(
+        self,
+        test: dict | None,
+        after: dict | None,
+        seconds: float,
+        log: RunLog,
+        status: str = "ok",
+        error: str | None = None,
+    ) -> dict:
         """results.json (main process), the test scores in TensorBoard; a diverged run leaves a DIVERGED marker."""
         rss = self.world.gather(round(peak_rss_mb(), 1))  # per rank: the data stays memory-mapped
         results = build_results(self.config, self.world.size, self.state, test, after, seconds, rss, status)
@@ -331,8 +407,13 @@ class Trainer:
                 tested.update(_flatten("tested/memory", after))
             log.scalars(self.state["step"], tested)
             average = results["test"]["average"]
-            log.hparams(_hparams(self.config), {"hparam/test_average": average if average is not None else 0.0,
-                                               "hparam/dev_best": self.state["best"] or 0.0})
+            log.hparams(
+                _hparams(self.config),
+                {
+                    "hparam/test_average": average if average is not None else 0.0,
+                    "hparam/dev_best": self.state["best"] or 0.0,
+                },
+            )
         log.close()
         self.world.barrier()
         return results
@@ -345,7 +426,9 @@ class Trainer:
             note(f"checkpoint {line}: not used")
         if tag is None:
             if damaged:
-                raise UserError(f"--resume: no intact checkpoint in {self.checkpoints.directory} ({'; '.join(damaged)})")
+                raise UserError(
+                    f"--resume: no intact checkpoint in {self.checkpoints.directory} ({'; '.join(damaged)})"
+                )
             return
         if damaged and self.world.is_main:
             note(f"resuming from {tag}, the newest intact checkpoint")
@@ -355,8 +438,10 @@ class Trainer:
             saved["output"]["run_dir"] = current["output"]["run_dir"]  # where the run is, not what it computes
             changes = config_changes(saved, current)
             if changes and not allow_config_change:
-                raise ConfigError(f"--resume: {tag} was written with another config ({'; '.join(changes)}); "
-                                  f"resume with that config, or pass --allow-config-change")
+                raise ConfigError(
+                    f"--resume: {tag} was written with another config ({'; '.join(changes)}); "
+                    f"resume with that config, or pass --allow-config-change"
+                )
             if changes and self.world.is_main:
                 note(f"resuming {tag} with a changed config: {'; '.join(changes)}")
         self._restore(client)
@@ -387,12 +472,16 @@ class Trainer:
         counts["consecutive"] += 1
         counts["first"] = counts["first"] or step
         train = self.config.train
-        log.message(f"step {step}: a loss or gradient is not finite; its update was not applied "
-                    f"({counts['consecutive']} in a row, train.nonfinite: {train.nonfinite})")
+        log.message(
+            f"step {step}: a loss or gradient is not finite; its update was not applied "
+            f"({counts['consecutive']} in a row, train.nonfinite: {train.nonfinite})"
+        )
         if train.nonfinite == "stop" and counts["consecutive"] >= train.nonfinite_limit:
-            raise Diverged(f"diverged: {counts['consecutive']} steps in a row with a non-finite loss or gradient "
-                           f"(steps {step - counts['consecutive'] + 1}-{step}; train.nonfinite_limit "
-                           f"{train.nonfinite_limit}); lower train.lr, or train.nonfinite: skip to go on")
+            raise Diverged(
+                f"diverged: {counts['consecutive']} steps in a row with a non-finite loss or gradient "
+                f"(steps {step - counts['consecutive'] + 1}-{step}; train.nonfinite_limit "
+                f"{train.nonfinite_limit}); lower train.lr, or train.nonfinite: skip to go on"
+            )
 
     def _evaluate_dev(self, step: int, log: RunLog, held: dict | None = None) -> bool:
         """Dev evaluation on the targets; keeps the best checkpoint; True when patience is exhausted.
@@ -424,15 +513,21 @@ class Trainer:
             return
         path = self.run_dir / "steps.jsonl"
         if self._trace_started is False:
-            kept = [ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] < step] if path.exists() else []
+            kept = (
+                [ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] < step] if path.exists() else []
+            )
             path.write_text("".join(ln + "\n" for ln in kept))
             self._trace_started = True
         with path.open("a") as handle:
             handle.write(strict_json({"step": step, **stats}) + "\n")
 
     def _client_state(self) -> dict:
-        return {"state": self.state, "streams": {n: s.state_dict() for n, s in self.streams.items()},
-                "memory": self.buffer.data if self.buffer is not None else None, "tensors": self.method.tensors()}
+        return {
+            "state": self.state,
+            "streams": {n: s.state_dict() for n, s in self.streams.items()},
+            "memory": self.buffer.data if self.buffer is not None else None,
+            "tensors": self.method.tensors(),
+        }
 
     def _restore(self, client: dict) -> None:
         self.state = client["state"]
@@ -453,15 +548,24 @@ def _check_against_backbone(config: RunConfig, backbone, has_mlm: bool) -> None:
         raise ConfigError(f"method.memory: {config.model.backbone} has no masked-LM head; use [xsr]")
     layers = getattr(backbone.config, "num_hidden_layers", None)
     if layers is not None and not -(layers + 1) <= method.xsr_layer <= layers:
-        raise ConfigError(f"method.xsr_layer: {method.xsr_layer} is not a layer of {config.model.backbone} "
-                          f"({layers} layers: 0 = embeddings .. {layers}, or -1 for the last)")
+        raise ConfigError(
+            f"method.xsr_layer: {method.xsr_layer} is not a layer of {config.model.backbone} "
+            f"({layers} layers: 0 = embeddings .. {layers}, or -1 for the last)"
+        )
     if method.name == "frozen" and layers is not None and method.frozen_layers > layers:
-        raise ConfigError(f"method.frozen_layers: {method.frozen_layers} is more than the {layers} layers of "
-                          f"{config.model.backbone}")
-    if method.name == "gem" and method.gem.target == "update" and config.train.zero_stage == 0 \
-            and config.train.precision != "fp32":
-        raise ConfigError(f"method.gem.target: update edits the optimizer's master weights, which ZeRO 0 "
-                          f"keeps out of reach in {config.train.precision}; use train.zero_stage >= 1 or fp32")
+        raise ConfigError(
+            f"method.frozen_layers: {method.frozen_layers} is more than the {layers} layers of {config.model.backbone}"
+        )
+    if (
+        method.name == "gem"
+        and method.gem.target == "update"
+        and config.train.zero_stage == 0
+        and config.train.precision != "fp32"
+    ):
+        raise ConfigError(
+            f"method.gem.target: update edits the optimizer's master weights, which ZeRO 0 "
+            f"keeps out of reach in {config.train.precision}; use train.zero_stage >= 1 or fp32"
+        )
 
 
 def _seed_everything(seed: int) -> None:
@@ -482,7 +586,17 @@ def _flatten(prefix: str, tree, out=None) -> dict[str, float]:
 
 def _hparams(config: RunConfig) -> dict:
     m = config.method
-    return {"backbone": config.model.backbone, "task": config.task.name, "method": m.name,
-            "memory": "+".join(m.memory) or "none", "mlm_languages": m.mlm_languages, "seed": config.train.seed,
-            "lr": config.train.lr, "zero_stage": config.train.zero_stage, "per_language": m.gem.per_language,
-            "per_layer": m.gem.per_layer, "refresh_every": m.gem.refresh_every, "memory_strength": m.gem.memory_strength}
+    return {
+        "backbone": config.model.backbone,
+        "task": config.task.name,
+        "method": m.name,
+        "memory": "+".join(m.memory) or "none",
+        "mlm_languages": m.mlm_languages,
+        "seed": config.train.seed,
+        "lr": config.train.lr,
+        "zero_stage": config.train.zero_stage,
+        "per_language": m.gem.per_language,
+        "per_layer": m.gem.per_layer,
+        "refresh_every": m.gem.refresh_every,
+        "memory_strength": m.gem.memory_strength,
+    }

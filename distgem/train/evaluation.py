@@ -5,6 +5,7 @@ which share is its own and for everyone's results. Under ZeRO-3 every forward ga
 parameters collectively, so every process must run as many forwards as the one with the most
 batches (`lockstep`); the world's `max` says how many, before the first forward.
 """
+
 from __future__ import annotations
 
 import json
@@ -73,8 +74,9 @@ class Evaluator:
                     finite[0] = finite[0] and bool(torch.isfinite(out).all())
                     return out
 
-                predictions = tagging.predict(logits, corpus, self.tokenizer.pad_token_id, self.batch_size, mine,
-                                              self._schedule)
+                predictions = tagging.predict(
+                    logits, corpus, self.tokenizer.pad_token_id, self.batch_size, mine, self._schedule
+                )
                 merged: dict[int, list[int]] = {}
                 for part, ok in self.world.gather((predictions, finite[0])):
                     merged.update(part)
@@ -92,15 +94,19 @@ class Evaluator:
     def memory(self, mono: dict, pairs: dict) -> dict:
         """MLM perplexity per language and XSR P@1/5/10 per pair (Table 1)."""
         with self._eval_mode():
-            return {"mlm_perplexity": {lang: self._perplexity(examples) for lang, examples in mono.items()},
-                    "xsr": {lang: self._retrieval(pairs_of) for lang, pairs_of in pairs.items()}}
+            return {
+                "mlm_perplexity": {lang: self._perplexity(examples) for lang, examples in mono.items()},
+                "xsr": {lang: self._retrieval(pairs_of) for lang, pairs_of in pairs.items()},
+            }
 
     def _perplexity(self, examples: list[list[int]]) -> float:
         """exp(mean NLL) over masked tokens of held-out sentences, with the fixed evaluation masks."""
         nll, tokens = 0.0, 0
         mine = self.world.shard(range(len(examples)))
-        batches = [mlm.mask([examples[i] for i in keys], keys, EVAL_MASK_SEED, self.tokenizer)
-                   for keys in (mine[start:start + self.batch_size] for start in range(0, len(mine), self.batch_size))]
+        batches = [
+            mlm.mask([examples[i] for i in keys], keys, EVAL_MASK_SEED, self.tokenizer)
+            for keys in (mine[start : start + self.batch_size] for start in range(0, len(mine), self.batch_size))
+        ]
         batches = [batch for batch in batches if mlm.units(batch)]  # nothing masked: nothing to score
         for batch, real in self._schedule(batches, lambda: mlm.mask(examples[:1], [0], EVAL_MASK_SEED, self.tokenizer)):
             out = self._forward("mlm", batch)
@@ -116,8 +122,12 @@ class Evaluator:
         parts = {}
         for side in (0, 1):
             embeddings = []
-            batches = [xsr.encode_batch([pairs[i][side] for i in mine[start:start + self.batch_size]], self.tokenizer,
-                                        self.pooling) for start in range(0, len(mine), self.batch_size)]
+            batches = [
+                xsr.encode_batch(
+                    [pairs[i][side] for i in mine[start : start + self.batch_size]], self.tokenizer, self.pooling
+                )
+                for start in range(0, len(mine), self.batch_size)
+            ]
             spare = lambda: xsr.encode_batch([pairs[0][side]], self.tokenizer, self.pooling)  # noqa: E731
             for batch, real in self._schedule(batches, spare):
                 embedding = self._forward("embed", batch)["embedding"]

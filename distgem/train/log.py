@@ -1,4 +1,5 @@
 """Rank-0 observers: TensorBoard scalars, an hparams summary and a progress bar. They never touch training state."""
+
 from __future__ import annotations
 
 import sys
@@ -20,8 +21,15 @@ class RunLog:
             self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=initial_step or None)
         from tqdm import tqdm
 
-        self.bar = tqdm(total=total_steps, initial=initial_step, desc="train", unit="step", file=sys.stderr,
-                        dynamic_ncols=True, disable=None)
+        self.bar = tqdm(
+            total=total_steps,
+            initial=initial_step,
+            desc="train",
+            unit="step",
+            file=sys.stderr,
+            dynamic_ncols=True,
+            disable=None,
+        )
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         if self.writer is not None:
@@ -32,8 +40,9 @@ class RunLog:
         if self.bar is not None:
             self.bar.update(steps)
             if postfix:
-                self.bar.set_postfix({k: f"{v:.4g}" if isinstance(v, float) else v for k, v in postfix.items()},
-                                     refresh=False)
+                self.bar.set_postfix(
+                    {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in postfix.items()}, refresh=False
+                )
 
     def message(self, text: str) -> None:
         if self.enabled:

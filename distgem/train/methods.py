@@ -15,6 +15,7 @@ And what a practitioner would weigh GEM against (docs/RESULTS.md, the trade-off)
 - l2sp: naive plus alpha (theta - theta_0) on the encoder's gradient, a pull toward the pre-trained weights.
 - lora: the encoder frozen, low-rank adapters on its attention projections (peft) and the head train.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -120,8 +121,9 @@ class GEM(Naive):
         gem = config.gem
         # the partial Gram is summed over ranks where each holds a share of the gradient; at ZeRO 0 every
         # rank holds the whole (already averaged) gradient and solves the same QP without a collective
-        self.projector = Projector([s.name for s in memories], gem.memory_strength, gem.solver,
-                                   world.sum if sharded else None, timer)
+        self.projector = Projector(
+            [s.name for s in memories], gem.memory_strength, gem.solver, world.sum if sharded else None, timer
+        )
         self.edits_update = gem.target == "update"
         self.reference = None  # gem.anchor: pretrained: a frozen copy of the pre-trained model
         self.excess: torch.Tensor | None = None
@@ -161,8 +163,9 @@ class GEM(Naive):
             margin = self.world.sum(self.excess.to(self.world.device)).cpu() / self.world.size
             view.stats.update({f"gem/excess/{s.name}": float(e) for s, e in zip(self.memories, margin)})
             self.excess = None
-        self.check = self.projector.update(before, view.values(), view.layout, view.memories, view.partition,
-                                           view.stats, margin)
+        self.check = self.projector.update(
+            before, view.values(), view.layout, view.memories, view.partition, view.stats, margin
+        )
         self._add_check(view.reduction)
 
     def _add_check(self, reduction: Reduction) -> None:
@@ -200,12 +203,17 @@ class L2SP(Naive):
             self.start = values.clone()
         if self.pulled is None:
             names = view.partition.piece_names()
-            self.pulled = [(o, n) for o, n, name in zip(view.layout.offsets, view.layout.sizes, names)
-                           if name.startswith("encoder.")]
+            self.pulled = [
+                (o, n)
+                for o, n, name in zip(view.layout.offsets, view.layout.sizes, names)
+                if name.startswith("encoder.")
+            ]
         with self.timer.phase("update"):
             for piece, (offset, size) in zip(self._encoder_pieces(view), self.pulled):
-                piece.add_((values[offset:offset + size] - self.start[offset:offset + size]).to(piece.dtype),
-                           alpha=self.config.l2sp_strength)
+                piece.add_(
+                    (values[offset : offset + size] - self.start[offset : offset + size]).to(piece.dtype),
+                    alpha=self.config.l2sp_strength,
+                )
 
     def _encoder_pieces(self, view: StepView) -> list[torch.Tensor]:
         names = view.partition.piece_names()
@@ -231,8 +239,13 @@ class LoRA(Naive):
             from distgem.errors import ConfigError
 
             raise ConfigError("method.name: lora needs peft (pip install 'distgem[lora]')") from None
-        config = LoraConfig(r=self.config.lora_rank, lora_alpha=self.config.lora_alpha,
-                            target_modules=list(self.config.lora_modules), lora_dropout=0.0, bias="none")
+        config = LoraConfig(
+            r=self.config.lora_rank,
+            lora_alpha=self.config.lora_alpha,
+            target_modules=list(self.config.lora_modules),
+            lora_dropout=0.0,
+            bias="none",
+        )
         inject_adapter_in_model(config, model.encoder)
         for name, param in model.encoder.named_parameters():
             param.requires_grad_("lora_" in name)

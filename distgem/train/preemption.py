@@ -6,6 +6,7 @@ signal at any moment leads to exit code 75 and a PREEMPTED marker, and slurm/*.s
 flag is read where every rank is at the same point (each step's reduction, and the ends of start-up),
 so all ranks stop together.
 """
+
 from __future__ import annotations
 
 import signal

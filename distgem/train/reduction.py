@@ -4,6 +4,7 @@ Each part of the step adds a named slot (the losses, the stop flags, GEM's post-
 predicted changes); `sum` concatenates them, issues one all-reduce and hands every slot back by name.
 A step costs one small collective however many things it reports.
 """
+
 from __future__ import annotations
 
 import torch
@@ -27,6 +28,6 @@ class Reduction:
         out, start = {}, 0
         for name in names:
             size = self._slots[name].numel()
-            out[name] = total[start:start + size]
+            out[name] = total[start : start + size]
             start += size
         return out

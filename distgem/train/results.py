@@ -1,4 +1,5 @@
 """results.json: every metric per language, averages without the source language, config, seed, versions."""
+
 from __future__ import annotations
 
 import json
@@ -8,15 +9,23 @@ import platform
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from distgem.tasks.metrics import average_over_targets
 from distgem.config.loader import to_dict
+from distgem.tasks.metrics import average_over_targets
 
 if TYPE_CHECKING:
     import torch
 
 
-def build_results(config, world_size: int, state: dict, test: dict | None, after: dict | None, train_seconds: float,
-                  peak_rss_mb: list[float] | None = None, status: str = "ok") -> dict:
+def build_results(
+    config,
+    world_size: int,
+    state: dict,
+    test: dict | None,
+    after: dict | None,
+    train_seconds: float,
+    peak_rss_mb: list[float] | None = None,
+    status: str = "ok",
+) -> dict:
     """What a run measured; `status` "diverged" (non-finite training, no test scores) or "ok"."""
     source = config.task.source
     gem = state["gem"]
@@ -24,22 +33,35 @@ def build_results(config, world_size: int, state: dict, test: dict | None, after
     scores = {lang: m["score"] for lang, m in test.items()}
     return {
         "status": status,
-        "run": {"task": config.task.name, "method": config.method.name, "memory": list(config.method.memory),
-                "mlm_languages": config.method.mlm_languages, "backbone": config.model.backbone,
-                "seed": config.train.seed, "world_size": world_size, "zero_stage": config.train.zero_stage},
-        "test": {"per_language": test,
-                 "average": average_over_targets(scores, source) if any(lang != source for lang in scores) else None,
-                 "source": test[source]["score"] if source in test else None},
+        "run": {
+            "task": config.task.name,
+            "method": config.method.name,
+            "memory": list(config.method.memory),
+            "mlm_languages": config.method.mlm_languages,
+            "backbone": config.model.backbone,
+            "seed": config.train.seed,
+            "world_size": world_size,
+            "zero_stage": config.train.zero_stage,
+        },
+        "test": {
+            "per_language": test,
+            "average": average_over_targets(scores, source) if any(lang != source for lang in scores) else None,
+            "source": test[source]["score"] if source in test else None,
+        },
         "dev": {"best_average": state["best"], "best_step": state["best_step"], "history": state["history"]},
         "backbone": state["backbone"],
         "after": after,
-        "train": {"steps": state["step"], "seconds": train_seconds,
-                  "gem_violated_share": gem["violated_steps"] / gem["steps"] if gem["steps"] else None,
-                  "gem_mean_dual": {name: total / gem["steps"] for name, total in gem.get("dual_sum", {}).items()}
-                  if gem["steps"] else None,
-                  "gem_solver_fallbacks": gem.get("fallbacks", 0),
-                  "nonfinite_steps": state.get("nonfinite", {}).get("steps", 0),
-                  "peak_rss_mb": peak_rss_mb},
+        "train": {
+            "steps": state["step"],
+            "seconds": train_seconds,
+            "gem_violated_share": gem["violated_steps"] / gem["steps"] if gem["steps"] else None,
+            "gem_mean_dual": {name: total / gem["steps"] for name, total in gem.get("dual_sum", {}).items()}
+            if gem["steps"]
+            else None,
+            "gem_solver_fallbacks": gem.get("fallbacks", 0),
+            "nonfinite_steps": state.get("nonfinite", {}).get("steps", 0),
+            "peak_rss_mb": peak_rss_mb,
+        },
         "config": to_dict(config),
         "versions": versions(),
     }
@@ -59,13 +81,13 @@ def memory_mb(device: torch.device | None = None) -> dict[str, float]:
     out = {"system/peak_rss_mb": round(peak_rss_mb(), 1)}
     try:
         with open("/proc/self/statm") as handle:  # Linux: pages; cheap enough for every step
-            out["system/rss_mb"] = round(int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20, 1)
+            out["system/rss_mb"] = round(int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
     except (OSError, ValueError, IndexError):
         pass
     if device is not None and device.type == "cuda":
         import torch
 
-        out["system/gpu_peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
+        out["system/gpu_peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
         torch.cuda.reset_peak_memory_stats(device)
     return out
 
@@ -78,8 +100,13 @@ def versions() -> dict:
 
     import distgem
 
-    return {"distgem": distgem.__version__, "torch": torch.__version__, "deepspeed": version("deepspeed"),
-            "transformers": transformers.__version__, "python": platform.python_version()}
+    return {
+        "distgem": distgem.__version__,
+        "torch": torch.__version__,
+        "deepspeed": version("deepspeed"),
+        "transformers": transformers.__version__,
+        "python": platform.python_version(),
+    }
 
 
 def strict(data, prefix: str = "") -> tuple[object, list[str]]:

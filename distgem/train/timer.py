@@ -5,6 +5,7 @@ reads the clock nor synchronises. DISTGEM_PROFILE=1 turns it on; each phase then
 synchronisation, so that queued CUDA work is charged to the phase that queued it (on CPU there is
 nothing to wait for).
 """
+
 from __future__ import annotations
 
 import contextlib

@@ -5,6 +5,7 @@ any language: each language orders the constituents its own way (adjective place
 and verb-final clauses, clitic objects, pro-drop, negation), inflects (number, gender, case, person,
 tense) and writes its own words. A translation pair is one abstract sentence realised twice.
 """
+
 from __future__ import annotations
 
 import bisect
@@ -12,14 +13,32 @@ import itertools
 import random
 from dataclasses import dataclass, field
 
-from distgem.world.lexicon import (ADPOSITIONS, CONJUNCTIONS, FOREIGN, INTERJECTIONS, NUMBER_WORDS,
-                                        PRONOUN_PERSON, PRONOUNS, SUBORDINATORS, Lexicon, transliterate)
+from distgem.world.lexicon import (
+    ADPOSITIONS,
+    CONJUNCTIONS,
+    FOREIGN,
+    INTERJECTIONS,
+    NUMBER_WORDS,
+    PRONOUN_PERSON,
+    PRONOUNS,
+    SUBORDINATORS,
+    Lexicon,
+    transliterate,
+)
 
 CLASSES = ("person", "animal", "thing", "place", "food", "idea")
-ADP_CLASSES = {"in": ("place", "thing"), "on": ("thing", "place"), "with": ("person", "thing", "animal"),
-               "from": ("place", "person"), "to": ("place", "person"), "of": ("thing", "idea"),
-               "for": ("person", "idea"), "under": ("thing", "place"), "near": ("place", "animal"),
-               "without": ("thing", "person", "food")}
+ADP_CLASSES = {
+    "in": ("place", "thing"),
+    "on": ("thing", "place"),
+    "with": ("person", "thing", "animal"),
+    "from": ("place", "person"),
+    "to": ("place", "person"),
+    "of": ("thing", "idea"),
+    "for": ("person", "idea"),
+    "under": ("thing", "place"),
+    "near": ("place", "animal"),
+    "without": ("thing", "person", "food"),
+}
 
 
 class Pool:
@@ -66,17 +85,22 @@ class Ontology:
         """(concept, upos) of every content word, in a fixed order."""
         nouns = sorted(self.noun_class, key=_number)
         adjectives = sorted({c for pool in self.adjectives.values() for c in pool.items}, key=_number)
-        return ([(c, "NOUN") for c in nouns] + [(v.concept, "VERB") for v in self.verbs.items]
-                + [(c, "ADJ") for c in adjectives] + [(c, "ADV") for c in self.adverbs.items]
-                + [(c, "NOUN") for c in self.generics])
+        return (
+            [(c, "NOUN") for c in nouns]
+            + [(v.concept, "VERB") for v in self.verbs.items]
+            + [(c, "ADJ") for c in adjectives]
+            + [(c, "ADV") for c in self.adverbs.items]
+            + [(c, "NOUN") for c in self.generics]
+        )
 
 
 def _number(concept: str) -> int:
     return int(concept[1:])
 
 
-def build_ontology(rng: random.Random, nouns: int, verbs: int, adjectives: int, adverbs: int,
-                   names: list[str], preferences: int = 6) -> Ontology:
+def build_ontology(
+    rng: random.Random, nouns: int, verbs: int, adjectives: int, adverbs: int, names: list[str], preferences: int = 6
+) -> Ontology:
     """Random classes, restrictions and preferences; `names` are shared strings split into first/last/places/orgs.
 
     Preferences give each word a distributional fingerprint (which verbs take it, which adjectives
@@ -97,8 +121,16 @@ def build_ontology(rng: random.Random, nouns: int, verbs: int, adjectives: int, 
         subjects = ("person",) if rng.random() < 0.6 else tuple(sorted(rng.sample(("person", "animal", "thing"), 2)))
         obj = None if rng.random() < 0.25 else rng.choice(CLASSES)
         frames = [(adp, n) for adp in ADPOSITIONS for cls in ADP_CLASSES[adp] for n in by_class[cls]]
-        verb_list.append(Verb(f"v{i}", subjects, obj, prefer([n for c in subjects for n in by_class[c]]),
-                              prefer(by_class[obj]) if obj else None, prefer(frames)))
+        verb_list.append(
+            Verb(
+                f"v{i}",
+                subjects,
+                obj,
+                prefer([n for c in subjects for n in by_class[c]]),
+                prefer(by_class[obj]) if obj else None,
+                prefer(frames),
+            )
+        )
     return Ontology(
         nouns={cls: Pool(rng.sample(ids, len(ids))) for cls, ids in by_class.items()},
         verbs=Pool(rng.sample(verb_list, len(verb_list))),
@@ -106,12 +138,15 @@ def build_ontology(rng: random.Random, nouns: int, verbs: int, adjectives: int, 
         adverbs=Pool([f"r{i}" for i in range(adverbs)]),
         noun_class=noun_class,
         noun_adjectives={n: prefer(by_adj[noun_class[n]]) for n in noun_ids},
-        noun_associates={n: prefer([m for m in noun_ids if m != n and noun_class[m] in ("thing", "place", "idea")])
-                         for n in noun_ids},
+        noun_associates={
+            n: prefer([m for m in noun_ids if m != n and noun_class[m] in ("thing", "place", "idea")]) for n in noun_ids
+        },
         generics=[f"g{i}" for i in range(4)],
-        first=[(n, rng.randrange(2)) for n in names[:len(names) // 4]], last=names[len(names) // 4:len(names) // 2],
-        places=[(n, rng.randrange(2)) for n in names[len(names) // 2:3 * len(names) // 4]],
-        orgs=names[3 * len(names) // 4:])
+        first=[(n, rng.randrange(2)) for n in names[: len(names) // 4]],
+        last=names[len(names) // 4 : len(names) // 2],
+        places=[(n, rng.randrange(2)) for n in names[len(names) // 2 : 3 * len(names) // 4]],
+        orgs=names[3 * len(names) // 4 :],
+    )
 
 
 @dataclass(frozen=True)
@@ -182,9 +217,13 @@ def draw_sentence(onto: Ontology, style: Style, rng: random.Random) -> Sentence:
         link = ("cc", rng.choice(CONJUNCTIONS), _clause(onto, style, rng))
     elif r < style.coordination + style.subordination:
         link = ("sc", rng.choice(SUBORDINATORS), _clause(onto, style, rng))
-    return Sentence(main, link, interjection=rng.choice(INTERJECTIONS) if rng.random() < 0.03 else None,
-                    foreign=rng.choice(FOREIGN) if rng.random() < 0.01 else None,
-                    punct=rng.choices(".!?", (0.88, 0.06, 0.06))[0])
+    return Sentence(
+        main,
+        link,
+        interjection=rng.choice(INTERJECTIONS) if rng.random() < 0.03 else None,
+        foreign=rng.choice(FOREIGN) if rng.random() < 0.01 else None,
+        punct=rng.choices(".!?", (0.88, 0.06, 0.06))[0],
+    )
 
 
 def _clause(onto: Ontology, style: Style, rng: random.Random) -> Clause:
@@ -192,8 +231,11 @@ def _clause(onto: Ontology, style: Style, rng: random.Random) -> Clause:
     subject = _argument(onto, style, rng, verb.preferred_subjects, rng.choice(verb.subjects))
     obj = None
     if verb.object is not None:
-        obj = (NP("quant", count=str(rng.randint(2, 99))) if rng.random() < 0.01
-               else _argument(onto, style, rng, verb.preferred_objects, verb.object))
+        obj = (
+            NP("quant", count=str(rng.randint(2, 99)))
+            if rng.random() < 0.01
+            else _argument(onto, style, rng, verb.preferred_objects, verb.object)
+        )
     pps = []
     while len(pps) < 2 and rng.random() < style.pp:
         if rng.random() < style.preference:
@@ -202,10 +244,16 @@ def _clause(onto: Ontology, style: Style, rng: random.Random) -> Clause:
         else:
             adp = rng.choice(ADPOSITIONS)
             pps.append((adp, _np(onto, style, rng, rng.choice(ADP_CLASSES[adp]))))
-    return Clause(subject, verb.concept, rng.choice(("pres", "past")),
-                  rng.choice(("will", "can", "has")) if rng.random() < style.aux else None,
-                  rng.random() < style.negation, obj, pps,
-                  onto.adverbs.pick(rng) if rng.random() < style.adverb else None)
+    return Clause(
+        subject,
+        verb.concept,
+        rng.choice(("pres", "past")),
+        rng.choice(("will", "can", "has")) if rng.random() < style.aux else None,
+        rng.random() < style.negation,
+        obj,
+        pps,
+        onto.adverbs.pick(rng) if rng.random() < style.adverb else None,
+    )
 
 
 def _argument(onto: Ontology, style: Style, rng: random.Random, preferred: Pool, cls: str) -> NP:
@@ -286,9 +334,15 @@ class Realiser:
         if s.link:
             kind, conj, clause = s.link
             more, head = self._clause(clause, subordinate=kind == "sc")
-            link = self._word(self.lex.function[("CCONJ" if kind == "cc" else "SCONJ", conj)],
-                              "CCONJ" if kind == "cc" else "SCONJ", head=head, deprel="cc" if kind == "cc" else "mark")
-            comma = kind == "sc" and (p.verb_second or self.lex.lang == "ru") or kind == "cc" and self.rng.random() < 0.3
+            link = self._word(
+                self.lex.function[("CCONJ" if kind == "cc" else "SCONJ", conj)],
+                "CCONJ" if kind == "cc" else "SCONJ",
+                head=head,
+                deprel="cc" if kind == "cc" else "mark",
+            )
+            comma = (
+                kind == "sc" and (p.verb_second or self.lex.lang == "ru") or kind == "cc" and self.rng.random() < 0.3
+            )
             words += ([self._punct(",", head)] if comma else []) + [link] + more
             self._attach(head, root, "conj" if kind == "cc" else ("ccomp" if conj == "that" else "advcl"), more)
         if s.foreign:
@@ -298,9 +352,19 @@ class Realiser:
         first.form, first.fused = _capitalise(first.form), first.fused and _capitalise(first.fused)
         return words
 
-    def _word(self, form: str, upos: str, lemma: str | None = None, feats: tuple[str, ...] = (), head: int = 0,
-              deprel: str = "dep", entity: str = "O") -> Word:
-        return Word(form, lemma if lemma is not None else form.lower(), upos, feats, next(self.counter), head, deprel, entity)
+    def _word(
+        self,
+        form: str,
+        upos: str,
+        lemma: str | None = None,
+        feats: tuple[str, ...] = (),
+        head: int = 0,
+        deprel: str = "dep",
+        entity: str = "O",
+    ) -> Word:
+        return Word(
+            form, lemma if lemma is not None else form.lower(), upos, feats, next(self.counter), head, deprel, entity
+        )
 
     def _punct(self, mark: str, head: int) -> Word:
         return self._word(mark, "PUNCT", head=head, deprel="punct")
@@ -321,7 +385,9 @@ class Realiser:
             aux = "do"  # do-support
         form = "part" if aux == "has" else ("bare" if aux else tense)
         verb_form = "Fin" if form in ("pres", "past") or p.bare_is_finite else ("Part" if form == "part" else "Inf")
-        feats = (f"VerbForm={verb_form}",) + (_person(person) + (f"Tense={tense.capitalize()}",) if verb_form == "Fin" and not aux else ())
+        feats = (f"VerbForm={verb_form}",) + (
+            _person(person) + (f"Tense={tense.capitalize()}",) if verb_form == "Fin" and not aux else ()
+        )
         verb = self._word(lex.verb(c.verb, form, person), "VERB", lex.lemma("VERB", c.verb), feats, deprel="root")
         v = verb.key
         fin = verb
@@ -333,8 +399,14 @@ class Realiser:
         if c.negated:
             neg = self._word(lex.function[("PART", "neg")], "PART", feats=("Polarity=Neg",), head=v, deprel="advmod")
             if p.negation == "wrap":
-                neg_pre, neg_post = [neg], [self._word(lex.function[("PART", "neg2")], "PART", feats=("Polarity=Neg",),
-                                                       head=v, deprel="advmod")]
+                neg_pre, neg_post = (
+                    [neg],
+                    [
+                        self._word(
+                            lex.function[("PART", "neg2")], "PART", feats=("Polarity=Neg",), head=v, deprel="advmod"
+                        )
+                    ],
+                )
             elif p.negation == "before":
                 neg_pre = [neg]
             else:
@@ -352,7 +424,9 @@ class Realiser:
             before = adverb if p.adverb == "before_verb" else []
             after = adverb if p.adverb == "after_verb" else []
             end = adverb if p.adverb == "end" else []
-            words = subject + before + neg_pre + clitic + [fin] + neg_post + nonfinite + after + obj + sum(pps, []) + end
+            words = (
+                subject + before + neg_pre + clitic + [fin] + neg_post + nonfinite + after + obj + sum(pps, []) + end
+            )
         elif subordinate:  # verb-final: ... dass er den Hund sehen wird
             words = subject + obj + sum(pps, []) + adverb + neg_post + [verb] + ([fin] if aux else [])
         else:
@@ -369,8 +443,14 @@ class Realiser:
         inner = self._np(np, "acc", head, deprel)
         noun = next(w.key for w in inner if w.head == head)
         case = self._word(lex.function[("ADP", adp)], "ADP", head=noun, deprel="case")
-        if ("FUSED", adp) in lex.function and inner[0].upos == "DET" and np.det == "def" and np.number == "sg" \
-                and lex.genders.get(np.head, 0) == 0 and np.kind == "noun":
+        if (
+            ("FUSED", adp) in lex.function
+            and inner[0].upos == "DET"
+            and np.det == "def"
+            and np.number == "sg"
+            and lex.genders.get(np.head, 0) == 0
+            and np.kind == "noun"
+        ):
             case.fused = lex.function[("FUSED", adp)]
         return [case] + inner
 
@@ -380,8 +460,16 @@ class Realiser:
         case_feat = (f"Case={case.capitalize()}",)
         if np.kind == "pron":
             person = PRONOUN_PERSON[np.head]
-            return [self._word(lex.function[("PRON", np.head, case)], "PRON", lex.function[("PRON", np.head, "nom")],
-                               case_feat + _person(person) + ("PronType=Prs",), head, deprel)]
+            return [
+                self._word(
+                    lex.function[("PRON", np.head, case)],
+                    "PRON",
+                    lex.function[("PRON", np.head, "nom")],
+                    case_feat + _person(person) + ("PronType=Prs",),
+                    head,
+                    deprel,
+                )
+            ]
         if np.kind == "quant":
             sym = self._word("%", "SYM", head=head, deprel=deprel)
             return [self._word(str(np.count), "NUM", feats=("NumType=Card",), head=sym.key, deprel="nummod"), sym]
@@ -390,35 +478,66 @@ class Realiser:
             if np.kind == "org":
                 generic = _capitalise(lex.noun(np.head, "sg"))
                 tokens = [generic] + tokens if p.org_generic_first else tokens + [generic]
-            words = [self._word(t, "PROPN", t, ("Number=Sing",), head, deprel, ("B-" if i == 0 else "I-") + np.entity)
-                     for i, t in enumerate(tokens)]
+            words = [
+                self._word(t, "PROPN", t, ("Number=Sing",), head, deprel, ("B-" if i == 0 else "I-") + np.entity)
+                for i, t in enumerate(tokens)
+            ]
             for w in words[1:]:
                 w.head, w.deprel = words[0].key, "flat"
-            article = lex.article("def", "sg", np.gender, case) if p.article_with_names or (np.kind == "org" and p.org_generic_first) else None
+            article = (
+                lex.article("def", "sg", np.gender, case)
+                if p.article_with_names or (np.kind == "org" and p.org_generic_first)
+                else None
+            )
             if article:
-                words.insert(0, self._word(article, "DET", feats=_det_feats("def", "sg"), head=words[0].key, deprel="det"))
+                words.insert(
+                    0, self._word(article, "DET", feats=_det_feats("def", "sg"), head=words[0].key, deprel="det")
+                )
             return words
         gender = lex.genders[np.head]
-        agree = (f"Number={'Sing' if np.number == 'sg' else 'Plur'}",) + ((f"Gender={'Masc Fem Neut'.split()[gender]}",) if p.genders > 1 else ())
+        agree = (f"Number={'Sing' if np.number == 'sg' else 'Plur'}",) + (
+            (f"Gender={'Masc Fem Neut'.split()[gender]}",) if p.genders > 1 else ()
+        )
         form = lex.noun(np.head, np.number, case)
-        noun = self._word(_capitalise(form) if p.capitalise_nouns else form, "NOUN", lex.lemma("NOUN", np.head),
-                          agree + (case_feat if p.genders == 3 else ()), head, deprel)
+        noun = self._word(
+            _capitalise(form) if p.capitalise_nouns else form,
+            "NOUN",
+            lex.lemma("NOUN", np.head),
+            agree + (case_feat if p.genders == 3 else ()),
+            head,
+            deprel,
+        )
         pre, post = [], []
         if np.det:
             article = lex.article(np.det, np.number, gender, case)
             if article:
-                pre.append(self._word(article, "DET", lex.article(np.det, "sg", 0, "nom"), agree + _det_feats(np.det, np.number),
-                                      noun.key, "det"))
+                pre.append(
+                    self._word(
+                        article,
+                        "DET",
+                        lex.article(np.det, "sg", 0, "nom"),
+                        agree + _det_feats(np.det, np.number),
+                        noun.key,
+                        "det",
+                    )
+                )
         if np.count is not None:
             form = np.count if isinstance(np.count, str) else lex.function[("NUM", np.count)]
             pre.append(self._word(form, "NUM", feats=("NumType=Card",), head=noun.key, deprel="nummod"))
         for adjective in np.adjectives:
-            word = self._word(lex.adjective(adjective, gender, np.number), "ADJ", lex.lemma("ADJ", adjective), agree,
-                              noun.key, "amod")
+            word = self._word(
+                lex.adjective(adjective, gender, np.number), "ADJ", lex.lemma("ADJ", adjective), agree, noun.key, "amod"
+            )
             (post if adjective in lex.postnominal else pre).append(word)
         if np.demonym:
-            word = self._word(self._demonym(np.demonym, gender, np.number), "ADJ", feats=agree, head=noun.key,
-                              deprel="amod", entity="B-MISC")
+            word = self._word(
+                self._demonym(np.demonym, gender, np.number),
+                "ADJ",
+                feats=agree,
+                head=noun.key,
+                deprel="amod",
+                entity="B-MISC",
+            )
             (post if p.adj_after_noun > 0.5 else pre).append(word)
         of = self._pp("of", np.of, noun.key, "nmod") if np.of else []
         return pre + [noun] + post + of

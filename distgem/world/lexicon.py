@@ -4,6 +4,7 @@ Every language realises the same latent concepts (`world_grammar.Ontology`) with
 built from its own syllable inventory and script, so that no surface form is shared between two
 languages except names, digits and punctuation. All randomness comes from one `random.Random`.
 """
+
 from __future__ import annotations
 
 import random
@@ -57,71 +58,267 @@ class Profile:
 _G2 = {(0, "sg"): "o", (0, "pl"): "os", (1, "sg"): "a", (1, "pl"): "as"}
 PROFILES: dict[str, Profile] = {
     "en": Profile(
-        "latin", ("b", "bl", "br", "d", "dr", "f", "fl", "g", "gr", "h", "k", "l", "m", "n", "p", "pl", "r", "s",
-                  "sk", "sl", "sn", "st", "t", "th", "tr", "w", "wh", "sh"),
+        "latin",
+        (
+            "b",
+            "bl",
+            "br",
+            "d",
+            "dr",
+            "f",
+            "fl",
+            "g",
+            "gr",
+            "h",
+            "k",
+            "l",
+            "m",
+            "n",
+            "p",
+            "pl",
+            "r",
+            "s",
+            "sk",
+            "sl",
+            "sn",
+            "st",
+            "t",
+            "th",
+            "tr",
+            "w",
+            "wh",
+            "sh",
+        ),
         ("a", "e", "i", "o", "u", "ea", "oo", "ai", "ow"),
         ("", "", "ck", "nd", "ng", "nk", "rt", "st", "t", "p", "m", "n", "ll", "sh", "th"),
-        noun={(0, "sg"): "", (0, "pl"): "s"}, pres=("", "", "s", "", "", ""), past=("ed",) * 6,
-        participle=("", "ed"), invariant_aux=("will", "can"), det_vary={"indef": (), "def": (), "dem": ("number",)},
-        negation="after_aux", demonym="ian"),
+        noun={(0, "sg"): "", (0, "pl"): "s"},
+        pres=("", "", "s", "", "", ""),
+        past=("ed",) * 6,
+        participle=("", "ed"),
+        invariant_aux=("will", "can"),
+        det_vary={"indef": (), "def": (), "dem": ("number",)},
+        negation="after_aux",
+        demonym="ian",
+    ),
     "es": Profile(
-        "latin", ("b", "c", "ch", "d", "f", "g", "j", "l", "ll", "m", "n", "ñ", "p", "r", "s", "t", "v", "z", "qu",
-                  "br", "tr", "pl"),
-        ("a", "e", "i", "o", "u", "ue", "ie"), ("", "", "", "n", "s", "r", "l"), genders=2,
-        noun=_G2, adj=_G2, pres=("o", "as", "a", "amos", "áis", "an"),
-        past=("é", "aste", "ó", "amos", "asteis", "aron"), infinitive="ar", participle=("", "ado"),
-        det_vary={k: ("number", "gender") for k in ("def", "indef", "dem")}, adj_after_noun=0.85, pro_drop=0.6,
-        clitic_objects=True, adverb="after_verb", contractions=True, org_generic_first=True, demonym="an"),
+        "latin",
+        (
+            "b",
+            "c",
+            "ch",
+            "d",
+            "f",
+            "g",
+            "j",
+            "l",
+            "ll",
+            "m",
+            "n",
+            "ñ",
+            "p",
+            "r",
+            "s",
+            "t",
+            "v",
+            "z",
+            "qu",
+            "br",
+            "tr",
+            "pl",
+        ),
+        ("a", "e", "i", "o", "u", "ue", "ie"),
+        ("", "", "", "n", "s", "r", "l"),
+        genders=2,
+        noun=_G2,
+        adj=_G2,
+        pres=("o", "as", "a", "amos", "áis", "an"),
+        past=("é", "aste", "ó", "amos", "asteis", "aron"),
+        infinitive="ar",
+        participle=("", "ado"),
+        det_vary={k: ("number", "gender") for k in ("def", "indef", "dem")},
+        adj_after_noun=0.85,
+        pro_drop=0.6,
+        clitic_objects=True,
+        adverb="after_verb",
+        contractions=True,
+        org_generic_first=True,
+        demonym="an",
+    ),
     "fr": Profile(
-        "latin", ("b", "ch", "d", "f", "g", "j", "l", "m", "n", "p", "r", "s", "t", "v", "gr", "pr", "tr"),
+        "latin",
+        ("b", "ch", "d", "f", "g", "j", "l", "m", "n", "p", "r", "s", "t", "v", "gr", "pr", "tr"),
         ("a", "e", "i", "o", "ou", "é", "è", "eau", "oi", "ai", "au", "eu", "an", "on"),
-        ("", "", "t", "x", "r", "lle", "sse", "gne"), genders=2,
+        ("", "", "t", "x", "r", "lle", "sse", "gne"),
+        genders=2,
         noun={(0, "sg"): "", (0, "pl"): "s", (1, "sg"): "e", (1, "pl"): "es"},
         adj={(0, "sg"): "", (0, "pl"): "s", (1, "sg"): "e", (1, "pl"): "es"},
-        pres=("e", "es", "e", "ons", "ez", "ent"), past=("ais", "ais", "ait", "ions", "iez", "aient"),
-        infinitive="er", participle=("", "é"),
+        pres=("e", "es", "e", "ons", "ez", "ent"),
+        past=("ais", "ais", "ait", "ions", "iez", "aient"),
+        infinitive="er",
+        participle=("", "é"),
         det_vary={"def": ("number", "gender_sg"), "indef": ("gender_sg",), "dem": ("number", "gender_sg")},
-        adj_after_noun=0.7, clitic_objects=True, negation="wrap", adverb="after_verb", contractions=True,
-        org_generic_first=True, demonym="ien"),
+        adj_after_noun=0.7,
+        clitic_objects=True,
+        negation="wrap",
+        adverb="after_verb",
+        contractions=True,
+        org_generic_first=True,
+        demonym="ien",
+    ),
     "el": Profile(
-        GREEK, ("β", "γ", "δ", "ζ", "θ", "κ", "λ", "μ", "ν", "ξ", "π", "ρ", "σ", "τ", "φ", "χ", "στ", "κρ", "πρ",
-                "τρ", "γλ"),
-        ("α", "ε", "η", "ι", "ο", "υ", "ω", "ου", "αι", "ει", "ά", "έ", "ί", "ό"), ("", "", "", "ν", "ρ", "σ"),
+        GREEK,
+        ("β", "γ", "δ", "ζ", "θ", "κ", "λ", "μ", "ν", "ξ", "π", "ρ", "σ", "τ", "φ", "χ", "στ", "κρ", "πρ", "τρ", "γλ"),
+        ("α", "ε", "η", "ι", "ο", "υ", "ω", "ου", "αι", "ει", "ά", "έ", "ί", "ό"),
+        ("", "", "", "ν", "ρ", "σ"),
         genders=3,
         noun={(0, "sg"): "ος", (0, "pl"): "οι", (1, "sg"): "α", (1, "pl"): "ες", (2, "sg"): "ο", (2, "pl"): "α"},
         adj={(0, "sg"): "ος", (0, "pl"): "οι", (1, "sg"): "η", (1, "pl"): "ες", (2, "sg"): "ο", (2, "pl"): "α"},
-        pres=("ω", "εις", "ει", "ουμε", "ετε", "ουν"), past=("α", "ες", "ε", "αμε", "ατε", "αν"),
-        participle=("", "ει"), bare_is_finite=True, invariant_aux=("will",),
-        det_vary={k: ("number", "gender") for k in ("def", "indef", "dem")}, article_with_names=True,
-        pro_drop=0.6, clitic_objects=True, demonym="ικ"),
+        pres=("ω", "εις", "ει", "ουμε", "ετε", "ουν"),
+        past=("α", "ες", "ε", "αμε", "ατε", "αν"),
+        participle=("", "ει"),
+        bare_is_finite=True,
+        invariant_aux=("will",),
+        det_vary={k: ("number", "gender") for k in ("def", "indef", "dem")},
+        article_with_names=True,
+        pro_drop=0.6,
+        clitic_objects=True,
+        demonym="ικ",
+    ),
     "ru": Profile(
-        CYRILLIC, ("б", "в", "г", "д", "ж", "з", "к", "л", "м", "н", "п", "р", "с", "т", "ф", "х", "ц", "ч", "ш",
-                   "ст", "пр", "кр", "тр", "др", "зв"),
-        ("а", "е", "и", "о", "у", "ы", "я", "ю"), ("", "", "к", "н", "т", "р", "л", "ст", "й"), genders=3,
-        noun={(0, "sg"): "", (0, "pl"): "ы", (1, "sg"): "а", (1, "pl"): "ы", (2, "sg"): "о", (2, "pl"): "а",
-              (1, "sg", "acc"): "у"},
+        CYRILLIC,
+        (
+            "б",
+            "в",
+            "г",
+            "д",
+            "ж",
+            "з",
+            "к",
+            "л",
+            "м",
+            "н",
+            "п",
+            "р",
+            "с",
+            "т",
+            "ф",
+            "х",
+            "ц",
+            "ч",
+            "ш",
+            "ст",
+            "пр",
+            "кр",
+            "тр",
+            "др",
+            "зв",
+        ),
+        ("а", "е", "и", "о", "у", "ы", "я", "ю"),
+        ("", "", "к", "н", "т", "р", "л", "ст", "й"),
+        genders=3,
+        noun={
+            (0, "sg"): "",
+            (0, "pl"): "ы",
+            (1, "sg"): "а",
+            (1, "pl"): "ы",
+            (2, "sg"): "о",
+            (2, "pl"): "а",
+            (1, "sg", "acc"): "у",
+        },
         adj={(0, "sg"): "ый", (1, "sg"): "ая", (2, "sg"): "ое", (0, "pl"): "ые", (1, "pl"): "ые", (2, "pl"): "ые"},
-        pres=("аю", "аешь", "ает", "аем", "аете", "ают"), past=("ал", "ал", "ал", "али", "али", "али"),
-        infinitive="ать", participle=None, det_vary={"dem": ("number", "gender_sg")},
-        adverb="before_verb", demonym="ск"),
+        pres=("аю", "аешь", "ает", "аем", "аете", "ают"),
+        past=("ал", "ал", "ал", "али", "али", "али"),
+        infinitive="ать",
+        participle=None,
+        det_vary={"dem": ("number", "gender_sg")},
+        adverb="before_verb",
+        demonym="ск",
+    ),
     "de": Profile(
-        "latin", ("b", "d", "f", "g", "h", "k", "kl", "kr", "l", "m", "n", "p", "pf", "r", "s", "sch", "schl",
-                  "schw", "sp", "st", "str", "t", "tr", "w", "z"),
+        "latin",
+        (
+            "b",
+            "d",
+            "f",
+            "g",
+            "h",
+            "k",
+            "kl",
+            "kr",
+            "l",
+            "m",
+            "n",
+            "p",
+            "pf",
+            "r",
+            "s",
+            "sch",
+            "schl",
+            "schw",
+            "sp",
+            "st",
+            "str",
+            "t",
+            "tr",
+            "w",
+            "z",
+        ),
         ("a", "e", "i", "o", "u", "ä", "ö", "ü", "ei", "au", "ie", "eu"),
-        ("", "ch", "cht", "ng", "nk", "tz", "ck", "rn", "lt", "ß", "n", "r", "ld"), genders=3,
-        noun={(0, "sg"): "", (0, "pl"): "en"}, adj={(0, "sg"): "e", (0, "pl"): "en"},
-        pres=("e", "st", "t", "en", "t", "en"), past=("te", "test", "te", "ten", "tet", "ten"), infinitive="en",
-        participle=("ge", "t"), det_vary={k: ("number", "gender_sg", "case") for k in ("def", "indef", "dem")},
-        verb_second=True, negation="late", capitalise_nouns=True, demonym="isch"),
+        ("", "ch", "cht", "ng", "nk", "tz", "ck", "rn", "lt", "ß", "n", "r", "ld"),
+        genders=3,
+        noun={(0, "sg"): "", (0, "pl"): "en"},
+        adj={(0, "sg"): "e", (0, "pl"): "en"},
+        pres=("e", "st", "t", "en", "t", "en"),
+        past=("te", "test", "te", "ten", "tet", "ten"),
+        infinitive="en",
+        participle=("ge", "t"),
+        det_vary={k: ("number", "gender_sg", "case") for k in ("def", "indef", "dem")},
+        verb_second=True,
+        negation="late",
+        capitalise_nouns=True,
+        demonym="isch",
+    ),
     "nl": Profile(
-        "latin", ("b", "d", "g", "h", "j", "k", "kl", "kr", "l", "m", "n", "p", "r", "s", "sch", "sl", "sp", "st",
-                  "t", "v", "w", "z", "zw"),
+        "latin",
+        (
+            "b",
+            "d",
+            "g",
+            "h",
+            "j",
+            "k",
+            "kl",
+            "kr",
+            "l",
+            "m",
+            "n",
+            "p",
+            "r",
+            "s",
+            "sch",
+            "sl",
+            "sp",
+            "st",
+            "t",
+            "v",
+            "w",
+            "z",
+            "zw",
+        ),
         ("aa", "ee", "oo", "uu", "ij", "ui", "oe", "ie", "a", "e", "i", "o", "u", "eu", "ou"),
-        ("", "k", "cht", "rd", "ng", "lt", "p", "s", "t", "n", "l", "rf"), genders=2,
-        noun={(0, "sg"): "", (0, "pl"): "en"}, adj={(0, "sg"): "e", (0, "pl"): "e"},
-        pres=("", "t", "t", "en", "en", "en"), past=("de", "de", "de", "den", "den", "den"), infinitive="en",
-        participle=("ge", "d"), det_vary={"def": ("number", "gender_sg"), "indef": (), "dem": ("number", "gender_sg")},
-        verb_second=True, negation="late", demonym="s"),
+        ("", "k", "cht", "rd", "ng", "lt", "p", "s", "t", "n", "l", "rf"),
+        genders=2,
+        noun={(0, "sg"): "", (0, "pl"): "en"},
+        adj={(0, "sg"): "e", (0, "pl"): "e"},
+        pres=("", "t", "t", "en", "en", "en"),
+        past=("de", "de", "de", "den", "den", "den"),
+        infinitive="en",
+        participle=("ge", "d"),
+        det_vary={"def": ("number", "gender_sg"), "indef": (), "dem": ("number", "gender_sg")},
+        verb_second=True,
+        negation="late",
+        demonym="s",
+    ),
 }
 
 _TO_GREEK = dict(zip("abcdefghiklmnoprstuvxz", "αβκδεφγχικλμνοπρστυβξζ"))
@@ -234,15 +431,18 @@ class Forms:
 
 def make_word(rng: random.Random, p: Profile, syllables: int, closed: bool = False) -> str:
     """A pseudo-word from the language's syllables; `closed` ends it in a consonant (stems take vowel suffixes)."""
-    word = "".join(rng.choice(p.onsets) + rng.choice(p.vowels) + (rng.choice(p.codas) if i == syllables - 1 else "")
-                   for i in range(syllables))
+    word = "".join(
+        rng.choice(p.onsets) + rng.choice(p.vowels) + (rng.choice(p.codas) if i == syllables - 1 else "")
+        for i in range(syllables)
+    )
     if closed and not any(word.endswith(c) for c in p.codas if c):
         word += rng.choice([o for o in p.onsets if len(o) == 1])
     return word
 
 
-def build_lexicon(lang: str, concepts: list[tuple[str, str]], rng: random.Random, forms: Forms,
-                  ambiguity: float) -> Lexicon:
+def build_lexicon(
+    lang: str, concepts: list[tuple[str, str]], rng: random.Random, forms: Forms, ambiguity: float
+) -> Lexicon:
     """Words for `concepts` [(id, upos)], unused by any other language; a share of verbs/adverbs become homographs."""
     p = PROFILES[lang]
     lex = Lexicon(lang, p)
@@ -286,8 +486,13 @@ def _add_function_words(lex: Lexicon, rng: random.Random, forms: Forms) -> None:
             short(("PRON", pron, case), 1 if case == "nom" else rng.choice((1, 2)))
     for aux in AUXILIARIES:
         short(("AUX", aux))
-    for group, words in (("ADP", ADPOSITIONS), ("CCONJ", CONJUNCTIONS), ("SCONJ", SUBORDINATORS),
-                         ("INTJ", INTERJECTIONS), ("X", FOREIGN)):
+    for group, words in (
+        ("ADP", ADPOSITIONS),
+        ("CCONJ", CONJUNCTIONS),
+        ("SCONJ", SUBORDINATORS),
+        ("INTJ", INTERJECTIONS),
+        ("X", FOREIGN),
+    ):
         for word in words:
             short((group, word), 1 if group != "X" else 2)
     for n in range(1, NUMBER_WORDS + 1):
@@ -305,9 +510,11 @@ def _add_function_words(lex: Lexicon, rng: random.Random, forms: Forms) -> None:
             forms.add([fused], lex.lang)
 
 
-def _add_homographs(lex: Lexicon, concepts: list[tuple[str, str]], rng: random.Random, forms: Forms,
-                    ambiguity: float) -> None:
-    """Tagging must use context: some verbs take the form of a noun (3sg present = noun), some adverbs an adjective's."""
+def _add_homographs(
+    lex: Lexicon, concepts: list[tuple[str, str]], rng: random.Random, forms: Forms, ambiguity: float
+) -> None:
+    """Tagging must use context: some verbs take the form of a noun (3sg present = noun), some adverbs an
+    adjective's."""
     by_tag: dict[str, list[str]] = {}
     for concept, upos in concepts:
         by_tag.setdefault(upos, []).append(concept)
@@ -322,7 +529,7 @@ def _add_homographs(lex: Lexicon, concepts: list[tuple[str, str]], rng: random.R
         if ending is None:
             continue
         old = lex.stems[verb]
-        lex.stems[verb] = word[:len(word) - len(ending)]
+        lex.stems[verb] = word[: len(word) - len(ending)]
         new = [f for f in lex.paradigm("VERB", verb) if f not in lex.paradigm("NOUN", noun)]
         if forms.fresh(new):
             forms.add(new, lex.lang)

@@ -7,6 +7,7 @@ parallel pairs; TLM is what aligns the languages. The held-out tail of every mon
 file (world.json `heldout`) is never trained on: it is where perplexity and retrieval are measured.
 Plain single-process PyTorch: nothing distributed is imported.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -67,16 +68,33 @@ class PretrainPreset:
 PRESETS = {
     "tiny": PretrainPreset(),
     # the experiments' backbone (configs/sweep_paper.yaml): twice the vocabulary and data, 1.6x the width
-    "small": PretrainPreset(world="small", vocab_size=8000, hidden=160, layers=4, heads=4, intermediate=640,
-                            steps=3000, lr=8e-4),
+    "small": PretrainPreset(
+        world="small", vocab_size=8000, hidden=160, layers=4, heads=4, intermediate=640, steps=3000, lr=8e-4
+    ),
     # seconds: end-to-end tests only
-    "test": PretrainPreset(world="test", vocab_size=600, hidden=32, layers=2, heads=2, intermediate=64, steps=20, xsr_layer=2,
-                           batch_size=16),
+    "test": PretrainPreset(
+        world="test",
+        vocab_size=600,
+        hidden=32,
+        layers=2,
+        heads=2,
+        intermediate=64,
+        steps=20,
+        xsr_layer=2,
+        batch_size=16,
+    ),
 }
 
 
-def pretrain(world_dir: str | os.PathLike, out_dir: str | os.PathLike, preset: str = "tiny", seed: int = 0,
-             max_steps: int | None = None, threads: int | None = None, progress: bool = True) -> dict:
+def pretrain(
+    world_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    preset: str = "tiny",
+    seed: int = 0,
+    max_steps: int | None = None,
+    threads: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Train tokenizer and model on the world, save both to `out_dir` (Hugging Face layout); returns the summary."""
     import torch
     from transformers import BertConfig, BertForMaskedLM
@@ -89,14 +107,25 @@ def pretrain(world_dir: str | os.PathLike, out_dir: str | os.PathLike, preset: s
     started = time.perf_counter()
     try:
         data = load_world_text(Path(world_dir))
-        tokenizer = train_tokenizer(data["mono_train"], data["pairs_train"], settings.vocab_size, settings.max_positions)
+        tokenizer = train_tokenizer(
+            data["mono_train"], data["pairs_train"], settings.vocab_size, settings.max_positions
+        )
         torch.manual_seed(seed)
-        model = BertForMaskedLM(BertConfig(
-            vocab_size=len(tokenizer), hidden_size=settings.hidden, num_hidden_layers=settings.layers,
-            num_attention_heads=settings.heads, intermediate_size=settings.intermediate,
-            max_position_embeddings=settings.max_positions, type_vocab_size=2,
-            hidden_dropout_prob=settings.pretrain_dropout, attention_probs_dropout_prob=settings.pretrain_dropout,
-            initializer_range=settings.init_range, pad_token_id=tokenizer.pad_token_id))
+        model = BertForMaskedLM(
+            BertConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=settings.hidden,
+                num_hidden_layers=settings.layers,
+                num_attention_heads=settings.heads,
+                intermediate_size=settings.intermediate,
+                max_position_embeddings=settings.max_positions,
+                type_vocab_size=2,
+                hidden_dropout_prob=settings.pretrain_dropout,
+                attention_probs_dropout_prob=settings.pretrain_dropout,
+                initializer_range=settings.init_range,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
         batches = Batches(tokenizer, data, settings, seed)
         losses = train(model, batches, settings, steps, progress)
         model.eval()
@@ -107,14 +136,21 @@ def pretrain(world_dir: str | os.PathLike, out_dir: str | os.PathLike, preset: s
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
         summary = {
-            "preset": preset, "seed": seed, "settings": asdict(settings), "steps": steps,
+            "preset": preset,
+            "seed": seed,
+            "settings": asdict(settings),
+            "steps": steps,
             "world": {k: data["world"][k] for k in ("preset", "seed", "version") if k in data["world"]},
-            "parameters": sum(p.numel() for p in model.parameters()), "vocab_size": len(tokenizer),
-            "train": {"mono_lines": sum(map(len, data["mono_train"].values())),
-                      "pairs": sum(map(len, data["pairs_train"].values())),
-                      **{f"final_loss_{k}": v for k, v in losses.items()}},
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "vocab_size": len(tokenizer),
+            "train": {
+                "mono_lines": sum(map(len, data["mono_train"].values())),
+                "pairs": sum(map(len, data["pairs_train"].values())),
+                **{f"final_loss_{k}": v for k, v in losses.items()},
+            },
             **evaluation,
-            "threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - started, 1),
+            "threads": torch.get_num_threads(),
+            "seconds": round(time.perf_counter() - started, 1),
         }
         (out / "distgem_pretrain.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
         return summary
@@ -133,14 +169,17 @@ def load_world_text(world: Path) -> dict:
         lines = [line.text for line in read_text(world / "mono" / f"{lang}.txt")]
         data["mono_train"][lang], data["mono_eval"][lang] = lines[:-held_mono], lines[-held_mono:]
     for lang in info["targets"]:
-        pairs = [(p.source, p.target) for p in read_parallel(world / "parallel" / f"en-{lang}.en",
-                                                            world / "parallel" / f"en-{lang}.{lang}")]
+        pairs = [
+            (p.source, p.target)
+            for p in read_parallel(world / "parallel" / f"en-{lang}.en", world / "parallel" / f"en-{lang}.{lang}")
+        ]
         data["pairs_train"][lang], data["pairs_eval"][lang] = pairs[:-held_pairs], pairs[-held_pairs:]
     return data
 
 
-def train_tokenizer(mono: dict[str, list[str]], pairs: dict[str, list[tuple[str, str]]], vocab_size: int,
-                    max_length: int):
+def train_tokenizer(
+    mono: dict[str, list[str]], pairs: dict[str, list[tuple[str, str]]], vocab_size: int, max_length: int
+):
     """A cased WordPiece tokenizer (mBERT's recipe, learned deterministically) as a transformers BertTokenizerFast."""
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import BertTokenizerFast
@@ -152,17 +191,30 @@ def train_tokenizer(mono: dict[str, list[str]], pairs: dict[str, list[tuple[str,
     texts = [line for lang in sorted(mono) for line in mono[lang]]
     texts += [side for lang in sorted(pairs) for pair in pairs[lang] for side in pair]
     vocab = wordpiece.learn_vocabulary(wordpiece.count_words(texts, normalizer, pre_tokenizer), vocab_size, SPECIALS)
-    tok = Tokenizer(models.WordPiece({piece: i for i, piece in enumerate(vocab)}, unk_token="[UNK]",
-                                     continuing_subword_prefix=wordpiece.PREFIX))
+    tok = Tokenizer(
+        models.WordPiece(
+            {piece: i for i, piece in enumerate(vocab)}, unk_token="[UNK]", continuing_subword_prefix=wordpiece.PREFIX
+        )
+    )
     tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
     tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))])
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+    )
     # do_lower_case/strip_accents must be stated: transformers 5 otherwise saves do_lower_case=True and rebuilds
     # a lower-casing normaliser on load, so the saved tokenizer would differ from the one trained here
-    return BertTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
-                             pad_token="[PAD]", mask_token="[MASK]", model_max_length=max_length,
-                             do_lower_case=False, strip_accents=False)
+    return BertTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        mask_token="[MASK]",
+        model_max_length=max_length,
+        do_lower_case=False,
+        strip_accents=False,
+    )
 
 
 class Batches:
@@ -208,7 +260,7 @@ class Batches:
         queue = self.queues.setdefault(kind, [])
         if not queue:
             draws = sorted((self.rng.choice(pool) for _ in range(size * BUCKETS)), key=length)
-            queue += [draws[i * size:(i + 1) * size] for i in range(BUCKETS)]
+            queue += [draws[i * size : (i + 1) * size] for i in range(BUCKETS)]
             self.rng.shuffle(queue)
         return queue.pop()
 
@@ -221,7 +273,7 @@ class Batches:
         for r, (a, b) in enumerate(rows):
             n = len(a) + len(b)
             ids[r, :n] = torch.tensor(a + b)
-            types[r, len(a):n] = 1
+            types[r, len(a) : n] = 1
             # XLM resets positions at the second sentence: position i of en and of xx line up
             positions[r, :n] = torch.tensor(list(range(len(a))) + list(range(1, len(b) + 1)))
             attention[r, :n] = 1
@@ -231,13 +283,14 @@ class Batches:
         batch = self._pad(rows)
         ids, attention = batch["input_ids"], batch["attention_mask"]
         special = (ids == self.cls) | (ids == self.sep) | (attention == 0)
-        input_ids, labels = mask_tokens(ids, special, self.settings.mask_probability, self.mask_id, self.vocab,
-                                        self.generator)
+        input_ids, labels = mask_tokens(
+            ids, special, self.settings.mask_probability, self.mask_id, self.vocab, self.generator
+        )
         return {**batch, "input_ids": input_ids, "labels": labels}
 
 
 def mask_tokens(ids, special, probability: float, mask_id: int, vocab: int, generator):
-    """BERT masking: `probability` of the non-special tokens are predicted; of those 80% [MASK], 10% random, 10% kept."""
+    """BERT masking: `probability` of the non-special tokens are predicted (80% [MASK], 10% random, 10% kept)."""
     import torch
 
     chosen = (torch.rand(ids.shape, generator=generator) < probability) & ~special
@@ -265,7 +318,9 @@ def translation_ranking_loss(model, batch: dict, layer: int, scale: float, speci
     from torch.nn import functional as F
 
     ids = batch["input_ids"]
-    hidden = model.bert(input_ids=ids, attention_mask=batch["attention_mask"], output_hidden_states=True).hidden_states[layer]
+    hidden = model.bert(input_ids=ids, attention_mask=batch["attention_mask"], output_hidden_states=True).hidden_states[
+        layer
+    ]
     weights = ((batch["attention_mask"] == 1) & (ids != special_ids[0]) & (ids != special_ids[1])).unsqueeze(-1).float()
     embedding = F.normalize((hidden * weights).sum(1) / weights.sum(1).clamp(min=1), dim=-1)
     n = len(ids) // 2
@@ -281,18 +336,23 @@ def train(model, batches: Batches, settings: PretrainPreset, steps: int, progres
 
     decay = [p for n, p in model.named_parameters() if p.ndim > 1 and "LayerNorm" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.ndim > 1 and "LayerNorm" not in n)]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
-                                   {"params": rest, "weight_decay": 0.0}], lr=settings.lr)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": settings.weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=settings.lr,
+    )
     warmup = max(1, int(settings.warmup * steps))
     schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (steps - step) / max(1, steps - warmup))))
+        optimizer, lambda step: min((step + 1) / warmup, max(0.0, (steps - step) / max(1, steps - warmup)))
+    )
     smoothed = {"mlm": math.nan, "tlm": math.nan, "xsr": math.nan}
     model.train()
     bar = tqdm(range(steps), desc="pretrain", unit="step", disable=not progress, dynamic_ncols=True)
     for step in bar:
         kind, batch = batches.next(step / steps)
         if kind == "xsr":
-            loss = translation_ranking_loss(model, batch, settings.xsr_layer, settings.xsr_scale, (batches.cls, batches.sep))
+            loss = translation_ranking_loss(
+                model, batch, settings.xsr_layer, settings.xsr_scale, (batches.cls, batches.sep)
+            )
         else:
             nll, count = masked_lm_loss(model, batch)
             loss = nll / max(count, 1)
@@ -318,11 +378,22 @@ def evaluate(model, tokenizer, data: dict, batch_size: int = 64) -> dict:
             lines = data["mono_eval"][lang][:EVAL_SENTENCES]
             nll, count = 0.0, 0
             for start in range(0, len(lines), batch_size):
-                enc = tokenizer(lines[start:start + batch_size], padding=True, truncation=True, return_tensors="pt")
-                special = torch.tensor([tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
-                                        for ids in enc["input_ids"].tolist()], dtype=torch.bool)
-                ids, labels = mask_tokens(enc["input_ids"], special | (enc["attention_mask"] == 0), 0.15,
-                                          tokenizer.mask_token_id, len(tokenizer), generator)
+                enc = tokenizer(lines[start : start + batch_size], padding=True, truncation=True, return_tensors="pt")
+                special = torch.tensor(
+                    [
+                        tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
+                        for ids in enc["input_ids"].tolist()
+                    ],
+                    dtype=torch.bool,
+                )
+                ids, labels = mask_tokens(
+                    enc["input_ids"],
+                    special | (enc["attention_mask"] == 0),
+                    0.15,
+                    tokenizer.mask_token_id,
+                    len(tokenizer),
+                    generator,
+                )
                 batch = {"input_ids": ids, "attention_mask": enc["attention_mask"], "labels": labels}
                 part, n = masked_lm_loss(model, batch)
                 nll, count = nll + float(part), count + n
@@ -335,8 +406,12 @@ def evaluate(model, tokenizer, data: dict, batch_size: int = 64) -> dict:
             for layer in range(len(english)):
                 by_layer.setdefault(layer, {})[lang] = retrieval_p1(foreign[layer], english[layer])
     best = max(by_layer, key=lambda layer: (sum(by_layer[layer].values()), -layer))
-    return {"mlm_perplexity": perplexity, "xsr_p1_by_layer": {str(k): v for k, v in by_layer.items()},
-            "xsr_layer": best, "xsr_p1": by_layer[best]}
+    return {
+        "mlm_perplexity": perplexity,
+        "xsr_p1_by_layer": {str(k): v for k, v in by_layer.items()},
+        "xsr_layer": best,
+        "xsr_p1": by_layer[best],
+    }
 
 
 def embed_layers(model, tokenizer, sentences: list[str], batch_size: int) -> list:
@@ -345,12 +420,18 @@ def embed_layers(model, tokenizer, sentences: list[str], batch_size: int) -> lis
 
     layers = None
     for start in range(0, len(sentences), batch_size):
-        enc = tokenizer(sentences[start:start + batch_size], padding=True, truncation=True, return_tensors="pt")
-        special = torch.tensor([tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
-                                for ids in enc["input_ids"].tolist()], dtype=torch.bool)
+        enc = tokenizer(sentences[start : start + batch_size], padding=True, truncation=True, return_tensors="pt")
+        special = torch.tensor(
+            [
+                tokenizer.get_special_tokens_mask(ids, already_has_special_tokens=True)
+                for ids in enc["input_ids"].tolist()
+            ],
+            dtype=torch.bool,
+        )
         weights = ((enc["attention_mask"] == 1) & ~special).unsqueeze(-1).float()
-        hidden = model.bert(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                            output_hidden_states=True).hidden_states
+        hidden = model.bert(
+            input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], output_hidden_states=True
+        ).hidden_states
         means = [(h * weights).sum(1) / weights.sum(1).clamp(min=1) for h in hidden]
         layers = [[m] for m in means] if layers is None else [acc + [m] for acc, m in zip(layers, means)]
     return [torch.cat(parts) for parts in layers]
@@ -386,8 +467,10 @@ def ensure_backbone(preset: str = "tiny", seed: int = 0) -> Path:
         raise UserError(f"unknown backbone preset {preset!r} (choose from {', '.join(PRESETS)})")
     world = ensure_world(PRESETS[preset].world, seed)
     threads = default_threads()
-    return build_once(cache_root() / "backbones" / backbone_key(preset, seed),
-                      lambda tmp: pretrain(world, tmp, preset, seed, threads=threads))
+    return build_once(
+        cache_root() / "backbones" / backbone_key(preset, seed),
+        lambda tmp: pretrain(world, tmp, preset, seed, threads=threads),
+    )
 
 
 def default_threads() -> int:
@@ -401,10 +484,19 @@ def add_arguments(parser) -> None:
 
     parser.add_argument("--world", required=True, help="a directory written by `distgem world`")
     parser.add_argument("--out", required=True, help="model directory (Hugging Face layout)")
-    parser.add_argument("--preset", default="tiny", choices=list(PRESETS),
-                        help="tiny (the embedded default), small (experiments), test (seconds, for tests)")
+    parser.add_argument(
+        "--preset",
+        default="tiny",
+        choices=list(PRESETS),
+        help="tiny (the embedded default), small (experiments), test (seconds, for tests)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seeds the tokenizer's data order, weights and batches")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: every core up to 8, or $DISTGEM_PRETRAIN_THREADS)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: every core up to 8, or $DISTGEM_PRETRAIN_THREADS)",
+    )
     parser.add_argument("--max-steps", type=int, default=None, help=argparse.SUPPRESS)  # truncated runs in tests
 
 
@@ -413,9 +505,17 @@ def run(args) -> int:
 
     if not (Path(args.world) / "world.json").is_file():
         raise UserError(f"{args.world}: not a world directory (no world.json; write one with `distgem world`)")
-    summary = pretrain(args.world, args.out, args.preset, args.seed, max_steps=args.max_steps,
-                       threads=args.threads or default_threads())
+    summary = pretrain(
+        args.world,
+        args.out,
+        args.preset,
+        args.seed,
+        max_steps=args.max_steps,
+        threads=args.threads or default_threads(),
+    )
     xsr = ", ".join(f"{lang} {p:.1f}" for lang, p in summary["xsr_p1"].items())
-    print(f"saved {args.out} ({summary['parameters']} parameters, {summary['seconds']} s); "
-          f"XSR P@1 at layer {summary['xsr_layer']}: {xsr}")
+    print(
+        f"saved {args.out} ({summary['parameters']} parameters, {summary['seconds']} s); "
+        f"XSR P@1 at layer {summary['xsr_layer']}: {xsr}"
+    )
     return 0

@@ -5,6 +5,7 @@ have their own words, scripts, word orders and morphology (world_lexicon). The w
 UD CoNLL-U (POS), CoNLL-2002 columns (NER), one sentence per line (MLM) and aligned files (XSR),
 deterministically: the same seed and preset give byte-identical files.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from distgem.store import build_once, cache_root, source_digest
 from distgem.world.grammar import NER_STYLE, Ontology, Realiser, Style, Word, build_ontology, draw_sentence
-from distgem.world.lexicon import LANGUAGES, Forms, Lexicon, build_lexicon, make_word, Profile
+from distgem.world.lexicon import LANGUAGES, Forms, Lexicon, Profile, build_lexicon, make_word
 
 WORLD_VERSION = 1
 SOURCE = "en"
@@ -55,12 +56,39 @@ class WorldPreset:
 
 PRESETS = {
     "tiny": WorldPreset(),
-    "small": WorldPreset(nouns=360, verbs=140, adjectives=100, adverbs=40, names=320, pos_train_source=6000,
-                         pos_train=1000, pos_eval=500, ner_train_source=6000, ner_train=1000, ner_eval=500,
-                         mono=12000, parallel=8000),
+    "small": WorldPreset(
+        nouns=360,
+        verbs=140,
+        adjectives=100,
+        adverbs=40,
+        names=320,
+        pos_train_source=6000,
+        pos_train=1000,
+        pos_eval=500,
+        ner_train_source=6000,
+        ner_train=1000,
+        ner_eval=500,
+        mono=12000,
+        parallel=8000,
+    ),
     # seconds to write: unit and end-to-end tests only
-    "test": WorldPreset(nouns=60, verbs=24, adjectives=18, adverbs=8, names=40, ambiguity=0.3, pos_train_source=80, pos_train=30,
-                        pos_eval=30, ner_train_source=40, ner_train=10, ner_eval=10, mono=60, parallel=60, heldout=20),
+    "test": WorldPreset(
+        nouns=60,
+        verbs=24,
+        adjectives=18,
+        adverbs=8,
+        names=40,
+        ambiguity=0.3,
+        pos_train_source=80,
+        pos_train=30,
+        pos_eval=30,
+        ner_train_source=40,
+        ner_train=10,
+        ner_eval=10,
+        mono=60,
+        parallel=60,
+        heldout=20,
+    ),
 }
 
 
@@ -83,8 +111,10 @@ def build_world(seed: int, sizes: WorldPreset) -> World:
             names.append(name)
     ontology = build_ontology(rng, sizes.nouns, sizes.verbs, sizes.adjectives, sizes.adverbs, names)
     concepts = ontology.concepts()
-    lexicons = {lang: build_lexicon(lang, concepts, random.Random(f"{seed}:lexicon:{lang}"), forms, sizes.ambiguity)
-                for lang in LANGUAGES}
+    lexicons = {
+        lang: build_lexicon(lang, concepts, random.Random(f"{seed}:lexicon:{lang}"), forms, sizes.ambiguity)
+        for lang in LANGUAGES
+    }
     return World(ontology, lexicons)
 
 
@@ -101,31 +131,55 @@ def write_world(out_dir: str | os.PathLike, seed: int = 0, preset: str = "tiny")
         files.update(_write_parallel(out, world, seed, lang, sizes, heldout_texts))
     for lang in LANGUAGES:
         files.update(_write_mono(out, world, seed, lang, sizes, heldout_texts[lang]))
-        for split, count in (("train", sizes.pos_train_source if lang == SOURCE else sizes.pos_train),
-                             ("dev", sizes.pos_eval), ("test", sizes.pos_eval)):
+        for split, count in (
+            ("train", sizes.pos_train_source if lang == SOURCE else sizes.pos_train),
+            ("dev", sizes.pos_eval),
+            ("test", sizes.pos_eval),
+        ):
             files.update(_write_tagged(out, world, seed, lang, "pos", split, count))
-        for split, count in (("train", sizes.ner_train_source if lang == SOURCE else sizes.ner_train),
-                             ("testa", sizes.ner_eval), ("testb", sizes.ner_eval)):
+        for split, count in (
+            ("train", sizes.ner_train_source if lang == SOURCE else sizes.ner_train),
+            ("testa", sizes.ner_eval),
+            ("testb", sizes.ner_eval),
+        ):
             files.update(_write_tagged(out, world, seed, lang, "ner", split, count))
     onto = world.ontology
     info = {
-        "version": WORLD_VERSION, "seed": seed, "preset": preset, "sizes": asdict(sizes),
-        "source": SOURCE, "targets": list(TARGETS), "heldout": {"mono": sizes.heldout, "parallel": sizes.heldout},
-        "languages": {lang: {"script": lex.profile.script, "words": len(lex.stems),
-                             "function_words": len(set(lex.function.values())), "homographs": len(lex.homographs),
-                             "adjective_after_noun": lex.profile.adj_after_noun, "verb_second": lex.profile.verb_second,
-                             "pro_drop": lex.profile.pro_drop, "multiword_tokens": lex.profile.contractions}
-                      for lang, lex in world.lexicons.items()},
-        "names": {"first": [n for n, _ in onto.first], "last": onto.last, "places": [n for n, _ in onto.places],
-                  "orgs": onto.orgs},
+        "version": WORLD_VERSION,
+        "seed": seed,
+        "preset": preset,
+        "sizes": asdict(sizes),
+        "source": SOURCE,
+        "targets": list(TARGETS),
+        "heldout": {"mono": sizes.heldout, "parallel": sizes.heldout},
+        "languages": {
+            lang: {
+                "script": lex.profile.script,
+                "words": len(lex.stems),
+                "function_words": len(set(lex.function.values())),
+                "homographs": len(lex.homographs),
+                "adjective_after_noun": lex.profile.adj_after_noun,
+                "verb_second": lex.profile.verb_second,
+                "pro_drop": lex.profile.pro_drop,
+                "multiword_tokens": lex.profile.contractions,
+            }
+            for lang, lex in world.lexicons.items()
+        },
+        "names": {
+            "first": [n for n, _ in onto.first],
+            "last": onto.last,
+            "places": [n for n, _ in onto.places],
+            "orgs": onto.orgs,
+        },
         "files": dict(sorted(files.items())),
     }
     (out / "world.json").write_text(json.dumps(info, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
     return info
 
 
-def _draws(world: World, seed: int, tag: str, style: Style, count: int, langs: tuple[str, ...],
-           avoid: set[str] | None = None) -> Iterator[dict[str, list[Word]]]:
+def _draws(
+    world: World, seed: int, tag: str, style: Style, count: int, langs: tuple[str, ...], avoid: set[str] | None = None
+) -> Iterator[dict[str, list[Word]]]:
     """`count` abstract sentences realised in `langs`, distinct in the first language and not in `avoid`."""
     rng = random.Random(f"{seed}:{tag}")
     realisers = {lang: Realiser(world.lexicons[lang], random.Random(f"{seed}:{tag}:{lang}")) for lang in langs}
@@ -145,16 +199,19 @@ def _draws(world: World, seed: int, tag: str, style: Style, count: int, langs: t
     raise RuntimeError(f"{tag}: could not draw {count} distinct sentences")
 
 
-def _write_parallel(out: Path, world: World, seed: int, lang: str, sizes: WorldPreset,
-                    heldout_texts: dict[str, set[str]]) -> dict[str, dict]:
+def _write_parallel(
+    out: Path, world: World, seed: int, lang: str, sizes: WorldPreset, heldout_texts: dict[str, set[str]]
+) -> dict[str, dict]:
     lines: dict[str, list[str]] = {SOURCE: [], lang: []}
     for i, pair in enumerate(_draws(world, seed, f"parallel:{lang}", Style(), sizes.parallel, (SOURCE, lang))):
         for side in (SOURCE, lang):
             lines[side].append(text_of(pair[side]))
             if i >= sizes.parallel - sizes.heldout:
                 heldout_texts[side].add(lines[side][-1])
-    return {_write_lines(out / "parallel" / f"en-{lang}.{side}", lines[side]): {"lines": len(lines[side])}
-            for side in (SOURCE, lang)}
+    return {
+        _write_lines(out / "parallel" / f"en-{lang}.{side}", lines[side]): {"lines": len(lines[side])}
+        for side in (SOURCE, lang)
+    }
 
 
 def _write_mono(out: Path, world: World, seed: int, lang: str, sizes: WorldPreset, avoid: set[str]) -> dict[str, dict]:
@@ -212,7 +269,7 @@ def conllu_block(words: list[Word], sent_id: str) -> str:
         if span > 1:
             lines.append(f"{i + 1}-{i + span}\t{form}\t_\t_\t_\t_\t_\t_\t_\t{misc}")
             misc = "_"
-        for w in words[i:i + span]:
+        for w in words[i : i + span]:
             feats = "|".join(sorted(w.feats, key=str.lower)) or "_"
             head = position.get(w.head, 0)
             lines.append(f"{position[w.key]}\t{w.form}\t{w.lemma}\t{w.upos}\t_\t{feats}\t{head}\t{w.deprel}\t_\t{misc}")
@@ -234,7 +291,9 @@ WORLD_MODULES = ("distgem.world.synthetic", "distgem.world.grammar", "distgem.wo
 
 def world_key(preset: str, seed: int) -> str:
     """Cache name of a world: preset, seed and a hash of the generator's code and sizes."""
-    digest = hashlib.sha256((source_digest(*WORLD_MODULES) + json.dumps(asdict(PRESETS[preset]), sort_keys=True)).encode())
+    digest = hashlib.sha256(
+        (source_digest(*WORLD_MODULES) + json.dumps(asdict(PRESETS[preset]), sort_keys=True)).encode()
+    )
     return f"{preset}-s{seed}-{digest.hexdigest()[:12]}"
 
 
@@ -250,13 +309,19 @@ def ensure_world(preset: str = "tiny", seed: int = 0) -> Path:
 def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="directory to write the world into")
     parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
-    parser.add_argument("--preset", default="tiny", choices=list(PRESETS),
-                        help="tiny (the embedded default), small (experiments), test (seconds, for tests)")
+    parser.add_argument(
+        "--preset",
+        default="tiny",
+        choices=list(PRESETS),
+        help="tiny (the embedded default), small (experiments), test (seconds, for tests)",
+    )
 
 
 def run(args) -> int:
     info = write_world(args.out, args.seed, args.preset)
     total = sum(f.get("sentences", f["lines"]) for f in info["files"].values())
-    print(f"wrote {len(info['files'])} files ({total} sentences) and world.json to {args.out} "
-          f"(preset {args.preset}, seed {args.seed})")
+    print(
+        f"wrote {len(info['files'])} files ({total} sentences) and world.json to {args.out} "
+        f"(preset {args.preset}, seed {args.seed})"
+    )
     return 0

@@ -5,6 +5,7 @@ trainings on the same text give different vocabularies. This learner runs the sa
 merges over words, continuation pieces prefixed with `##`, then WordPiece's greedy longest match at
 encoding time) with ties broken by the pieces themselves: the same text always gives the same vocabulary.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -42,7 +43,7 @@ def learn_vocabulary(counts: Counter, vocab_size: int, specials: list[str]) -> l
         negative, pair = heapq.heappop(heap)
         if pairs.get(pair, 0) != -negative or negative == 0:
             continue
-        merged = pair[0] + pair[1][len(PREFIX):]
+        merged = pair[0] + pair[1][len(PREFIX) :]
         if merged not in known:
             vocab.append(merged)
             known.add(merged)

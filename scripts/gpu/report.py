@@ -7,6 +7,7 @@
 projection.json, step-zero*.json, extensions.txt); a stage that failed or ran out of time leaves its file
 out and the report says so. Exit status 0 only when every stage ran and every test passed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,8 +55,12 @@ def collect(work: Path, seconds: int | None) -> dict:
         "run": {**(read_json(work / "run.json") or {}), "seconds": seconds, "versions": versions()},
         "stages": read_lines(work / "stages.jsonl"),
         "install": read_json(work / "install.json"),
-        "tests": {"counts": counts, "failures": [r for r in outcomes if r["outcome"] in ("failed", "error")],
-                  "measured": measured, "outcomes": outcomes},
+        "tests": {
+            "counts": counts,
+            "failures": [r for r in outcomes if r["outcome"] in ("failed", "error")],
+            "measured": measured,
+            "outcomes": outcomes,
+        },
         "floor": read_json(work / "floor.json"),
         "projection": read_json(work / "projection.json"),
         "step": steps,
@@ -84,14 +89,18 @@ def stage_status(report: dict, name: str) -> dict:
         return {"status": "not run", "seconds": 0, "budget": 0}
     order = ["ok", "skipped", "failed", "timeout"]
     worst = max(mine, key=lambda s: order.index(s["status"]) if s["status"] in order else len(order))
-    return {"status": worst["status"], "seconds": sum(s.get("seconds", 0) for s in mine),
-            "budget": sum(s.get("budget", 0) for s in mine), "why": worst.get("why", "")}
+    return {
+        "status": worst["status"],
+        "seconds": sum(s.get("seconds", 0) for s in mine),
+        "budget": sum(s.get("budget", 0) for s in mine),
+        "why": worst.get("why", ""),
+    }
 
 
 def fmt(x, digits: int = 2) -> str:
     if x is None:
         return "-"
-    if isinstance(x, float) and (abs(x) >= 1e4 or (x != 0 and abs(x) < 10 ** -digits)):
+    if isinstance(x, float) and (abs(x) >= 1e4 or (x != 0 and abs(x) < 10**-digits)):
         return f"{x:.1e}"
     return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
 
@@ -101,8 +110,14 @@ def headline(report: dict, name: str) -> str:
     if name == "install":
         inst = report["install"] or {}
         v = inst.get("versions", {})
-        return (f"torch {v.get('torch')} (CUDA {inst.get('cuda')}, available {inst.get('cuda_available')}), "
-                f"deepspeed {v.get('deepspeed')}, {len(inst.get('problems', []))} problem(s)") if inst else "-"
+        return (
+            (
+                f"torch {v.get('torch')} (CUDA {inst.get('cuda')}, available {inst.get('cuda_available')}), "
+                f"deepspeed {v.get('deepspeed')}, {len(inst.get('problems', []))} problem(s)"
+            )
+            if inst
+            else "-"
+        )
     if name == "tests":
         c = report["tests"]["counts"]
         return f"{c['passed']} passed, {c['failed'] + c['error']} failed, {c['skipped']} skipped"
@@ -110,12 +125,14 @@ def headline(report: dict, name: str) -> str:
         rows = report["floor"]["rows"]
         ratios = [r["overhead"] / r["floor"] for r in rows]
         bandwidth = statistics.median(r["bandwidth"] for r in rows)
-        return (f"overhead/floor {min(ratios):.2f}-{max(ratios):.2f} over {len(rows)} cells; "
-                f"copy {bandwidth:.0f} GB/s")
+        return f"overhead/floor {min(ratios):.2f}-{max(ratios):.2f} over {len(rows)} cells; copy {bandwidth:.0f} GB/s"
     if name == "projection" and report["projection"]:
-        cells = [f"k={r['k']}: {r['reference_ms'] / r['engine_ms']:.3g}x (engine), "
-                 f"{r['reference_ms'] / r['exact_ms']:.3g}x (project)"
-                 for r in report["projection"]["rows"] if r.get("reference_ms")]
+        cells = [
+            f"k={r['k']}: {r['reference_ms'] / r['engine_ms']:.3g}x (engine), "
+            f"{r['reference_ms'] / r['exact_ms']:.3g}x (project)"
+            for r in report["projection"]["rows"]
+            if r.get("reference_ms")
+        ]
         return "reference / ours " + "; ".join(cells) if cells else "-"
     if name == "step" and report["step"]:
         parts = []
@@ -123,8 +140,10 @@ def headline(report: dict, name: str) -> str:
             rows = data["tables"][0]["rows"]
             if "naive" in rows and "gem-both" in rows:
                 gem = rows["gem-both"]
-                parts.append(f"{zero}: GEM/naive {gem['step'] / rows['naive']['step']:.2f} (k+1 = {gem['k'] + 1}), "
-                             f"overhead/floor {fmt(gem['ratio'])}")
+                parts.append(
+                    f"{zero}: GEM/naive {gem['step'] / rows['naive']['step']:.2f} (k+1 = {gem['k'] + 1}), "
+                    f"overhead/floor {fmt(gem['ratio'])}"
+                )
         return "; ".join(parts) or "-"
     return "-"
 
@@ -134,23 +153,29 @@ def markdown(report: dict) -> str:
     inst = report["install"] or {}
     versions = run.get("versions", {})
     device = run.get("gpu") or "no GPU (a CPU rehearsal)"
-    lines = [f"### GPU check: {device}, {run.get('started', '?')[:10]}",
-             "",
-             f"`{run.get('command', 'bash scripts/gpu_check.sh')}` at commit {run.get('git', '?')}, "
-             f"{run.get('mode', '?')} mode, {run.get('seconds', '?')} s in all; Python {versions.get('python', '?')}, "
-             f"torch {versions.get('torch', '?')} (CUDA {inst.get('cuda', '-')}), deepspeed "
-             f"{versions.get('deepspeed', '?')}, transformers {versions.get('transformers', '?')}, "
-             f"{run.get('host_cpus', '?')} CPUs. Written by scripts/gpu/report.py.",
-             "",
-             "| stage | status | seconds | budget | result |", "|---|---|---|---|---|"]
+    lines = [
+        f"### GPU check: {device}, {run.get('started', '?')[:10]}",
+        "",
+        f"`{run.get('command', 'bash scripts/gpu_check.sh')}` at commit {run.get('git', '?')}, "
+        f"{run.get('mode', '?')} mode, {run.get('seconds', '?')} s in all; Python {versions.get('python', '?')}, "
+        f"torch {versions.get('torch', '?')} (CUDA {inst.get('cuda', '-')}), deepspeed "
+        f"{versions.get('deepspeed', '?')}, transformers {versions.get('transformers', '?')}, "
+        f"{run.get('host_cpus', '?')} CPUs. Written by scripts/gpu/report.py.",
+        "",
+        "| stage | status | seconds | budget | result |",
+        "|---|---|---|---|---|",
+    ]
     for name in STAGES:
         s = stage_status(report, name)
         result = headline(report, name) if s["status"] != "skipped" else s.get("why", "")
         lines.append(f"| {name} | {s['status']} | {s['seconds']} | {s['budget']} | {result} |")
     if report["deepspeed_jit_ops"] is not None:
         ops = report["deepspeed_jit_ops"]
-        lines += ["", f"DeepSpeed JIT-built ops during the run: {', '.join(ops) if ops else 'none'} "
-                      "(the CPU reference runs build DeepSpeed's CPU communication op; nothing may be built for CUDA)."]
+        lines += [
+            "",
+            f"DeepSpeed JIT-built ops during the run: {', '.join(ops) if ops else 'none'} "
+            "(the CPU reference runs build DeepSpeed's CPU communication op; nothing may be built for CUDA).",
+        ]
     lines += _tests_md(report), _floor_md(report), _projection_md(report), _step_md(report)
     return "\n".join(line for line in _flatten(lines)) + "\n"
 
@@ -168,16 +193,25 @@ def _tests_md(report: dict) -> list[str]:
     if not tests["outcomes"]:
         return []
     c = tests["counts"]
-    out = ["", f"#### Correctness (`pytest -m gpu`): {c['passed']} passed, {c['failed'] + c['error']} failed, "
-               f"{c['skipped']} skipped"]
+    out = [
+        "",
+        f"#### Correctness (`pytest -m gpu`): {c['passed']} passed, {c['failed'] + c['error']} failed, "
+        f"{c['skipped']} skipped",
+    ]
     for failure in tests["failures"][:20]:
         out.append(f"- FAILED `{failure['test']}`: {failure.get('message', '')[:300]}")
     if tests["measured"]:
-        out += ["", "Measured against the tolerances the tests hold (worst over the run):", "",
-                "| test | measured |", "|---|---|"]
+        out += [
+            "",
+            "Measured against the tolerances the tests hold (worst over the run):",
+            "",
+            "| test | measured |",
+            "|---|---|",
+        ]
         for m in tests["measured"]:
-            values = ", ".join(f"{k} {fmt(v, 3) if isinstance(v, float) else v}" for k, v in m.items()
-                               if k not in ("test", "seed"))
+            values = ", ".join(
+                f"{k} {fmt(v, 3) if isinstance(v, float) else v}" for k, v in m.items() if k not in ("test", "seed")
+            )
             out.append(f"| `{m['test'].split('::')[-1]}` | {values} |")
     return out
 
@@ -186,15 +220,24 @@ def _floor_md(report: dict) -> list[str]:
     floor = report["floor"]
     if not floor:
         return []
-    out = ["", f"#### GEM's overhead against its floor (`bench/floor.py`; {floor['environment']})", "",
-           "| P | N | p = P/N | k | capture ms | Gram ms | QP ms | update ms | overhead ms | floor ms | overhead / floor |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "",
+        f"#### GEM's overhead against its floor (`bench/floor.py`; {floor['environment']})",
+        "",
+        "| P | N | p = P/N | k | capture ms | Gram ms | QP ms | update ms | overhead ms | floor ms "
+        "| overhead / floor |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in floor["rows"]:
-        out.append(f"| {r['P'] / 1e6:.3g}M | {r['N']} | {r['p'] / 1e6:.2f}M | {r['k']} | {fmt(r['capture'])} | "
-                   f"{fmt(r['gram'])} | {fmt(r['qp'])} | {fmt(r['update'])} | {fmt(r['overhead'])} | "
-                   f"{fmt(r['floor'])} | {r['overhead'] / r['floor']:.2f} |")
+        out.append(
+            f"| {r['P'] / 1e6:.3g}M | {r['N']} | {r['p'] / 1e6:.2f}M | {r['k']} | {fmt(r['capture'])} | "
+            f"{fmt(r['gram'])} | {fmt(r['qp'])} | {fmt(r['update'])} | {fmt(r['overhead'])} | "
+            f"{fmt(r['floor'])} | {r['overhead'] / r['floor']:.2f} |"
+        )
     bandwidth = [r["bandwidth"] for r in floor["rows"]]
-    out.append(f"\nCopy bandwidth (read + write, measured between the terms): median {statistics.median(bandwidth):.0f} GB/s.")
+    out.append(
+        f"\nCopy bandwidth (read + write, measured between the terms): median {statistics.median(bandwidth):.0f} GB/s."
+    )
     return out
 
 
@@ -202,19 +245,32 @@ def _projection_md(report: dict) -> list[str]:
     proj = report["projection"]
     if not proj:
         return []
-    out = ["", f"#### Projection against the original GEM path (`bench/projection.py`; {proj['environment']})", "",
-           "| P | k | GEM reference ms | ours `project` exact ms | ours qpth ms | engine path ms | reference / engine "
-           "| reference / exact | max rel diff |", "|---|---|---|---|---|---|---|---|---|"]
+    out = [
+        "",
+        f"#### Projection against the original GEM path (`bench/projection.py`; {proj['environment']})",
+        "",
+        "| P | k | GEM reference ms | ours `project` exact ms | ours qpth ms | engine path ms | reference / engine "
+        "| reference / exact | max rel diff |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in proj["rows"]:
         ref = r.get("reference_ms")
-        out.append(f"| {r['P']:.3g} | {r['k']} | {fmt(ref, 1)} | {fmt(r['exact_ms'])} | {fmt(r['qpth_ms'])} | "
-                   f"{fmt(r['engine_ms'])} | {fmt(ref / r['engine_ms'], 1) if ref else '-'} | "
-                   f"{fmt(ref / r['exact_ms'], 1) if ref else '-'} | "
-                   f"{fmt(max(r.get('reference_rel_diff') or 0, r['engine_rel_diff']), 1)} |")
+        out.append(
+            f"| {r['P']:.3g} | {r['k']} | {fmt(ref, 1)} | {fmt(r['exact_ms'])} | {fmt(r['qpth_ms'])} | "
+            f"{fmt(r['engine_ms'])} | {fmt(ref / r['engine_ms'], 1) if ref else '-'} | "
+            f"{fmt(ref / r['exact_ms'], 1) if ref else '-'} | "
+            f"{fmt(max(r.get('reference_rel_diff') or 0, r['engine_rel_diff']), 1)} |"
+        )
     if proj.get("qp"):
-        out += ["", "The QP alone (ms per call): " + "; ".join(
-            f"k={q['k']} batch {q['batch']}: exact {fmt(q['exact_ms'])}, qpth {fmt(q['qpth_ms'])}, "
-            f"quadprog loop {fmt(q['quadprog_loop_ms'])}" for q in proj["qp"])]
+        out += [
+            "",
+            "The QP alone (ms per call): "
+            + "; ".join(
+                f"k={q['k']} batch {q['batch']}: exact {fmt(q['exact_ms'])}, qpth {fmt(q['qpth_ms'])}, "
+                f"quadprog loop {fmt(q['quadprog_loop_ms'])}"
+                for q in proj["qp"]
+            ),
+        ]
     return out
 
 
@@ -226,18 +282,24 @@ def _step_md(report: dict) -> list[str]:
         table = data["tables"][0]
         rows = table["rows"]
         naive = rows.get("naive", {}).get("step")
-        out += ["", f"#### Step cost, {zero.replace('zero', 'ZeRO ')} (`bench/step.py --encoder {data.get('encoder')}`; "
-                    f"{table['environment']}; {table['steps']} interleaved steps, copy {table['bandwidth_gbs']:.0f} GB/s)",
-                "",
-                "| method | k | p | step ms | / naive | k+1 | fwd-bwd ms/pass | GEM's terms ms | floor ms | terms / floor "
-                "| optimizer ms | GPU resident MB | GPU step peak over it MB |",
-                "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        out += [
+            "",
+            f"#### Step cost, {zero.replace('zero', 'ZeRO ')} (`bench/step.py --encoder {data.get('encoder')}`; "
+            f"{table['environment']}; {table['steps']} interleaved steps, copy {table['bandwidth_gbs']:.0f} GB/s)",
+            "",
+            "| method | k | p | step ms | / naive | k+1 | fwd-bwd ms/pass | GEM's terms ms | floor ms | terms / floor "
+            "| optimizer ms | GPU resident MB | GPU step peak over it MB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, r in rows.items():
-            out.append(f"| {name} | {r['k']} | {r['p'] / 1e6:.1f}M | {r['step']:.1f} | "
-                       f"{r['step'] / naive:.2f} | {r['k'] + 1} | {r['fb_per_pass']:.1f} | "
-                       f"{fmt(r['overhead']) if r['floor'] is not None else '-'} | {fmt(r['floor'])} | {fmt(r['ratio'])} | "
-                       f"{r['optimizer']:.1f} | {fmt(r.get('resident_mb'), 0)} | {fmt(r.get('transient_mb'), 0)} |"
-                       if naive else f"| {name} | ... |")
+            out.append(
+                f"| {name} | {r['k']} | {r['p'] / 1e6:.1f}M | {r['step']:.1f} | "
+                f"{r['step'] / naive:.2f} | {r['k'] + 1} | {r['fb_per_pass']:.1f} | "
+                f"{fmt(r['overhead']) if r['floor'] is not None else '-'} | {fmt(r['floor'])} | {fmt(r['ratio'])} | "
+                f"{r['optimizer']:.1f} | {fmt(r.get('resident_mb'), 0)} | {fmt(r.get('transient_mb'), 0)} |"
+                if naive
+                else f"| {name} | ... |"
+            )
     return out
 
 
@@ -245,8 +307,14 @@ def summary(report: dict) -> str:
     rows = [("stage", "status", "s / budget", "result")]
     for name in STAGES:
         s = stage_status(report, name)
-        rows.append((name, s["status"], f"{s['seconds']} / {s['budget']}",
-                     headline(report, name) if s["status"] != "skipped" else s.get("why", "")))
+        rows.append(
+            (
+                name,
+                s["status"],
+                f"{s['seconds']} / {s['budget']}",
+                headline(report, name) if s["status"] != "skipped" else s.get("why", ""),
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     text = [" | ".join([r[0].ljust(widths[0]), r[1].ljust(widths[1]), r[2].ljust(widths[2]), r[3]]) for r in rows]
     text.insert(1, "-" * min(120, max(len(t) for t in text)))
@@ -257,8 +325,12 @@ def ok(report: dict) -> bool:
     statuses = [stage_status(report, name)["status"] for name in STAGES]
     install_skipped = statuses[0] == "skipped"  # a rehearsal without wheels/
     c = report["tests"]["counts"]
-    return all(s == "ok" for s in statuses[1:]) and (statuses[0] == "ok" or install_skipped) \
-        and c["failed"] + c["error"] == 0 and c["passed"] > 0
+    return (
+        all(s == "ok" for s in statuses[1:])
+        and (statuses[0] == "ok" or install_skipped)
+        and c["failed"] + c["error"] == 0
+        and c["passed"] > 0
+    )
 
 
 def into(doc: Path, section: Path) -> int:

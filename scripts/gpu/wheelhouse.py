@@ -12,6 +12,7 @@ on manylinux x86_64, and a wheelhouse that with the working tree would not fit w
 Prints one line per problem and exits 1 if there is any; `installed` does the same for the environment it
 runs in (the device image with wheels/ installed over it) and imports every module distgem's GPU check needs.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,9 +39,16 @@ CARRY_LIMIT_MIB = 64
 """What one device call takes along: the working tree and the carried paths together (device README)."""
 MARGIN_MIB = 8
 """Left free under the limit for the run's own files (the tree grows)."""
-TARGET = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux",
-          "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
-          "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+TARGET = {
+    "python_version": "3.12",
+    "python_full_version": "3.12.3",
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "os_name": "posix",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+}
 """Marker environment of the device's python3 (KINDS.md: Python 3.12.3 on x86_64 Linux)."""
 NOT_NEEDED = {
     "clarabel": "a cvxpy solver; qpth imports cvxpy for its optional cvxpy backend, which distgem never calls",
@@ -53,10 +61,36 @@ ACCEPTED = {
     ("qpth", "numpy"): "qpth declares numpy<2 but runs on numpy 2 (the image's 2.5.2; the rehearsal tests it)",
 }
 """(package, requirement) pairs whose declared version bound is knowingly not met."""
-IMPORTS = ["torch", "numpy", "transformers", "tokenizers", "safetensors", "yaml", "tqdm", "scipy", "xxhash",
-           "matplotlib", "pyarrow", "pandas", "tensorboard", "accelerate", "huggingface_hub", "pytest", "hypothesis",
-           "deepspeed", "datasets", "qpth.qp", "cvxpy", "pydantic", "hjson", "dill", "multiprocess",
-           "seqeval.metrics", "quadprog", "tbparse"]
+IMPORTS = [
+    "torch",
+    "numpy",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "yaml",
+    "tqdm",
+    "scipy",
+    "xxhash",
+    "matplotlib",
+    "pyarrow",
+    "pandas",
+    "tensorboard",
+    "accelerate",
+    "huggingface_hub",
+    "pytest",
+    "hypothesis",
+    "deepspeed",
+    "datasets",
+    "qpth.qp",
+    "cvxpy",
+    "pydantic",
+    "hjson",
+    "dill",
+    "multiprocess",
+    "seqeval.metrics",
+    "quadprog",
+    "tbparse",
+]
 """What the GPU check imports: the image's packages distgem uses and every carried one."""
 
 
@@ -95,8 +129,9 @@ def wheel_requirements(path: Path) -> list[Requirement]:
                 requirement = Requirement(line.split(":", 1)[1].strip())
             except InvalidRequirement:
                 continue
-            if requirement.marker is None or requirement.marker.evaluate({**default_environment(), **TARGET,
-                                                                           "extra": ""}):
+            if requirement.marker is None or requirement.marker.evaluate(
+                {**default_environment(), **TARGET, "extra": ""}
+            ):
                 out.append(requirement)
     return out
 
@@ -105,11 +140,13 @@ def installable(tags) -> bool:
     """Can pip install a wheel with these tags on CPython 3.12, manylinux x86_64?"""
     for tag in tags:
         python_ok = tag.interpreter in ("py3", "cp312", "py312") or (
-            tag.abi == "abi3" and re.fullmatch(r"cp3(\d+)", tag.interpreter)
-            and int(tag.interpreter[3:]) <= 12)
+            tag.abi == "abi3" and re.fullmatch(r"cp3(\d+)", tag.interpreter) and int(tag.interpreter[3:]) <= 12
+        )
         abi_ok = tag.abi in ("none", "cp312", "abi3")
-        platform_ok = tag.platform == "any" or (tag.platform.endswith("_x86_64") and (
-            tag.platform.startswith("manylinux") or tag.platform == "linux_x86_64"))
+        platform_ok = tag.platform == "any" or (
+            tag.platform.endswith("_x86_64")
+            and (tag.platform.startswith("manylinux") or tag.platform == "linux_x86_64")
+        )
         if python_ok and abi_ok and platform_ok:
             return True
     return False
@@ -118,15 +155,21 @@ def installable(tags) -> bool:
 def tree_bytes() -> int:
     """Bytes of what travels besides the carried paths: tracked and untracked-but-not-ignored files."""
     try:
-        listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True,
-                                capture_output=True).stdout.decode().split("\0")
+        listed = (
+            subprocess.run(
+                ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=ROOT, check=True, capture_output=True
+            )
+            .stdout.decode()
+            .split("\0")
+        )
     except (OSError, subprocess.CalledProcessError):
         return 0
     return sum((ROOT / p).stat().st_size for p in listed if p and (ROOT / p).is_file())
 
 
-def check(wheels: Path, wanted: dict | None = None, image: dict | None = None,
-          needs: list[Requirement] | None = None) -> int:
+def check(
+    wheels: Path, wanted: dict | None = None, image: dict | None = None, needs: list[Requirement] | None = None
+) -> int:
     """0 when `wheels` holds exactly `wanted` (default wheels.txt) and, with `image` (default image.txt),
     meets `needs` (default distgem's own requirements) and everything they need in turn; else 1."""
     wanted = read_list(HERE / "wheels.txt") if wanted is None else wanted
@@ -179,22 +222,29 @@ def check(wheels: Path, wanted: dict | None = None, image: dict | None = None,
         elif name in NOT_NEEDED:
             notes.append(f"{needer} declares {name}, left behind: {NOT_NEEDED[name]}")
         else:
-            problems.append(f"wheels/ lacks {name}, which {needer} needs ({requirement}); "
-                            f"add it to scripts/gpu/wheels.txt")
+            problems.append(
+                f"wheels/ lacks {name}, which {needer} needs ({requirement}); add it to scripts/gpu/wheels.txt"
+            )
     size, tree = sum(p.stat().st_size for _, p in carried.values()), tree_bytes()
     total_mib = (size + tree) / 2**20
     if total_mib > CARRY_LIMIT_MIB - MARGIN_MIB:
-        problems.append(f"wheels ({size / 2**20:.1f} MiB) and the working tree ({tree / 2**20:.1f} MiB) exceed "
-                        f"{CARRY_LIMIT_MIB - MARGIN_MIB} MiB of the {CARRY_LIMIT_MIB} MiB that travel")
+        problems.append(
+            f"wheels ({size / 2**20:.1f} MiB) and the working tree ({tree / 2**20:.1f} MiB) exceed "
+            f"{CARRY_LIMIT_MIB - MARGIN_MIB} MiB of the {CARRY_LIMIT_MIB} MiB that travel"
+        )
     for note in sorted(set(notes)):
         print(f"note: {note}")
     if unknown:
-        print(f"note: {unknown} version bounds fall on image packages whose version is not known here "
-              f"(`wheelhouse.py installed` checks them on the device)")
+        print(
+            f"note: {unknown} version bounds fall on image packages whose version is not known here "
+            f"(`wheelhouse.py installed` checks them on the device)"
+        )
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
-    print(f"wheelhouse {wheels}: {len(carried)} wheels, {size / 2**20:.1f} MiB; with the working tree "
-          f"{total_mib:.1f} MiB of {CARRY_LIMIT_MIB} MiB; {len(problems)} problem(s)")
+    print(
+        f"wheelhouse {wheels}: {len(carried)} wheels, {size / 2**20:.1f} MiB; with the working tree "
+        f"{total_mib:.1f} MiB of {CARRY_LIMIT_MIB} MiB; {len(problems)} problem(s)"
+    )
     return 1 if problems else 0
 
 
@@ -229,26 +279,45 @@ def installed(json_path: str | None) -> int:
             imports[module] = round(time.perf_counter() - started, 2)
         except Exception as err:  # noqa: BLE001 - any failure to import is the finding
             problems.append(f"import {module}: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
-    for name in ("torch", "numpy", "transformers", "tokenizers", "huggingface-hub", "pandas", "pyarrow", "scipy",
-                 "fsspec", "pytest"):
+    for name in (
+        "torch",
+        "numpy",
+        "transformers",
+        "tokenizers",
+        "huggingface-hub",
+        "pandas",
+        "pyarrow",
+        "scipy",
+        "fsspec",
+        "pytest",
+    ):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
     import torch
 
-    report = {"python": sys.version.split()[0], "versions": versions, "cuda": torch.version.cuda,
-              "cuda_available": torch.cuda.is_available(), "imported": len(imports),
-              "import_s": round(sum(imports.values()), 1), "warnings": warnings, "problems": problems}
+    report = {
+        "python": sys.version.split()[0],
+        "versions": versions,
+        "cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available(),
+        "imported": len(imports),
+        "import_s": round(sum(imports.values()), 1),
+        "warnings": warnings,
+        "problems": problems,
+    }
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=1))
     for warning in warnings:
         print(f"warning: {warning}")
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
-    print(f"installed: Python {report['python']}, torch {versions['torch']} (CUDA {torch.version.cuda}), "
-          f"deepspeed {versions.get('deepspeed')}; {len(imports)} modules imported in {report['import_s']} s; "
-          f"{len(warnings)} version warning(s), {len(problems)} problem(s)")
+    print(
+        f"installed: Python {report['python']}, torch {versions['torch']} (CUDA {torch.version.cuda}), "
+        f"deepspeed {versions.get('deepspeed')}; {len(imports)} modules imported in {report['import_s']} s; "
+        f"{len(warnings)} version warning(s), {len(problems)} problem(s)"
+    )
     return 1 if problems else 0
 
 

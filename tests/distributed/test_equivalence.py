@@ -6,6 +6,7 @@ first-order predicted changes of the memory losses (each rank's share of <g_i, d
 and the held-out memory losses. GEM runs also show, at every step, that the gradient actually written
 violates no constraint.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,18 +24,33 @@ METHODS = {
     "gem-per-language": {"method.name": "gem", "method.memory": "[mlm, xsr]", "method.gem.per_language": "true"},
     # batches grouped by length: each rank's slice of a length-sorted global batch pads differently; and the XSR
     # embeddings in chunks of at most 16 padded tokens (a few sentences each), not the same chunks on one rank
-    "gem-both-grouped": {"method.name": "gem", "method.memory": "[mlm, xsr]", "train.group_by_length": "true",
-                         "model.embed_chunk_tokens": 16},
+    "gem-both-grouped": {
+        "method.name": "gem",
+        "method.memory": "[mlm, xsr]",
+        "train.group_by_length": "true",
+        "model.embed_chunk_tokens": 16,
+    },
     # the optimizer's step projected (AdamW with weight decay), the master weights rewritten on every stage
-    "gem-update": {"method.name": "gem", "method.memory": "[mlm, xsr]", "method.gem.target": "update",
-                   "train.weight_decay": 0.1},
+    "gem-update": {
+        "method.name": "gem",
+        "method.memory": "[mlm, xsr]",
+        "method.gem.target": "update",
+        "train.weight_decay": 0.1,
+    },
 }
 STEPS = 20
-COMMON = {"train.steps": STEPS, "eval.every": 100, "eval.before_training": "false", "eval.after_training": "false",
-          "output.save_final": "true", "eval.predicted_change": "true", "eval.memory_loss_examples": 8}
-LOSS_TOL = 5e-5   # measured <= 1.5e-6 on most vocabularies of the micro fixture, 1.4e-5 on one (per-language, k = 5,
-                  # losses ~5.6: fp32 drift that the parameter tolerance below allows); a wrong scale or a
-                  # missing reduction moves a loss by >= 1e-3
+COMMON = {
+    "train.steps": STEPS,
+    "eval.every": 100,
+    "eval.before_training": "false",
+    "eval.after_training": "false",
+    "output.save_final": "true",
+    "eval.predicted_change": "true",
+    "eval.memory_loss_examples": 8,
+}
+LOSS_TOL = 5e-5  # measured <= 1.5e-6 on most vocabularies of the micro fixture, 1.4e-5 on one (per-language, k = 5,
+# losses ~5.6: fp32 drift that the parameter tolerance below allows); a wrong scale or a
+# missing reduction moves a loss by >= 1e-3
 PARAM_TOL = 2e-4  # measured: <= 3e-5 after 20 Adam steps at lr 1e-3 (Adam amplifies rounding near zero)
 CONSTRAINT_TOL = 1e-5
 PREDICTED_TOL = 1e-6  # <g_i, delta theta>: delta ~ lr = 1e-3 per value, rounding of a 33K-value dot
@@ -59,8 +75,13 @@ def two_ranks(micro, tmp_path_factory):
     def run(method: str, stage: int) -> Path:
         if (method, stage) not in cache:
             run_dir = tmp_path_factory.mktemp(f"{method}-zero{stage}")
-            run_training(micro, run_dir, 2, {**COMMON, **METHODS[method], "train.zero_stage": stage},
-                         collectives=run_dir / "comm")
+            run_training(
+                micro,
+                run_dir,
+                2,
+                {**COMMON, **METHODS[method], "train.zero_stage": stage},
+                collectives=run_dir / "comm",
+            )
             cache[method, stage] = run_dir
         return cache[method, stage]
 
@@ -75,8 +96,13 @@ def test_two_ranks_equal_one_process(references, two_ranks, method, stage):
     assert len(one) == len(two) == STEPS
     loss_keys = [k for k in one[0] if k.startswith("loss/")]
     # per language: MLM for en, es, el and XSR for es, el (k = 5)
-    assert len(loss_keys) == 1 + {"naive": 0, "mtf-both": 2, "gem-both": 2, "gem-per-language": 5,
-                                "gem-both-grouped": 2, "gem-update": 2}[method]
+    assert (
+        len(loss_keys)
+        == 1
+        + {"naive": 0, "mtf-both": 2, "gem-both": 2, "gem-per-language": 5, "gem-both-grouped": 2, "gem-update": 2}[
+            method
+        ]
+    )
     for a, b in zip(one, two):
         for key in loss_keys:
             assert b[key] == pytest.approx(a[key], abs=LOSS_TOL), (a["step"], key)
@@ -86,8 +112,10 @@ def test_two_ranks_equal_one_process(references, two_ranks, method, stage):
         for key in predicted:
             assert b[key] == pytest.approx(a[key], rel=1e-3, abs=PREDICTED_TOL), (a["step"], key)
     assert any(abs(s[key]) > 10 * PREDICTED_TOL for s in one for key in predicted) or not predicted
-    held = [json.loads((d / "results.json").read_text())["dev"]["history"][-1].get("memory_loss", {})
-            for d in (references[method], run_dir)]
+    held = [
+        json.loads((d / "results.json").read_text())["dev"]["history"][-1].get("memory_loss", {})
+        for d in (references[method], run_dir)
+    ]
     assert len(held[0]) == len(loss_keys) - 1 and held[0].keys() == held[1].keys()
     for key in held[0]:
         assert held[1][key] == pytest.approx(held[0][key], abs=LOSS_TOL), key
@@ -141,8 +169,12 @@ def test_gem_communicates_only_the_gram_beyond_mtf(two_ranks, stage):
 def test_gradient_accumulation_equals_the_same_global_batch(micro, references, tmp_path, stage):
     """2 ranks x 2 micro-batches of 2 = one process with the whole batch of 8 (every task's gradient
     survives its own backward and its micro-batches add up)."""
-    run_training(micro, tmp_path, 2, {**COMMON, **METHODS["gem-both"], "train.zero_stage": stage,
-                                      "train.gradient_accumulation": 2})
+    run_training(
+        micro,
+        tmp_path,
+        2,
+        {**COMMON, **METHODS["gem-both"], "train.zero_stage": stage, "train.gradient_accumulation": 2},
+    )
     one, two = read_steps(references["gem-both"]), read_steps(tmp_path)
     for a, b in zip(one, two):
         for key in ("loss/pos", "loss/mlm", "loss/xsr"):
@@ -156,11 +188,15 @@ def test_gradient_accumulation_equals_the_same_global_batch(micro, references, t
 def test_bf16_projection_holds_to_bf16_precision(micro, tmp_path, stage):
     """Under bf16 the projected gradient is written back in the optimizer's bf16 gradient dtype: the
     constraint then holds to bf16 rounding (relative 2^-8), not to fp32's."""
-    run_training(micro, tmp_path, 2, {**COMMON, **METHODS["gem-both"], "train.zero_stage": stage,
-                                      "train.precision": "bf16", "train.steps": 8})
+    run_training(
+        micro,
+        tmp_path,
+        2,
+        {**COMMON, **METHODS["gem-both"], "train.zero_stage": stage, "train.precision": "bf16", "train.steps": 8},
+    )
     steps = read_steps(tmp_path)
     assert any(s["gem/violated"] for s in steps)
-    assert all(s["gem/min_constraint_after"] >= -2 ** -7 for s in steps)
+    assert all(s["gem/min_constraint_after"] >= -(2**-7) for s in steps)
     assert all(s["loss/pos"] == s["loss/pos"] for s in steps)  # no NaN
 
 
@@ -192,9 +228,18 @@ def test_zero3_evaluation_shards_of_uneven_size_score_as_one_process(micro, tmp_
     evaluation forwards: 17 XSR pairs and MLM sentences in batches of one are 9 forwards on rank 0 and 8 on
     rank 1 (this hung until the ranks agreed on the count), and the tagging sets' windows as many. The extra
     forwards' outputs are dropped: every score equals one process's, before training and after."""
-    uneven = {**COMMON, **METHODS["gem-both"], "train.steps": 2, "data.xsr_eval_pairs": 17,
-              "data.mlm_eval_sentences": 17, "eval.batch_size": 1, "eval.every": 2, "model.embed_chunk_tokens": 16,
-              "eval.before_training": "true", "eval.after_training": "true"}
+    uneven = {
+        **COMMON,
+        **METHODS["gem-both"],
+        "train.steps": 2,
+        "data.xsr_eval_pairs": 17,
+        "data.mlm_eval_sentences": 17,
+        "eval.batch_size": 1,
+        "eval.every": 2,
+        "model.embed_chunk_tokens": 16,
+        "eval.before_training": "true",
+        "eval.after_training": "true",
+    }
     run_training(micro, tmp_path / "one", 1, uneven)
     run_training(micro, tmp_path / "two", 2, {**uneven, "train.zero_stage": 3}, timeout=240)
     one, two = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("one", "two"))

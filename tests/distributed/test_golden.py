@@ -13,6 +13,7 @@ the digests are not compared. Rewrite the file only for an intended change of th
 
     DISTGEM_WRITE_GOLDEN=1 bash scripts/test.sh tests/distributed/test_golden.py
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -44,19 +45,52 @@ def tiny(tmp_path_factory):
     base = tmp_path_factory.mktemp("golden")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cli = [sys.executable, "-m", "distgem.cli"]
-    subprocess.run([*cli, "world", "--out", str(base / "world"), "--preset", "tiny", "--seed", "0"],
-                   check=True, capture_output=True, env=env, cwd=ROOT)
-    subprocess.run([*cli, "pretrain", "--world", str(base / "world"), "--out", str(base / "backbone"), "--preset",
-                    "tiny", "--max-steps", "40", "--threads", "1"], check=True, capture_output=True, env=env, cwd=ROOT)
+    subprocess.run(
+        [*cli, "world", "--out", str(base / "world"), "--preset", "tiny", "--seed", "0"],
+        check=True,
+        capture_output=True,
+        env=env,
+        cwd=ROOT,
+    )
+    subprocess.run(
+        [
+            *cli,
+            "pretrain",
+            "--world",
+            str(base / "world"),
+            "--out",
+            str(base / "backbone"),
+            "--preset",
+            "tiny",
+            "--max-steps",
+            "40",
+            "--threads",
+            "1",
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+        cwd=ROOT,
+    )
     return base / "world", base / "backbone"
 
 
 def _run(tiny, run_dir: Path, method: dict, stage: int) -> dict:
     world, backbone = tiny
-    overrides = {"model.backbone": backbone, "data.root": world, "data.cache_dir": world.parent / "datasets",
-                 "train.steps": STEPS, "train.zero_stage": stage, "eval.every": 1000, "eval.before_training": "false",
-                 "eval.after_training": "false", "output.save_final": "true", "output.tensorboard": "false",
-                 "output.run_dir": run_dir, **method}
+    overrides = {
+        "model.backbone": backbone,
+        "data.root": world,
+        "data.cache_dir": world.parent / "datasets",
+        "train.steps": STEPS,
+        "train.zero_stage": stage,
+        "eval.every": 1000,
+        "eval.before_training": "false",
+        "eval.after_training": "false",
+        "output.save_final": "true",
+        "output.tensorboard": "false",
+        "output.run_dir": run_dir,
+        **method,
+    }
     command = train_command(STAGES[stage]) + ["--config", str(ROOT / "configs" / "tiny.yaml")]
     command += [a for key, value in overrides.items() for a in ("--set", f"{key}={value}")]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
@@ -64,9 +98,14 @@ def _run(tiny, run_dir: Path, method: dict, stage: int) -> dict:
     assert result.returncode == 0, result.stderr[-4000:]
     losses = [{k: v for k, v in step.items() if k.startswith("loss/")} for step in read_steps(run_dir)]
     weights = read_weights(run_dir)
-    parameters = {name: {"sha256": hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest()[:16],
-                         "sum": float(tensor.double().sum()), "abs_sum": float(tensor.double().abs().sum())}
-                  for name, tensor in sorted(weights.items())}
+    parameters = {
+        name: {
+            "sha256": hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest()[:16],
+            "sum": float(tensor.double().sum()),
+            "abs_sum": float(tensor.double().abs().sum()),
+        }
+        for name, tensor in sorted(weights.items())
+    }
     return {"losses": losses, "parameters": parameters}
 
 
@@ -77,8 +116,11 @@ def _capability() -> str:
 
 
 def test_tiny_default_matches_the_golden_file(tiny, tmp_path):
-    runs = {f"{name}/zero{stage}": _run(tiny, tmp_path / f"{name}-{stage}", method, stage)
-            for name, method in METHODS.items() for stage in STAGES}
+    runs = {
+        f"{name}/zero{stage}": _run(tiny, tmp_path / f"{name}-{stage}", method, stage)
+        for name, method in METHODS.items()
+        for stage in STAGES
+    }
     if os.environ.get("DISTGEM_WRITE_GOLDEN"):
         GOLDEN.parent.mkdir(exist_ok=True)
         GOLDEN.write_text(json.dumps({"cpu_capability": _capability(), "steps": STEPS, "runs": runs}, indent=1) + "\n")
@@ -91,7 +133,9 @@ def test_tiny_default_matches_the_golden_file(tiny, tmp_path):
         for step, (got, expected) in enumerate(zip(run["losses"], want["losses"]), 1):
             assert set(got) == set(expected), f"{key} step {step}: logged losses {sorted(got)} != {sorted(expected)}"
             for name in expected:
-                same = got[name] == expected[name] if exact else math.isclose(got[name], expected[name], rel_tol=RELATIVE)
+                same = (
+                    got[name] == expected[name] if exact else math.isclose(got[name], expected[name], rel_tol=RELATIVE)
+                )
                 assert same, f"{key} step {step} {name}: {got[name]!r} != golden {expected[name]!r}"
         assert set(run["parameters"]) == set(want["parameters"]), key
         for name, digest in want["parameters"].items():

@@ -3,6 +3,7 @@
 torchrun, the deepspeed launcher (plain, and with a hostfile + --no_ssh as on multi-node Slurm),
 mpirun (ranks from mpi4py), and srun-style tasks (SLURM_PROCID / SLURM_NTASKS, no RANK variables).
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,15 @@ import pytest
 
 from tests.support import ROOT, free_port, micro_overrides, read_steps, read_weights, run_training
 
-SETTINGS = {"train.steps": 6, "eval.before_training": "false", "eval.after_training": "false", "output.save_final": "true", "train.zero_stage": 2,
-            "method.name": "mtf", "method.memory": "[mlm, xsr]"}
+SETTINGS = {
+    "train.steps": 6,
+    "eval.before_training": "false",
+    "eval.after_training": "false",
+    "output.save_final": "true",
+    "train.zero_stage": 2,
+    "method.name": "mtf",
+    "method.memory": "[mlm, xsr]",
+}
 TRAIN = str(ROOT / "launch" / "train.py")
 
 
@@ -59,27 +67,75 @@ def test_deepspeed_launcher(micro, reference, tmp_path):
 def test_deepspeed_hostfile_without_ssh(micro, reference, tmp_path):
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("localhost slots=2\n")
-    _launch(["deepspeed", "--hostfile", str(hostfile), "--no_ssh", "--node_rank", "0", "--master_addr", "127.0.0.1",
-             "--master_port", str(free_port()), TRAIN, *_args(micro, tmp_path / "run")], _env())
+    _launch(
+        [
+            "deepspeed",
+            "--hostfile",
+            str(hostfile),
+            "--no_ssh",
+            "--node_rank",
+            "0",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            TRAIN,
+            *_args(micro, tmp_path / "run"),
+        ],
+        _env(),
+    )
     _assert_same(reference, tmp_path / "run")
 
 
 @pytest.mark.skipif(shutil.which("mpirun") is None, reason="mpirun not installed (pip install '.[mpi]')")
 def test_mpirun_ranks_from_mpi4py(micro, reference, tmp_path):
     env = _env(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
-    _launch(["mpirun", "-n", "2", "--mca", "btl", "self,sm", "-x", "PATH", "-x", "OMP_NUM_THREADS", "-x", "DS_ACCELERATOR",
-             "-x", "TORCH_EXTENSIONS_DIR", sys.executable, TRAIN, *_args(micro, tmp_path)], env)
+    _launch(
+        [
+            "mpirun",
+            "-n",
+            "2",
+            "--mca",
+            "btl",
+            "self,sm",
+            "-x",
+            "PATH",
+            "-x",
+            "OMP_NUM_THREADS",
+            "-x",
+            "DS_ACCELERATOR",
+            "-x",
+            "TORCH_EXTENSIONS_DIR",
+            sys.executable,
+            TRAIN,
+            *_args(micro, tmp_path),
+        ],
+        env,
+    )
     _assert_same(reference, tmp_path)
 
 
 def test_srun_style_tasks(micro, reference, tmp_path):
     """What srun gives each task: SLURM_PROCID/NTASKS/LOCALID and the node list, no torchrun variables."""
     port = str(free_port())
-    processes = [subprocess.Popen([sys.executable, TRAIN, *_args(micro, tmp_path)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.PIPE, text=True,
-                                  env=_env(SLURM_PROCID=str(r), SLURM_NTASKS="2", SLURM_LOCALID=str(r), SLURM_NNODES="1",
-                                           SLURM_JOB_NODELIST="localhost", MASTER_PORT=port))
-                 for r in range(2)]
+    processes = [
+        subprocess.Popen(
+            [sys.executable, TRAIN, *_args(micro, tmp_path)],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=_env(
+                SLURM_PROCID=str(r),
+                SLURM_NTASKS="2",
+                SLURM_LOCALID=str(r),
+                SLURM_NNODES="1",
+                SLURM_JOB_NODELIST="localhost",
+                MASTER_PORT=port,
+            ),
+        )
+        for r in range(2)
+    ]
     for process in processes:
         _, stderr = process.communicate(timeout=300)
         assert process.returncode == 0, stderr[-3000:]
@@ -89,8 +145,18 @@ def test_srun_style_tasks(micro, reference, tmp_path):
 def test_discover_ranks_precedence(monkeypatch):
     from distgem.distributed.world import discover_ranks
 
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID",
-                "OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MPI_LOCALNRANKS"):
+    for key in (
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "SLURM_PROCID",
+        "SLURM_NTASKS",
+        "SLURM_LOCALID",
+        "OMPI_COMM_WORLD_SIZE",
+        "PMI_SIZE",
+        "PMIX_RANK",
+        "MPI_LOCALNRANKS",
+    ):
         monkeypatch.delenv(key, raising=False)
     assert discover_ranks() == (0, 1, 0)
     monkeypatch.setenv("SLURM_PROCID", "3")

@@ -4,6 +4,7 @@ DeepSpeed leaves that padding uninitialised (torch.empty), so it can hold NaN; a
 an update target computed over the flat values read it (a clean-clone suite once logged NaN predicted
 changes for MTF at stage 3 on every step). Two ranks, parameters whose sizes do not divide by 2.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ import sys
 
 from tests.support import ROOT, free_port
 
-SCRIPT = r'''
+SCRIPT = r"""
 import json, os, sys
 import torch, deepspeed
 from distgem.distributed.deepspeed import GradientPartition
@@ -39,24 +40,44 @@ for group in engine.optimizer.fp16_groups:
         start += size
 keep = torch.ones(flat.numel(), dtype=torch.bool)
 keep[padding] = False
-matches = all(flat[s:s + len(v)].tolist() == v for s, v in real)  # the values padding() does not name are the parameters
+# the values padding() does not name are the parameters
+matches = all(flat[s:s + len(v)].tolist() == v for s, v in real)
 with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as out:
     json.dump({"rank": rank, "padding": padding.tolist(), "numel": flat.numel(), "kept": int(keep.sum()),
                "real": sum(len(v) for _, v in real), "matches": matches}, out)
 from distgem.distributed.world import exit_process, shutdown
 shutdown()  # interpreter teardown after ZeRO-3 aborts about a third of the time (notes/deepspeed-cpu.md)
 exit_process(0)
-'''
+"""
 
 
 def test_zero3_padding_names_exactly_the_values_that_hold_no_parameter(tmp_path):
     script = tmp_path / "padding.py"
     script.write_text(SCRIPT)
-    env = {**{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")},
-           "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                           str(free_port()), str(script), str(tmp_path)], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=300)
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")},
+        "OMP_NUM_THREADS": "1",
+        "DS_ACCELERATOR": "cpu",
+        "PYTHONPATH": str(ROOT),
+    }
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            str(script),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     sizes = [15, 5, 5, 1]  # per-rank partition: ceil(n / 2); rank 1 holds n - ceil(n / 2) real values

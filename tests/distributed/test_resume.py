@@ -1,4 +1,5 @@
 """A run killed with SIGKILL at a random step and resumed ends exactly like an uninterrupted run."""
+
 from __future__ import annotations
 
 import json
@@ -13,13 +14,22 @@ import pytest
 from tests.support import ROOT, micro_overrides, read_steps, read_weights, run_training, train_command
 
 STEPS = 12
-SETTINGS = {"train.steps": STEPS, "output.checkpoint_every": 2, "eval.every": 3, "output.save_final": "true",
-            "model.dropout": 0.1, "method.name": "mtf", "method.memory": "[mlm, xsr]"}
+SETTINGS = {
+    "train.steps": STEPS,
+    "output.checkpoint_every": 2,
+    "eval.every": 3,
+    "output.save_final": "true",
+    "model.dropout": 0.1,
+    "method.name": "mtf",
+    "method.memory": "[mlm, xsr]",
+}
 
 
 def _kill_at(micro, run_dir, step: int) -> None:
     corpus, backbone = micro
-    command = train_command(1) + [a for o in micro_overrides(corpus, backbone, run_dir, **SETTINGS) for a in ("--set", o)]
+    command = train_command(1) + [
+        a for o in micro_overrides(corpus, backbone, run_dir, **SETTINGS) for a in ("--set", o)
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
     steps_file = run_dir / "steps.jsonl"
@@ -71,7 +81,9 @@ def _children(pid: int) -> list[int]:
 
 def _start(micro, run_dir, ranks: int, settings: dict) -> subprocess.Popen:
     corpus, backbone = micro
-    command = train_command(ranks) + [a for o in micro_overrides(corpus, backbone, run_dir, **settings) for a in ("--set", o)]
+    command = train_command(ranks) + [
+        a for o in micro_overrides(corpus, backbone, run_dir, **settings) for a in ("--set", o)
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
 
@@ -112,12 +124,24 @@ def test_gem_resumes_its_memory_gradients_on_a_sharded_partition(micro, tmp_path
     """GEM with memory gradients refreshed every 2 steps, stopped at step 3 (its memories from step 2 in the
     checkpoint) and resumed under ZeRO 1/3, where the partition exists only after the first backward: the same
     weights as the run that never stopped (the restore once crashed on a partition of size 0)."""
-    settings = {"method.name": "gem", "method.memory": "[mlm, xsr]", "method.gem.refresh_every": 2,
-                "train.zero_stage": stage, "output.checkpoint_every": 3, "eval.every": 3, "output.save_final": "true",
-                "eval.before_training": "false", "eval.after_training": "false"}
+    settings = {
+        "method.name": "gem",
+        "method.memory": "[mlm, xsr]",
+        "method.gem.refresh_every": 2,
+        "train.zero_stage": stage,
+        "output.checkpoint_every": 3,
+        "eval.every": 3,
+        "output.save_final": "true",
+        "eval.before_training": "false",
+        "eval.after_training": "false",
+    }
     run_training(micro, tmp_path / "once", 1, {**settings, "train.steps": 6})
     run_training(micro, tmp_path / "twice", 1, {**settings, "train.steps": 3})
-    run_training(micro, tmp_path / "twice", 1, {**settings, "train.steps": 6}, args=("--resume", "--allow-config-change"))
+    run_training(
+        micro, tmp_path / "twice", 1, {**settings, "train.steps": 6}, args=("--resume", "--allow-config-change")
+    )
     a, b = read_weights(tmp_path / "once"), read_weights(tmp_path / "twice")
     assert all(bool((a[k] == b[k]).all()) for k in a)
-    assert [s["loss/pos"] for s in read_steps(tmp_path / "twice")] == [s["loss/pos"] for s in read_steps(tmp_path / "once")]
+    assert [s["loss/pos"] for s in read_steps(tmp_path / "twice")] == [
+        s["loss/pos"] for s in read_steps(tmp_path / "once")
+    ]

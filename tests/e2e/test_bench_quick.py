@@ -3,6 +3,7 @@
 The numbers are not asserted (machines here are noisy and shared): only that each benchmark finishes,
 prints a markdown table with a row per measured configuration, and that those cells are numbers.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,14 @@ NUMBER = re.compile(r"^-?[\d.]+(e[+-]?\d+)?[kMG%x]?$")
 
 def bench(script: str, *args: str, timeout: int = 300) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, f"bench/{script} failed (rc={done.returncode}):\n{done.stderr[-3000:]}"
     return done.stdout
 
@@ -29,8 +36,11 @@ def bench(script: str, *args: str, timeout: int = 300) -> str:
 def rows(output: str) -> list[list[str]]:
     """The body rows of every markdown table in the output (header and |---| lines dropped)."""
     lines = [line for line in output.splitlines() if line.startswith("|")]
-    body = [line for i, line in enumerate(lines) if not set(line) <= set("|-: ")
-            and not (i + 1 < len(lines) and set(lines[i + 1]) <= set("|-: "))]
+    body = [
+        line
+        for i, line in enumerate(lines)
+        if not set(line) <= set("|-: ") and not (i + 1 < len(lines) and set(lines[i + 1]) <= set("|-: "))
+    ]
     return [[c.strip() for c in line.strip("|").split("|")] for line in body]
 
 
@@ -67,9 +77,14 @@ def test_floor_quick(tmp_path):
     bench("floor.py", "--from-json", str(saved), "--plot", str(again))  # redraws without measuring
     assert again.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     saved.write_text("{}")
-    done = subprocess.run([sys.executable, str(ROOT / "bench" / "floor.py"), "--from-json", str(saved), "--plot",
-                           str(again)], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "floor.py"), "--from-json", str(saved), "--plot", str(again)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == 2 and done.stderr.strip().startswith(f"{saved}: not rows written by --json")
 
 

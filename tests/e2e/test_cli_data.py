@@ -1,4 +1,5 @@
 """`distgem data check` as a user runs it: JSON summary, one-line errors with exit code 2, no traceback."""
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,9 @@ from tests.unit.test_readers import CONLLU
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "distgem.cli", *map(str, args)], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "distgem.cli", *map(str, args)], capture_output=True, text=True, timeout=120
+    )
 
 
 def test_data_check_json_summary(write):
@@ -28,12 +31,15 @@ def test_data_check_parallel_pair(write):
     assert json.loads(result.stdout)["pairs"] == 2 and json.loads(result.stdout)["tokens"] == 7
 
 
-@pytest.mark.parametrize("name, content, fmt, message", [
-    ("bad.conllu", "1\tx\tx\tNOPE\t_\t_\t0\troot\t_\t_\n", "auto", "bad.conllu:1: unknown UPOS tag 'NOPE'"),
-    ("bad.conll", "a O\nb Q-LOC\n", "conll", "bad.conll:2: invalid BIO tag 'Q-LOC'"),
-    ("empty.txt", "", "text", "empty.txt: empty file"),
-    ("latin1.txt", b"caf\xe9\n", "text", "latin1.txt:1: invalid UTF-8"),
-])
+@pytest.mark.parametrize(
+    "name, content, fmt, message",
+    [
+        ("bad.conllu", "1\tx\tx\tNOPE\t_\t_\t0\troot\t_\t_\n", "auto", "bad.conllu:1: unknown UPOS tag 'NOPE'"),
+        ("bad.conll", "a O\nb Q-LOC\n", "conll", "bad.conll:2: invalid BIO tag 'Q-LOC'"),
+        ("empty.txt", "", "text", "empty.txt: empty file"),
+        ("latin1.txt", b"caf\xe9\n", "text", "latin1.txt:1: invalid UTF-8"),
+    ],
+)
 def test_data_check_errors_are_one_line_exit_2(write, name, content, fmt, message):
     result = run("data", "check", "--format", fmt, write(name, content))
     assert result.returncode == 2
@@ -55,24 +61,35 @@ def test_missing_file_is_a_user_error(tmp_path):
     assert result.returncode == 2 and "nope.conllu: no such file" in result.stderr
 
 
-@pytest.mark.parametrize("env", [
-    {"HF_HUB_OFFLINE": "1"},
-    # no offline flag, and a hub that does not answer: datasets alone retries for ~25 s
-    {"HF_HUB_OFFLINE": None, "HF_ENDPOINT": "http://127.0.0.1:9"},
-], ids=["offline-flag", "hub-unreachable"])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"HF_HUB_OFFLINE": "1"},
+        # no offline flag, and a hub that does not answer: datasets alone retries for ~25 s
+        {"HF_HUB_OFFLINE": None, "HF_ENDPOINT": "http://127.0.0.1:9"},
+    ],
+    ids=["offline-flag", "hub-unreachable"],
+)
 def test_an_unreachable_hub_name_fails_fast_in_one_line(tmp_path, env):
     import os
     import time
 
     environment = {k: v for k, v in {**os.environ, "HF_HOME": str(tmp_path / "hf"), **env}.items() if v is not None}
     started = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "distgem.cli", "data", "check", "hf:conll2002/es"],
-                            capture_output=True, text=True, timeout=120, env=environment)
+    result = subprocess.run(
+        [sys.executable, "-m", "distgem.cli", "data", "check", "hf:conll2002/es"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=environment,
+    )
     elapsed = time.perf_counter() - started
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("distgem: error: hf:conll2002/es: cannot load the Hugging Face dataset 'conll2002' (config 'es')")
+    assert lines[0].startswith(
+        "distgem: error: hf:conll2002/es: cannot load the Hugging Face dataset 'conll2002' (config 'es')"
+    )
     assert "save_to_disk('DIR')" in lines[0] and "hf:DIR" in lines[0] and "local files" in lines[0]
     assert elapsed < 12, f"took {elapsed:.1f} s"  # measured: 2.6-3.4 s with imports on a loaded 2-core machine
 

@@ -1,4 +1,5 @@
 """`distgem data prepare` caches what a run reads; hub-schema datasets train exactly like the same files."""
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,9 @@ def _prepare(micro, run_dir, cache, **extra):
 
 
 def _entries(cache) -> dict[str, int]:
-    return {p.name: (p / "manifest.json").stat().st_mtime_ns for p in cache.iterdir() if (p / "manifest.json").is_file()}
+    return {
+        p.name: (p / "manifest.json").stat().st_mtime_ns for p in cache.iterdir() if (p / "manifest.json").is_file()
+    }
 
 
 def _untimed(steps: list[dict]) -> list[dict]:
@@ -48,7 +51,8 @@ def test_prepare_reports_bad_input_in_one_line(micro, tmp_path):
     result = _prepare(micro, tmp_path / "run", tmp_path / "cache", **{"data.mono": "{root}/nope/{lang}.txt"})
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines() == [
-        f"distgem: error: data.mono: {micro[0]}/nope/en.txt: no such file (template '{{root}}/nope/{{lang}}.txt')"]
+        f"distgem: error: data.mono: {micro[0]}/nope/en.txt: no such file (template '{{root}}/nope/{{lang}}.txt')"
+    ]
     bad = tmp_path / "bad.txt"
     bad.write_bytes("good line\ncaf\xe9\n".encode("latin-1"))
     result = _prepare(micro, tmp_path / "run", tmp_path / "cache", **{"data.paths": f"{{mono.es: '{bad}'}}"})
@@ -63,12 +67,18 @@ def test_hub_schema_datasets_train_and_evaluate_like_the_same_files(micro, tmp_p
     save_to_disk and read as hf:DIR, give the run the very batches the equivalent files give."""
     corpus, _ = micro
     paths = save_micro_as_hub(corpus, tmp_path / "hub", task)
-    settings = {"task.name": task, "method.name": "gem", "method.memory": "[mlm, xsr]", "train.steps": 3,
-                "eval.every": 3}
+    settings = {
+        "task.name": task,
+        "method.name": "gem",
+        "method.memory": "[mlm, xsr]",
+        "train.steps": 3,
+        "eval.every": 3,
+    }
     run_training(micro, tmp_path / "files", 1, settings)
     mapping = "{" + ", ".join(f"{k}: '{v}'" for k, v in paths.items()) + "}"
-    run_training(micro, tmp_path / "hub-run", 1, {**settings, "data.paths": mapping,
-                                                  "data.cache_dir": str(tmp_path / "cache")})
+    run_training(
+        micro, tmp_path / "hub-run", 1, {**settings, "data.paths": mapping, "data.cache_dir": str(tmp_path / "cache")}
+    )
     files, hub = (json.loads((tmp_path / d / "results.json").read_text()) for d in ("files", "hub-run"))
     assert hub["config"]["data"]["paths"][f"{task}.en"].startswith("hf:")
     assert _untimed(read_steps(tmp_path / "hub-run")) == _untimed(read_steps(tmp_path / "files"))

@@ -1,4 +1,5 @@
 """Export from a ZeRO-3 run of 2 ranks, load with transformers, tag files: same tags as the engine's evaluation."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,19 @@ from tests.unit.test_readers import CONLLU
 @pytest.fixture(scope="module")
 def exported(micro, tmp_path_factory):
     base = tmp_path_factory.mktemp("export")
-    run_training(micro, base / "run", 2, {"train.steps": 4, "eval.every": 2, "train.zero_stage": 3,
-                                          "output.save_predictions": "true", "eval.before_training": "false", "eval.after_training": "false"})
+    run_training(
+        micro,
+        base / "run",
+        2,
+        {
+            "train.steps": 4,
+            "eval.every": 2,
+            "train.zero_stage": 3,
+            "output.save_predictions": "true",
+            "eval.before_training": "false",
+            "eval.after_training": "false",
+        },
+    )
     assert main(["export", str(base / "run"), "--out", str(base / "model")]) == 0
     return base / "run", base / "model"
 
@@ -27,18 +39,22 @@ def test_export_loads_in_a_fresh_process_and_matches_engine_predictions(micro, e
     corpus, _ = micro
     config = json.loads((model_dir / "config.json").read_text())
     assert config["id2label"]["0"] == "ADJ" and config["label2id"]["VERB"] == 15
-    assert (model_dir / "model.safetensors").is_file() and "ZeRO stage 3 on 2 rank(s)" in (model_dir / "README.md").read_text()
+    assert (model_dir / "model.safetensors").is_file() and "ZeRO stage 3 on 2 rank(s)" in (
+        model_dir / "README.md"
+    ).read_text()
     umask = os.umask(0)
     os.umask(umask)
     assert {p.name: p.stat().st_mode & 0o777 for p in model_dir.iterdir()} == {
-        p.name: 0o666 & ~umask for p in model_dir.iterdir()}  # shareable: no private 0600 weights
+        p.name: 0o666 & ~umask for p in model_dir.iterdir()
+    }  # shareable: no private 0600 weights
     script = f"""
 import json, sys
 from transformers import AutoModelForTokenClassification, AutoTokenizer, pipeline
 from distgem.data.conllu import read_conllu
 model = AutoModelForTokenClassification.from_pretrained({str(model_dir)!r})
 tokenizer = AutoTokenizer.from_pretrained({str(model_dir)!r})
-tagger = pipeline("token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="none", ignore_labels=[])
+tagger = pipeline("token-classification", model=model, tokenizer=tokenizer, aggregation_strategy="none",
+                  ignore_labels=[])
 out = []
 for sentence in read_conllu({str(corpus / "pos" / "es-test.conllu")!r}):
     text = " ".join(sentence.words)
@@ -111,12 +127,24 @@ def test_a_backbone_without_a_masked_lm_head_exports_and_predicts(micro, tmp_pat
     encoder.save_pretrained(tmp_path / "encoder")
     BertTokenizerFast.from_pretrained(backbone).save_pretrained(tmp_path / "encoder")
     assert json.loads((tmp_path / "encoder" / "config.json").read_text())["architectures"] == ["BertModel"]
-    run_training((corpus, tmp_path / "encoder"), tmp_path / "run", 1,
-                 {"train.steps": 2, "eval.every": 2, "method.name": "gem", "method.memory": "[xsr]",
-                  "output.save_predictions": "true", "eval.after_training": "false"})
+    run_training(
+        (corpus, tmp_path / "encoder"),
+        tmp_path / "run",
+        1,
+        {
+            "train.steps": 2,
+            "eval.every": 2,
+            "method.name": "gem",
+            "method.memory": "[xsr]",
+            "output.save_predictions": "true",
+            "eval.after_training": "false",
+        },
+    )
     assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "model")]) == 0
     predicted = tmp_path / "es.conllu"
-    assert main(["predict", str(tmp_path / "model"), str(corpus / "pos" / "es-test.conllu"), "--out", str(predicted)]) == 0
+    assert (
+        main(["predict", str(tmp_path / "model"), str(corpus / "pos" / "es-test.conllu"), "--out", str(predicted)]) == 0
+    )
     from distgem.data.conllu import read_conllu
 
     engine_tags = json.loads((tmp_path / "run" / "predictions" / "test" / "es.json").read_text())

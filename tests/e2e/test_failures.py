@@ -3,6 +3,7 @@
 Each test reproduces a failure a user met (issue 31) on the micro fixtures and asserts what must happen
 instead: a one-line error and a distinct exit code, a fallback that says what it skipped, a requeue.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,13 +26,19 @@ DIVERGING = {**GEM, "train.lr": 1e6, "train.steps": 6, "eval.every": 3}
 
 def _strict(path: Path):
     """The file's JSON, refusing NaN and Infinity (which json.loads would otherwise accept)."""
+
     def refuse(constant):
         raise AssertionError(f"{path} holds {constant}: not JSON")
-    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()] \
-        if path.suffix == ".jsonl" else json.loads(path.read_text(), parse_constant=refuse)
+
+    return (
+        [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+        if path.suffix == ".jsonl"
+        else json.loads(path.read_text(), parse_constant=refuse)
+    )
 
 
 # --- 1. a diverged run --------------------------------------------------------------------------------
+
 
 def test_a_diverged_run_stops_with_exit_3_and_is_never_a_result(micro, tmp_path):
     result = run_training(micro, tmp_path, 1, DIVERGING, check=False)
@@ -78,8 +85,15 @@ def test_retrieval_of_non_finite_embeddings_is_nan_never_100():
 
 # --- 2. damaged checkpoints ----------------------------------------------------------------------------
 
-CHECKPOINTED = {"train.steps": 6, "output.checkpoint_every": 2, "output.keep_checkpoints": 2, "eval.every": 3,
-                "method.name": "mtf", "method.memory": "[mlm, xsr]", "output.save_final": "true"}
+CHECKPOINTED = {
+    "train.steps": 6,
+    "output.checkpoint_every": 2,
+    "output.keep_checkpoints": 2,
+    "eval.every": 3,
+    "method.name": "mtf",
+    "method.memory": "[mlm, xsr]",
+    "output.save_final": "true",
+}
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +123,10 @@ def test_resume_skips_a_damaged_checkpoint_and_says_which_file(micro, finished, 
     result = run_training(micro, run_dir, 1, CHECKPOINTED, args=("--resume",))
     if damage != "delete":
         assert f"checkpoint step6: {damage} has" in result.stderr and "resuming from step4" in result.stderr
-    ours, theirs = json.loads((run_dir / "results.json").read_text()), json.loads((finished / "results.json").read_text())
+    ours, theirs = (
+        json.loads((run_dir / "results.json").read_text()),
+        json.loads((finished / "results.json").read_text()),
+    )
     assert ours["test"] == theirs["test"] and ours["train"]["steps"] == 6  # steps 5-6 again, the same numbers
 
 
@@ -138,11 +155,13 @@ def test_resume_with_another_config_is_refused_with_the_keys_named(micro, finish
 
 # --- 3. a preemption signal during start-up -------------------------------------------------------------
 
+
 @pytest.mark.parametrize("moment", ["imports", "start-up"])
 def test_a_signal_during_start_up_exits_75_for_a_requeue(micro, tmp_path, moment):
     corpus, backbone = micro
-    command = train_command(1) + [a for o in micro_overrides(corpus, backbone, tmp_path, **{"train.steps": 3})
-                                  for a in ("--set", o)]
+    command = train_command(1) + [
+        a for o in micro_overrides(corpus, backbone, tmp_path, **{"train.steps": 3}) for a in ("--set", o)
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     deadline = time.time() + 120
@@ -160,14 +179,21 @@ def test_a_signal_during_start_up_exits_75_for_a_requeue(micro, tmp_path, moment
 
 # --- 4. a build lock left by a killed extension build ----------------------------------------------------
 
+
 def test_a_stale_extension_build_lock_is_cleared_not_waited_on(tmp_path):
     extensions = Path(os.environ.get("TORCH_EXTENSIONS_DIR", ROOT / ".cache" / "torch_extensions"))
     op = extensions / "deepspeed_shm_comm"
     op.mkdir(parents=True, exist_ok=True)
     (op / "lock").write_text("")  # what a build killed half-way leaves: torch would poll it forever
     code = "from distgem.distributed.deepspeed import prebuild_ops; prebuild_ops(); print('ready')"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          env={**os.environ, "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(extensions)})
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        env={**os.environ, "DS_ACCELERATOR": "cpu", "TORCH_EXTENSIONS_DIR": str(extensions)},
+    )
     assert done.returncode == 0 and "ready" in done.stdout, done.stderr[-2000:]
     assert f"removing {op / 'lock'}, left by an interrupted extension build" in done.stderr
     assert not (op / "lock").exists()
@@ -177,9 +203,18 @@ def test_a_wait_for_another_build_says_what_it_waits_for(tmp_path, capsys, monke
     from distgem import store
 
     path = tmp_path / "x.lock"
-    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
-                               "fcntl.flock(f, fcntl.LOCK_EX); f.write('4242'); f.flush(); print('held', flush=True); "
-                               "time.sleep(1.5)", str(path)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+            "fcntl.flock(f, fcntl.LOCK_EX); f.write('4242'); f.flush(); print('held', flush=True); "
+            "time.sleep(1.5)",
+            str(path),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "held"
     monkeypatch.setattr(store, "WAIT_QUIET_SECONDS", 0.3)
     with store.lock(path, "the test build"):

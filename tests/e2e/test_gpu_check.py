@@ -5,6 +5,7 @@ files and report. What the GPU machine would print last is the summary table; wh
 most 8 files, the JSON among them holding every figure. A second test shows that a stage which outruns its
 budget is stopped and reported, and that the stages after it still run.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,9 @@ SCRIPT = ROOT / "scripts" / "gpu_check.sh"
 
 def rehearse(out, timeout: int = 900, **env) -> subprocess.CompletedProcess:
     environment = {**os.environ, "PYTHON": sys.executable, "OUT": str(out), "WHEELS": str(out / "no-wheels"), **env}
-    return subprocess.run(["bash", str(SCRIPT), "--rehearse"], capture_output=True, text=True, timeout=timeout,
-                          env=environment, cwd=ROOT)
+    return subprocess.run(
+        ["bash", str(SCRIPT), "--rehearse"], capture_output=True, text=True, timeout=timeout, env=environment, cwd=ROOT
+    )
 
 
 def test_the_rehearsal_runs_every_stage_and_writes_its_files(tmp_path):
@@ -35,8 +37,14 @@ def test_the_rehearsal_runs_every_stage_and_writes_its_files(tmp_path):
     assert files == ["floor.log", "gpu_check.json", "gpu_check.md", "projection.log", "step.log", "tests.log"], files
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     status = {s["stage"]: s["status"] for s in report["stages"]}
-    assert status == {"install": "skipped", "tests": "ok", "floor": "ok", "projection": "ok",
-                      "step-zero0": "ok", "step-zero2": "ok"}, status
+    assert status == {
+        "install": "skipped",
+        "tests": "ok",
+        "floor": "ok",
+        "projection": "ok",
+        "step-zero0": "ok",
+        "step-zero2": "ok",
+    }, status
     tests = report["tests"]["counts"]
     assert tests["passed"] >= 10 and tests["failed"] == tests["error"] == 0
     assert any("min_cosine_after" in m for m in report["tests"]["measured"]), "the tests' measurements are kept"
@@ -51,12 +59,23 @@ def test_the_rehearsal_runs_every_stage_and_writes_its_files(tmp_path):
         assert rows["gem-both"]["k"] == 2 and rows["gem-both"]["floor"] > 0 and rows["naive"]["step"] > 0
         assert any(o == f"train.zero_stage={zero[-1]}" for o in report["step"][zero]["overrides"])
     section = (tmp_path / "gpu_check.md").read_text()
-    for heading in ("### GPU check: no GPU (a CPU rehearsal)", "#### Correctness", "#### GEM's overhead against its floor",
-                    "#### Projection against the original GEM path", "#### Step cost, ZeRO 0", "#### Step cost, ZeRO 2"):
+    for heading in (
+        "### GPU check: no GPU (a CPU rehearsal)",
+        "#### Correctness",
+        "#### GEM's overhead against its floor",
+        "#### Projection against the original GEM path",
+        "#### Step cost, ZeRO 0",
+        "#### Step cost, ZeRO 2",
+    ):
         assert heading in section, heading
     last = done.stdout.strip().splitlines()[-7:]
     assert last[0].startswith("stage") and [line.split()[0] for line in last[2:]] == [
-        "install", "tests", "floor", "projection", "step"], last
+        "install",
+        "tests",
+        "floor",
+        "projection",
+        "step",
+    ], last
     print(f"rehearsal: {seconds:.0f} s")
 
 
@@ -74,14 +93,25 @@ esac
     hanging.chmod(0o755)
     out = tmp_path / "out"
     started = time.perf_counter()
-    done = rehearse(out, timeout=120, PYTHON=str(hanging), BUDGET_TESTS="6", BUDGET_FLOOR="6",
-                    BUDGET_PROJECTION="6", BUDGET_STEP="6")
+    done = rehearse(
+        out,
+        timeout=120,
+        PYTHON=str(hanging),
+        BUDGET_TESTS="6",
+        BUDGET_FLOOR="6",
+        BUDGET_PROJECTION="6",
+        BUDGET_STEP="6",
+    )
     assert time.perf_counter() - started < 90
     assert done.returncode == 1, done.stderr[-2000:]
     report = json.loads((out / "gpu_check.json").read_text())
     assert [(s["stage"], s["status"]) for s in report["stages"][1:]] == [
-        ("tests", "timeout"), ("floor", "timeout"), ("projection", "timeout"), ("step-zero0", "timeout"),
-        ("step-zero2", "timeout")]
+        ("tests", "timeout"),
+        ("floor", "timeout"),
+        ("projection", "timeout"),
+        ("step-zero0", "timeout"),
+        ("step-zero2", "timeout"),
+    ]
     assert "| tests | timeout |" in (out / "gpu_check.md").read_text()
 
 

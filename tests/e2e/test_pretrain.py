@@ -1,4 +1,5 @@
 """`distgem world` + `distgem pretrain` as a user runs them, and the cached embedded backbone."""
+
 from __future__ import annotations
 
 import json
@@ -13,13 +14,25 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env(**extra) -> dict:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-            "DS_ACCELERATOR": "cpu", **extra}
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "DS_ACCELERATOR": "cpu",
+        **extra,
+    }
 
 
 def _cli(*args, env=None) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, "-m", "distgem.cli", *map(str, args)], capture_output=True, text=True,
-                            timeout=120, cwd=ROOT, env=env or _env())
+    result = subprocess.run(
+        [sys.executable, "-m", "distgem.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=env or _env(),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
@@ -73,8 +86,12 @@ def test_pretrain_is_deterministic(world, tmp_path):
 def test_ensure_backbone_builds_once_even_when_two_processes_race(tmp_path):
     code = "from distgem.world.pretrain import ensure_backbone; print(ensure_backbone('test', seed=2))"
     env = _env(DISTGEM_CACHE=str(tmp_path / "cache"), DISTGEM_PRETRAIN_THREADS="1")
-    racers = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               cwd=ROOT, env=env) for _ in range(2)]
+    racers = [
+        subprocess.Popen(
+            [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env
+        )
+        for _ in range(2)
+    ]
     paths = []
     for racer in racers:
         out, err = racer.communicate(timeout=120)

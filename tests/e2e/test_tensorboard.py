@@ -1,4 +1,5 @@
 """TensorBoard for real: a tensorboard server on loopback serves the engine's scalar tags for a run."""
+
 from __future__ import annotations
 
 import json
@@ -9,20 +10,64 @@ import urllib.request
 
 from tests.support import free_port, run_training
 
-EXPECTED = {"loss/pos", "loss/mlm", "loss/xsr", "gem/violated", "gem/norm_ratio", "gem/projection_ms",
-            "gem/cosine/mlm", "gem/cosine/xsr", "gem/dual/mlm", "gem/min_constraint_after", "lr", "samples_per_s",
-            "system/rss_mb", "system/peak_rss_mb", "dev/es", "dev/el", "dev/average", "test/es",
-            "memory/mlm_perplexity/es", "memory/xsr/el/p@1", "tested/step", "tested/memory/xsr/el/p@1"}
+EXPECTED = {
+    "loss/pos",
+    "loss/mlm",
+    "loss/xsr",
+    "gem/violated",
+    "gem/norm_ratio",
+    "gem/projection_ms",
+    "gem/cosine/mlm",
+    "gem/cosine/xsr",
+    "gem/dual/mlm",
+    "gem/min_constraint_after",
+    "lr",
+    "samples_per_s",
+    "system/rss_mb",
+    "system/peak_rss_mb",
+    "dev/es",
+    "dev/el",
+    "dev/average",
+    "test/es",
+    "memory/mlm_perplexity/es",
+    "memory/xsr/el/p@1",
+    "tested/step",
+    "tested/memory/xsr/el/p@1",
+}
 
 
 def test_tensorboard_serves_the_engine_tags(micro, tmp_path):
     run_dir = tmp_path / "runs" / "gem"
-    run_training(micro, run_dir, 1, {"train.steps": 4, "eval.every": 2, "output.tensorboard": "true",
-                                     "method.name": "gem", "method.memory": "[mlm, xsr]"})
+    run_training(
+        micro,
+        run_dir,
+        1,
+        {
+            "train.steps": 4,
+            "eval.every": 2,
+            "output.tensorboard": "true",
+            "method.name": "gem",
+            "method.memory": "[mlm, xsr]",
+        },
+    )
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp_path / "runs"),
-                               "--host", "127.0.0.1", "--port", str(port), "--load_fast", "false"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            str(tmp_path / "runs"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--load_fast",
+            "false",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         tags = {}
         deadline = time.time() + 90

@@ -6,6 +6,7 @@ once in a while is exercised on every change. Training runs are cached per sessi
 pytest-xdist workers (one lock per run): the CPU reference of a method is trained once, however many
 CUDA runs are compared with it.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -88,8 +89,9 @@ def train(micro_shared, shared_dir):
         with locked(run_dir):
             done = run_dir / f"DONE-{hashlib.sha1(what.encode()).hexdigest()[:12]}"
             if not done.exists():
-                run_training(micro_shared, run_dir, 1, settings, args=args, timeout=600,
-                             env=device_env(device, run_dir))
+                run_training(
+                    micro_shared, run_dir, 1, settings, args=args, timeout=600, env=device_env(device, run_dir)
+                )
                 done.write_text("ok\n")
         return run_dir
 

@@ -5,6 +5,7 @@ chunks of distgem/gem/gram.py. On CPU the same torch path is forced by taking th
 case compares the two implementations that CPUs and GPUs run, on the same inputs. Inputs are fresh random
 numbers every run (the seed is in every failure message).
 """
+
 from __future__ import annotations
 
 import os
@@ -38,7 +39,7 @@ def _instance(k: int, memory_dtype, grad_dtype, seed: int):
     gen = torch.Generator().manual_seed(seed)
     n = sum(size for size, _ in PIECES)
     rows = torch.randn(k, n, generator=gen)
-    grad = torch.randn(n, generator=gen) - 0.5 * k ** 0.5 * rows.mean(0)
+    grad = torch.randn(n, generator=gen) - 0.5 * k**0.5 * rows.mean(0)
     return rows.to(memory_dtype), grad.to(grad_dtype)
 
 
@@ -58,10 +59,10 @@ def _reference(rows: torch.Tensor, grad: torch.Tensor, v: torch.Tensor):
     start = 0
     for size, group in PIECES:
         g = GROUPS.index(group)
-        block = torch.cat([rows[:, start:start + size].double(), grad[None, start:start + size].double()])
+        block = torch.cat([rows[:, start : start + size].double(), grad[None, start : start + size].double()])
         gram[g] += block @ block.T
         updated = (v[g] @ block[:k] + block[k]).to(grad.dtype)
-        new[start:start + size] = updated
+        new[start : start + size] = updated
         dots[g] += block[:k] @ updated.double()
         start += size
     return gram, new, dots
@@ -72,8 +73,12 @@ def _scale(gram: torch.Tensor) -> torch.Tensor:
     return norms[..., :, None] * norms[..., None, :]
 
 
-DTYPES = [(torch.float32, torch.float32), (torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32),
-          (torch.bfloat16, torch.bfloat16)]
+DTYPES = [
+    (torch.float32, torch.float32),
+    (torch.float32, torch.bfloat16),
+    (torch.bfloat16, torch.float32),
+    (torch.bfloat16, torch.bfloat16),
+]
 
 
 @pytest.mark.parametrize("k", [1, 2, 5])
@@ -96,9 +101,11 @@ def test_torch_path_equals_the_cpu_kernels(device, monkeypatch, record, k, memor
     gram_d, grad_d, dots_d = gram_d.cpu(), grad_d.cpu(), dots_d.cpu()
     dot_scale = rows.double().norm(dim=1) * ref_grad.double().norm()
     ulp = torch.finfo(grad_dtype).eps * ref_grad.double().abs()  # one rounding of the float64 value
-    worst = {"gram": float(((gram_d - ref_gram).abs() / scale).max()),
-             "update_ulp": float(((grad_d.double() - ref_grad.double()).abs() / ulp.clamp(min=1e-30)).max()),
-             "dots": float(((dots_d - ref_dots).abs() / dot_scale).max())}
+    worst = {
+        "gram": float(((gram_d - ref_gram).abs() / scale).max()),
+        "update_ulp": float(((grad_d.double() - ref_grad.double()).abs() / ulp.clamp(min=1e-30)).max()),
+        "dots": float(((dots_d - ref_dots).abs() / dot_scale).max()),
+    }
     assert worst["gram"] <= FLOAT64_TOL, (seed, worst)
     assert worst["update_ulp"] <= 1.0, (seed, worst)
     assert worst["dots"] <= FLOAT64_TOL, (seed, worst)
@@ -110,9 +117,11 @@ def test_torch_path_equals_the_cpu_kernels(device, monkeypatch, record, k, memor
         dots_c = gem_gram.combine(runs_c, rows, v, check=True)
         # the kernels add in fp32 and round once to grad's dtype: a few fp32 roundings of the terms, plus one ulp
         fp32_bound = (k + 2) * torch.finfo(torch.float32).eps * (grad.double().abs() + _update_magnitude(rows, v)) + ulp
-        worst.update(kernel_gram=float(((gram_c - gram_d).abs() / scale).max()),
-                     kernel_update=float(((grad_c.double() - grad_d.double()).abs() / fp32_bound).max()),
-                     kernel_dots=float(((dots_c - dots_d).abs() / dot_scale).max()))
+        worst.update(
+            kernel_gram=float(((gram_c - gram_d).abs() / scale).max()),
+            kernel_update=float(((grad_c.double() - grad_d.double()).abs() / fp32_bound).max()),
+            kernel_dots=float(((dots_c - dots_d).abs() / dot_scale).max()),
+        )
         assert worst["kernel_gram"] <= KERNEL_TOL, (seed, worst)
         assert worst["kernel_update"] <= 1.0, (seed, worst)
         assert worst["kernel_dots"] <= KERNEL_TOL, (seed, worst)

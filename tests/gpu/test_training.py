@@ -5,6 +5,7 @@ On CUDA each run is one process on one GPU with the NCCL backend, compared with 
 comparisons on CPU (ZeRO s against ZeRO 0 in one process), so that this file runs in CI; the 2-rank CPU
 equivalence lives in tests/distributed/test_equivalence.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,15 @@ import pytest
 from tests.support import ROOT, read_steps, read_weights
 
 STEPS = 10
-COMMON = {"train.steps": STEPS, "eval.every": 5, "eval.before_training": "false", "eval.after_training": "false",
-          "eval.memory_loss_examples": 0, "output.save_final": "true", "output.save_predictions": "true"}
+COMMON = {
+    "train.steps": STEPS,
+    "eval.every": 5,
+    "eval.before_training": "false",
+    "eval.after_training": "false",
+    "eval.memory_loss_examples": 0,
+    "output.save_final": "true",
+    "output.save_predictions": "true",
+}
 METHODS = {
     "naive": {"method.name": "naive"},
     "frozen": {"method.name": "frozen"},
@@ -39,7 +47,7 @@ PARAM_TOL = 2e-4
 """max |parameter - reference| at the end: Adam amplifies rounding near zero (<= 3e-5 measured on 2 CPU ranks)."""
 CONSTRAINT_TOL = 1e-5
 """gem/min_constraint_after (<g_i, g~> over its scale, on the gradient actually written), at every step."""
-BF16_CONSTRAINT_TOL = 2 ** -7
+BF16_CONSTRAINT_TOL = 2**-7
 """The same in bf16: the projected gradient is rounded to bf16 (relative 2^-8) when it is written back."""
 BF16_FIRST_LOSS_REL = 0.02
 """bf16's first losses against fp32's: a wrong cast or scale moves them by far more than bf16 rounding does."""
@@ -98,12 +106,22 @@ def test_checkpoint_and_resume_continue_identically(device, train, record):
     generator too); the memories are refreshed every 3 steps, so steps 5 and 6 project on the memories of
     step 4, restored from the checkpoint (at ZeRO 2, where the partition exists only after a backward). On
     CUDA the bound is what two uninterrupted runs differ by (0 where the kernels are deterministic)."""
-    settings = {**COMMON, "train.steps": 8, "eval.every": 4, "output.checkpoint_every": 4, "model.dropout": 0.1,
-                **METHODS["gem-both"], "method.gem.refresh_every": 3, "train.zero_stage": 2}
+    settings = {
+        **COMMON,
+        "train.steps": 8,
+        "eval.every": 4,
+        "output.checkpoint_every": 4,
+        "model.dropout": 0.1,
+        **METHODS["gem-both"],
+        "method.gem.refresh_every": 3,
+        "train.zero_stage": 2,
+    }
     whole = train(device.type, settings)
     first = train(device.type, {**settings, "train.steps": 4}, tag="resume")
     assert (first / "checkpoints" / "step4").is_dir()
-    resumed = train(device.type, settings, args=("--resume", "--allow-config-change"), tag="resume")  # the same directory: continues
+    resumed = train(
+        device.type, settings, args=("--resume", "--allow-config-change"), tag="resume"
+    )  # the same directory: continues
     assert_on_device(resumed, device)
     assert [s["step"] for s in read_steps(resumed)] == list(range(1, 9))
     loss, param = _differences(whole, resumed)
@@ -119,15 +137,31 @@ def test_export_from_a_device_run_loads_on_cpu(device, train, micro_shared, tmp_
     """A run trained on the device (ZeRO 3) is exported by a process that sees no GPU (its checkpoint holds
     the device's tensors), loads there with transformers and tags as the run did."""
     run = train(device.type, {**COMMON, **METHODS["gem-both"], "train.zero_stage": 3})
-    cpu_only = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "DS_ACCELERATOR": "cpu",
-                "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-    export = ("import sys; from distgem.cli import main; sys.exit(main(['export', sys.argv[1], '--out', sys.argv[2]]))")
-    done = subprocess.run([sys.executable, "-c", export, str(run), str(tmp_path / "model")], capture_output=True,
-                          text=True, timeout=300, cwd=ROOT, env=cpu_only)
+    cpu_only = {
+        **os.environ,
+        "CUDA_VISIBLE_DEVICES": "",
+        "DS_ACCELERATOR": "cpu",
+        "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
+    }
+    export = "import sys; from distgem.cli import main; sys.exit(main(['export', sys.argv[1], '--out', sys.argv[2]]))"
+    done = subprocess.run(
+        [sys.executable, "-c", export, str(run), str(tmp_path / "model")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=cpu_only,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     corpus = micro_shared[0] / "pos" / "es-test.conllu"
-    done = subprocess.run([sys.executable, "-c", TAG_ON_CPU, str(tmp_path / "model"), str(corpus), "16"],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT, env=cpu_only)
+    done = subprocess.run(
+        [sys.executable, "-c", TAG_ON_CPU, str(tmp_path / "model"), str(corpus), "16"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env=cpu_only,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     exported = json.loads(done.stdout)
     engine = json.loads((run / "predictions" / "test" / "es.json").read_text())

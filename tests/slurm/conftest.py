@@ -11,6 +11,7 @@ sbatch/srun/scontrol call:
         out = subprocess.run(["sbatch", "--parsable", ...], env=slurm_cluster, ...)
         states = wait_for_jobs([job_id], slurm_cluster, timeout=30)
 """
+
 from __future__ import annotations
 
 import os
@@ -27,18 +28,34 @@ REPO = Path(__file__).resolve().parents[2]
 CLUSTER_SH = REPO / "slurm" / "local" / "cluster.sh"
 SKIP_RC = 77  # cluster.sh: not root, or Slurm missing and apt cannot install it
 # Job states after which a job never runs again without outside intervention (scontrol requeue).
-FINAL_STATES = frozenset({
-    "COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "PREEMPTED", "BOOT_FAIL",
-    "DEADLINE", "OUT_OF_MEMORY", "REVOKED",
-})
+FINAL_STATES = frozenset(
+    {
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "NODE_FAIL",
+        "PREEMPTED",
+        "BOOT_FAIL",
+        "DEADLINE",
+        "OUT_OF_MEMORY",
+        "REVOKED",
+    }
+)
 # Variables from an enclosing Slurm job (tests run inside an allocation) would make srun/sbatch
 # target that job or cluster; the client environment drops them.
 _INHERITED = re.compile(r"^(SLURM_|SBATCH_|SALLOC_|SRUN_|SQUEUE_|SINFO_|SCONTROL_)")
 
 
 def _cluster(command: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(CLUSTER_SH), *command.split()], env=env, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        ["bash", str(CLUSTER_SH), *command.split()],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _tail(text: str, lines: int = 30) -> str:
@@ -70,8 +87,9 @@ def _start(nodes: int, root: str | None = None):
         if up.returncode != 0:
             pytest.fail(f"cluster.sh {up_args} failed (rc={up.returncode}):\n{_tail(up.stdout + up.stderr, 80)}")
         env = {k: v for k, v in base.items() if not _INHERITED.match(k)}
-        printed = subprocess.run(["bash", str(CLUSTER_SH), "env"], env=base, capture_output=True,
-                                 text=True, timeout=30, check=True).stdout
+        printed = subprocess.run(
+            ["bash", str(CLUSTER_SH), "env"], env=base, capture_output=True, text=True, timeout=30, check=True
+        ).stdout
         for line in printed.splitlines():
             words = shlex.split(line)
             if len(words) == 2 and words[0] == "export" and "=" in words[1]:
@@ -111,8 +129,14 @@ def _records(job_id: str, env: dict[str, str]) -> tuple[list[dict[str, str | Non
     """The records of `scontrol show job -o ID` (one per array element, plus one for elements not yet
     started whose ArrayTaskId is a range), or ([], error message)."""
     try:
-        proc = subprocess.run(["scontrol", "show", "job", "-o", job_id], env=env, capture_output=True,
-                              text=True, timeout=30, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            ["scontrol", "show", "job", "-o", job_id],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            stdin=subprocess.DEVNULL,
+        )
     except subprocess.TimeoutExpired:
         return [], "scontrol timed out"
     if proc.returncode != 0:
@@ -121,8 +145,10 @@ def _records(job_id: str, env: dict[str, str]) -> tuple[list[dict[str, str | Non
     for line in proc.stdout.splitlines():
         if not line.strip() or "JobId=" not in line:
             continue
-        record = {key: _field(line, key) for key in
-                  ("JobId", "ArrayJobId", "ArrayTaskId", "JobState", "Reason", "ExitCode", "StdOut")}
+        record = {
+            key: _field(line, key)
+            for key in ("JobId", "ArrayJobId", "ArrayTaskId", "JobState", "Reason", "ExitCode", "StdOut")
+        }
         if record["ArrayJobId"] and record["ArrayTaskId"]:
             record["key"] = f"{record['ArrayJobId']}_{record['ArrayTaskId']}"
         else:
@@ -144,8 +170,7 @@ def _output_tail(path: str | None, lines: int = 20) -> str:
         return _tail(handle.read(), lines) or "(empty)"
 
 
-def wait_for_jobs(job_ids, env: dict[str, str], timeout: float = 60.0,
-                  poll: float = 0.2) -> dict[str, str]:
+def wait_for_jobs(job_ids, env: dict[str, str], timeout: float = 60.0, poll: float = 0.2) -> dict[str, str]:
     """Poll `scontrol show job -o` until every job (every element of array jobs) is in a final state.
 
     job_ids: ids as sbatch --parsable prints them ("12" or "12;cluster"), or "12_3" for one array
@@ -182,7 +207,9 @@ def wait_for_jobs(job_ids, env: dict[str, str], timeout: float = 60.0,
     for job_id, error in errors.items():
         lines.append(f"- job {job_id}: scontrol failed: {error}")
     for record in pending:
-        lines.append(f"- job {record['key']}: {record['JobState']} (reason {record['Reason']}, "
-                     f"exit {record['ExitCode']}), output {record['StdOut']}:")
+        lines.append(
+            f"- job {record['key']}: {record['JobState']} (reason {record['Reason']}, "
+            f"exit {record['ExitCode']}), output {record['StdOut']}:"
+        )
         lines.append(_output_tail(record["StdOut"]))
     pytest.fail("\n".join(lines))

@@ -9,6 +9,7 @@ different nodes talk over TCP between namespaces as across hosts.
   and the run resumes from its last checkpoint and ends bit-identical to the run that was never interrupted;
 - mpirun across the two nodes (ranks from mpi4py) = the deepspeed launcher's run.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,12 +30,16 @@ from tests.slurm.conftest import CLUSTER_SH, wait_for_jobs
 from tests.slurm.test_sweep import _fixture_args, _submit
 from tests.support import ROOT, micro_overrides, read_steps, read_weights
 
-METHODS = {"naive": {"method.name": "naive"},
-           "gem-both": {"method.name": "gem", "method.memory": "[mlm, xsr]"}}
+METHODS = {"naive": {"method.name": "naive"}, "gem-both": {"method.name": "gem", "method.memory": "[mlm, xsr]"}}
 STAGES = (0, 3)
 STEPS = 20
-COMMON = {"train.steps": STEPS, "eval.every": 100, "eval.before_training": "false", "eval.after_training": "false",
-          "output.save_final": "true"}
+COMMON = {
+    "train.steps": STEPS,
+    "eval.every": 100,
+    "eval.before_training": "false",
+    "eval.after_training": "false",
+    "output.save_final": "true",
+}
 # The interrupted runs: GEM-both under ZeRO-3 (every rank holds its own partition and memory gradients)
 FAULTY = {**COMMON, **METHODS["gem-both"], "train.zero_stage": 3}
 TIMEOUT = 15  # DISTGEM_COLLECTIVE_TIMEOUT of the interrupted runs; the cluster's SlurmdTimeout is 15 s
@@ -43,25 +48,37 @@ START_LINE = re.compile(r"^\[train\] job (\d+) \(start (\d+)\) on \S+: .*master 
 
 
 # --- helpers ---------------------------------------------------------------------------------------------
-def sbatch_train(env: dict, micro, run_dir: Path, nodes: int, ranks_per_node: int, settings: dict,
-                 extra_env: dict | None = None) -> str:
+def sbatch_train(
+    env: dict, micro, run_dir: Path, nodes: int, ranks_per_node: int, settings: dict, extra_env: dict | None = None
+) -> str:
     """`sbatch --nodes=N --ntasks-per-node=1 slurm/train.sbatch --set ...` as a user types it; the job's log is
     RUN_DIR.out (appended to by every start of the job)."""
     corpus, backbone = micro
     overrides = micro_overrides(corpus, backbone, run_dir, **settings)
-    command = ["sbatch", "--parsable", f"--nodes={nodes}", "--ntasks-per-node=1", "--cpus-per-task=1",
-               "--gpus-per-node=0", f"--job-name={run_dir.name}", f"--output={run_dir}.out", "slurm/train.sbatch",
-               *[a for o in overrides for a in ("--set", o)]]
+    command = [
+        "sbatch",
+        "--parsable",
+        f"--nodes={nodes}",
+        "--ntasks-per-node=1",
+        "--cpus-per-task=1",
+        "--gpus-per-node=0",
+        f"--job-name={run_dir.name}",
+        f"--output={run_dir}.out",
+        "slurm/train.sbatch",
+        *[a for o in overrides for a in ("--set", o)],
+    ]
     env = {**env, "DISTGEM_CPU_RANKS": str(ranks_per_node), **(extra_env or {})}
-    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
-                            stdin=subprocess.DEVNULL)
+    result = subprocess.run(
+        command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout.strip().split(";", 1)[0]
 
 
 def job_info(job: str, env: dict) -> dict[str, str]:
-    out = subprocess.run(["scontrol", "show", "job", "-o", job], env=env, capture_output=True, text=True,
-                         timeout=30).stdout
+    out = subprocess.run(
+        ["scontrol", "show", "job", "-o", job], env=env, capture_output=True, text=True, timeout=30
+    ).stdout
     return dict(re.findall(r"(?:^| )(\w+)=(\S*)", out))
 
 
@@ -74,8 +91,10 @@ def wait_job(job: str, env: dict, done, timeout: float, what: str) -> dict[str, 
             return info
         if time.monotonic() > deadline:
             log = Path(info.get("StdOut", "")).read_text()[-3000:] if info.get("StdOut") else ""
-            pytest.fail(f"job {job}: not {what} after {timeout:.0f} s (state {info.get('JobState')}, "
-                        f"reason {info.get('Reason')}, restarts {info.get('Restarts')}):\n{log}")
+            pytest.fail(
+                f"job {job}: not {what} after {timeout:.0f} s (state {info.get('JobState')}, "
+                f"reason {info.get('Reason')}, restarts {info.get('Restarts')}):\n{log}"
+            )
         time.sleep(0.2)
 
 
@@ -84,8 +103,9 @@ def node_addr(env: dict, node: str) -> str:
 
 
 def node_info(env: dict, node: str) -> dict[str, str]:
-    out = subprocess.run(["scontrol", "show", "node", "-o", node], env=env, capture_output=True, text=True,
-                         timeout=30).stdout
+    out = subprocess.run(
+        ["scontrol", "show", "node", "-o", node], env=env, capture_output=True, text=True, timeout=30
+    ).stdout
     return dict(re.findall(r"(?:^| )(\w+)=(\S*)", out))
 
 
@@ -93,8 +113,9 @@ def rank_pid(env: dict, node: str, run_dir: Path, timeout: float = 120) -> int:
     """The training rank of the run that runs on `node` (a process in the node's network namespace)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pids = subprocess.run(["bash", str(CLUSTER_SH), "pids", node], env=env, capture_output=True, text=True,
-                              timeout=30).stdout.split()
+        pids = subprocess.run(
+            ["bash", str(CLUSTER_SH), "pids", node], env=env, capture_output=True, text=True, timeout=30
+        ).stdout.split()
         for pid in pids:
             try:
                 command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -129,16 +150,18 @@ def freeze_after_checkpoint(env: dict, run_dir: Path, step: int) -> dict[str, in
 
 
 def rank_lines(log: str) -> list[tuple]:
-    return [(int(r), int(n), host, addr, master, int(port))
-            for r, n, host, addr, master, port in RANK_LINE.findall(log)]
+    return [
+        (int(r), int(n), host, addr, master, int(port)) for r, n, host, addr, master, port in RANK_LINE.findall(log)
+    ]
 
 
 def assert_identical(run_dir: Path, reference: Path) -> None:
     """Same losses at every step, same final parameters (bit for bit) and the same test and dev results."""
     assert [s["step"] for s in read_steps(run_dir)] == list(range(1, STEPS + 1))
     for a, b in zip(read_steps(reference), read_steps(run_dir)):
-        assert {k: v for k, v in a.items() if k.startswith("loss/")} == \
-            {k: v for k, v in b.items() if k.startswith("loss/")}, a["step"]
+        assert {k: v for k, v in a.items() if k.startswith("loss/")} == {
+            k: v for k, v in b.items() if k.startswith("loss/")
+        }, a["step"]
     wa, wb = read_weights(reference), read_weights(run_dir)
     assert all(bool((wa[k] == wb[k]).all()) for k in wa), "final parameters differ from the uninterrupted run"
     a, b = (json.loads((d / "results.json").read_text()) for d in (reference, run_dir))
@@ -156,29 +179,43 @@ def equivalence_runs(slurm_nodes, micro, tmp_path_factory):
         for method in METHODS:
             for stage in STAGES:
                 run_dir = base / f"{layout}-{method}-zero{stage}"
-                jobs[layout, method, stage] = run_dir, sbatch_train(
-                    slurm_nodes, micro, run_dir, nodes, ranks, {**COMMON, **METHODS[method], "train.zero_stage": stage})
+                jobs[layout, method, stage] = (
+                    run_dir,
+                    sbatch_train(
+                        slurm_nodes,
+                        micro,
+                        run_dir,
+                        nodes,
+                        ranks,
+                        {**COMMON, **METHODS[method], "train.zero_stage": stage},
+                    ),
+                )
     for method in METHODS:
         run_dir = base / f"1x1-{method}"
         jobs["1x1", method] = run_dir, sbatch_train(slurm_nodes, micro, run_dir, 1, 1, {**COMMON, **METHODS[method]})
     states = wait_for_jobs([job for _, job in jobs.values()], slurm_nodes, timeout=900)
     failed = {key: run_dir.name for key, (run_dir, job) in jobs.items() if states[job] != "COMPLETED"}
     assert not failed, f"{failed}: {states}\n" + "\n".join(
-        Path(f"{d}.out").read_text()[-2000:] for key, (d, _) in jobs.items() if key in failed)
+        Path(f"{d}.out").read_text()[-2000:] for key, (d, _) in jobs.items() if key in failed
+    )
     return jobs
 
 
 @pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize("method", list(METHODS))
-def test_one_rank_on_each_of_two_nodes_equals_two_ranks_on_one_and_one_process(equivalence_runs, slurm_nodes,
-                                                                               method, stage):
-    two_nodes, one_node, single = (equivalence_runs[key][0] for key in
-                                   (("2x1", method, stage), ("1x2", method, stage), ("1x1", method)))
+def test_one_rank_on_each_of_two_nodes_equals_two_ranks_on_one_and_one_process(
+    equivalence_runs, slurm_nodes, method, stage
+):
+    two_nodes, one_node, single = (
+        equivalence_runs[key][0] for key in (("2x1", method, stage), ("1x2", method, stage), ("1x1", method))
+    )
     # where the ranks ran: one on each node, each at its own node's address; on one node, both on it
     addrs = {node: node_addr(slurm_nodes, node) for node in ("node1", "node2")}
     ranks = sorted(rank_lines(Path(f"{two_nodes}.out").read_text()))
-    assert [(r, n, host, addr) for r, n, host, addr, _, _ in ranks] == \
-        [(0, 2, "node1", addrs["node1"]), (1, 2, "node2", addrs["node2"])], ranks
+    assert [(r, n, host, addr) for r, n, host, addr, _, _ in ranks] == [
+        (0, 2, "node1", addrs["node1"]),
+        (1, 2, "node2", addrs["node2"]),
+    ], ranks
     assert {master for *_, master, _ in ranks} == {addrs["node1"]}  # the head node's address, never loopback
     assert len({host for _, _, host, *_ in rank_lines(Path(f"{one_node}.out").read_text())}) == 1
     steps = {name: read_steps(d) for name, d in (("2x1", two_nodes), ("1x2", one_node), ("1x1", single))}
@@ -195,8 +232,10 @@ def test_one_rank_on_each_of_two_nodes_equals_two_ranks_on_one_and_one_process(e
     if method == "gem-both":
         assert any(s["gem/violated"] for s in steps["2x1"]), "no step was projected: the test would prove nothing"
         assert [s["gem/violated"] for s in steps["2x1"]] == [s["gem/violated"] for s in steps["1x1"]]
-    print(f"\n| {method} | ZeRO {stage} | 2x1 vs 1x2: loss {table['1x2'][0]:.1e}, params {table['1x2'][1]:.1e} "
-          f"| 2x1 vs 1x1: loss {table['1x1'][0]:.1e}, params {table['1x1'][1]:.1e} |")
+    print(
+        f"\n| {method} | ZeRO {stage} | 2x1 vs 1x2: loss {table['1x2'][0]:.1e}, params {table['1x2'][1]:.1e} "
+        f"| 2x1 vs 1x1: loss {table['1x1'][0]:.1e}, params {table['1x1'][1]:.1e} |"
+    )
 
 
 def _interval(info: dict) -> tuple[datetime, datetime]:
@@ -212,7 +251,7 @@ def test_jobs_at_once_on_one_head_node_rendezvous_on_its_address_at_distinct_por
     ports = [int(m.group(4)) for m in starts]
     assert len(set(ports)) == len(ports), f"two jobs share a master port: {ports}"
     intervals = [_interval(job_info(job, slurm_nodes)) for _, job in two_node]
-    overlapping = [(a, b) for i, a in enumerate(intervals) for b in intervals[i + 1:] if a[0] < b[1] and b[0] < a[1]]
+    overlapping = [(a, b) for i, a in enumerate(intervals) for b in intervals[i + 1 :] if a[0] < b[1] and b[0] < a[1]]
     assert overlapping, f"no two two-node jobs ran at the same time: {intervals}"
 
 
@@ -222,9 +261,24 @@ def test_rendezvous_skips_a_busy_port_and_refuses_loopback(slurm_nodes, tmp_path
     script = "bash -c 'source slurm/job.sh && rendezvous && echo rendezvous $MASTER_ADDR $MASTER_PORT'"
 
     def submit(name: str, **extra: str) -> str:  # held until the port is taken
-        result = subprocess.run(["sbatch", "--parsable", "--hold", "--nodes=2", "--ntasks-per-node=1",
-                                 "--cpus-per-task=1", f"--output={tmp_path}/{name}.out", "--wrap", script], cwd=ROOT,
-                                env={**slurm_nodes, **extra}, capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            [
+                "sbatch",
+                "--parsable",
+                "--hold",
+                "--nodes=2",
+                "--ntasks-per-node=1",
+                "--cpus-per-task=1",
+                f"--output={tmp_path}/{name}.out",
+                "--wrap",
+                script,
+            ],
+            cwd=ROOT,
+            env={**slurm_nodes, **extra},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert result.returncode == 0, result.stderr
         return result.stdout.strip().split(";")[0]
 
@@ -233,9 +287,21 @@ def test_rendezvous_skips_a_busy_port_and_refuses_loopback(slurm_nodes, tmp_path
     jobs["taken"] = submit("taken", MASTER_PORT=str(busy))
     jobs["loopback"] = submit("loopback", MASTER_ADDR="127.0.0.1")
     listener = subprocess.Popen(  # on node1, the jobs' head node; gone after 60 s at the latest
-        ["bash", str(CLUSTER_SH), "exec", "node1", "python3", "-c",
-         f"import socket, time; s = socket.socket(); s.bind(('0.0.0.0', {busy})); s.listen(); print('ok', flush=True); "
-         "time.sleep(60)"], env=slurm_nodes, stdout=subprocess.PIPE, text=True)
+        [
+            "bash",
+            str(CLUSTER_SH),
+            "exec",
+            "node1",
+            "python3",
+            "-c",
+            f"import socket, time; s = socket.socket(); s.bind(('0.0.0.0', {busy})); s.listen(); "
+            f"print('ok', flush=True); "
+            "time.sleep(60)",
+        ],
+        env=slurm_nodes,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert listener.stdout.readline().strip() == "ok"
         subprocess.run(["scontrol", "release", *jobs.values()], env=slurm_nodes, check=True, timeout=30)
@@ -248,20 +314,32 @@ def test_rendezvous_skips_a_busy_port_and_refuses_loopback(slurm_nodes, tmp_path
     assert states[jobs["free"]] == "COMPLETED", logs["free"]
     assert logs["free"].split() == ["rendezvous", node_addr(slurm_nodes, "node1"), str(busy + 1)]
     assert states[jobs["taken"]] == states[jobs["loopback"]] == "FAILED"
-    assert logs["taken"].strip() == \
-        f"error: MASTER_PORT={busy} is in use on node1 (another job?); unset it to get a free one"
+    assert (
+        logs["taken"].strip()
+        == f"error: MASTER_PORT={busy} is in use on node1 (another job?); unset it to get a free one"
+    )
     assert logs["loopback"].strip().startswith("error: the head node node1 has the loopback address 127.0.0.1")
 
 
 # --- a sweep across nodes --------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_sweep_whose_runs_ask_for_two_nodes(slurm_nodes, micro, tmp_path):
-    grid = {"name": "nodes", "base": ["configs/tiny.yaml"],
-            "axes": {"seed": [0, 1], "method": ["configs/methods/naive.yaml"], "task": ["configs/tasks/pos.yaml"]},
-            "set": {"train.steps": 6, "eval.every": 3, "output.tensorboard": True},
-            "out": str(tmp_path / "runs"),
-            "resources": {"nodes": 2, "gpus_per_node": 0, "ranks_per_node": 1, "cpus_per_task": 1, "mem": "1G",
-                          "time": "00:20:00", "signal_seconds": 30}}
+    grid = {
+        "name": "nodes",
+        "base": ["configs/tiny.yaml"],
+        "axes": {"seed": [0, 1], "method": ["configs/methods/naive.yaml"], "task": ["configs/tasks/pos.yaml"]},
+        "set": {"train.steps": 6, "eval.every": 3, "output.tensorboard": True},
+        "out": str(tmp_path / "runs"),
+        "resources": {
+            "nodes": 2,
+            "gpus_per_node": 0,
+            "ranks_per_node": 1,
+            "cpus_per_task": 1,
+            "mem": "1G",
+            "time": "00:20:00",
+            "signal_seconds": 30,
+        },
+    }
     path = tmp_path / "nodes.yaml"
     path.write_text(yaml.safe_dump(grid, sort_keys=False))
     job = _submit(path, slurm_nodes, _fixture_args(micro))
@@ -274,8 +352,14 @@ def test_sweep_whose_runs_ask_for_two_nodes(slurm_nodes, micro, tmp_path):
         log = (runs / "slurm" / f"{job}_{seed}.out").read_text()
         assert sorted((r, host) for r, _, host, *_ in rank_lines(log)) == [(0, "node1"), (1, "node2")], log[-2000:]
     report = tmp_path / "report"
-    result = subprocess.run(["distgem", "report", str(runs), "--out", str(report)], cwd=ROOT, env=slurm_nodes,
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        ["distgem", "report", str(runs), "--out", str(report)],
+        cwd=ROOT,
+        env=slurm_nodes,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| naive | 2 | " in (report / "report.md").read_text()
 
@@ -288,10 +372,18 @@ def uninterrupted(equivalence_runs):
 
 
 def test_a_killed_rank_ends_the_job_at_once_and_the_requeued_job_resumes_identically(
-        slurm_nodes, micro, tmp_path, uninterrupted):
+    slurm_nodes, micro, tmp_path, uninterrupted
+):
     run_dir = tmp_path / "killed"
-    job = sbatch_train(slurm_nodes, micro, run_dir, 2, 1, {**FAULTY, "output.checkpoint_every": 2},
-                       {"DISTGEM_COLLECTIVE_TIMEOUT": str(TIMEOUT)})
+    job = sbatch_train(
+        slurm_nodes,
+        micro,
+        run_dir,
+        2,
+        1,
+        {**FAULTY, "output.checkpoint_every": 2},
+        {"DISTGEM_COLLECTIVE_TIMEOUT": str(TIMEOUT)},
+    )
     pids = freeze_after_checkpoint(slurm_nodes, run_dir, 2)
     checkpoint = (run_dir / "checkpoints" / "latest").read_text().strip()
     killed = time.monotonic()
@@ -311,37 +403,49 @@ def test_a_killed_rank_ends_the_job_at_once_and_the_requeued_job_resumes_identic
 
 
 def test_a_lost_node_ends_the_job_within_bounds_and_the_job_resumes_identically_once_it_is_back(
-        slurm_nodes, micro, tmp_path, uninterrupted):
+    slurm_nodes, micro, tmp_path, uninterrupted
+):
     """node2 dies as when it loses power: its link goes first (the survivor sees silence, no closed connection),
     then its slurmd and all its processes. The survivor gives up after the collective timeout; Slurm declares the
     node DOWN after SlurmdTimeout, ends the job (node failure) and requeues it; it runs again once node2 is back."""
     run_dir = tmp_path / "lost"
-    job = sbatch_train(slurm_nodes, micro, run_dir, 2, 1, {**FAULTY, "output.checkpoint_every": 2},
-                       {"DISTGEM_COLLECTIVE_TIMEOUT": str(TIMEOUT)})
+    job = sbatch_train(
+        slurm_nodes,
+        micro,
+        run_dir,
+        2,
+        1,
+        {**FAULTY, "output.checkpoint_every": 2},
+        {"DISTGEM_COLLECTIVE_TIMEOUT": str(TIMEOUT)},
+    )
     pids = freeze_after_checkpoint(slurm_nodes, run_dir, 2)
     checkpoint = (run_dir / "checkpoints" / "latest").read_text().strip()
     lost = time.monotonic()
-    down = subprocess.run(["bash", str(CLUSTER_SH), "node-down", "node2"], env=slurm_nodes, capture_output=True,
-                          text=True, timeout=60)
+    down = subprocess.run(
+        ["bash", str(CLUSTER_SH), "node-down", "node2"], env=slurm_nodes, capture_output=True, text=True, timeout=60
+    )
     assert down.returncode == 0, down.stderr
     os.kill(pids["node1"], signal.SIGCONT)
     try:
-        info = wait_job(job, slurm_nodes, lambda i: int(i["Restarts"]) >= 1 and i["JobState"] == "PENDING", 90,
-                        "requeued")
+        info = wait_job(
+            job, slurm_nodes, lambda i: int(i["Restarts"]) >= 1 and i["JobState"] == "PENDING", 90, "requeued"
+        )
         requeued = time.monotonic() - lost
         node = node_info(slurm_nodes, "node2")
         assert node["State"].startswith("DOWN"), node["State"]
         time.sleep(2)  # still waiting: it needs two nodes
         assert job_info(job, slurm_nodes)["JobState"] == "PENDING"
     finally:
-        up = subprocess.run(["bash", str(CLUSTER_SH), "node-up", "node2"], env=slurm_nodes, capture_output=True,
-                            text=True, timeout=120)
+        up = subprocess.run(
+            ["bash", str(CLUSTER_SH), "node-up", "node2"], env=slurm_nodes, capture_output=True, text=True, timeout=120
+        )
     assert up.returncode == 0, up.stderr
     wait_job(job, slurm_nodes, lambda i: i["JobState"] == "COMPLETED", 600, "completed")
     log = Path(f"{run_dir}.out").read_text()
     assert "DUE TO NODE FAILURE" in log, log[-3000:]
-    survivor = ("distgem: error: rank 0: a collective failed, a peer rank died or stopped answering "
-                f"(timeout {TIMEOUT} s)")
+    survivor = (
+        f"distgem: error: rank 0: a collective failed, a peer rank died or stopped answering (timeout {TIMEOUT} s)"
+    )
     assert survivor in log, "the survivor did not give up after the collective timeout"
     assert f"resuming from {checkpoint}" in log
     # SlurmdTimeout (15 s) + a ping period + a message timeout (10 s), with room for a loaded machine
@@ -352,20 +456,24 @@ def test_a_lost_node_ends_the_job_within_bounds_and_the_job_resumes_identically_
 
 @pytest.mark.slow
 def test_preemption_reaches_both_nodes_which_checkpoint_the_same_step_and_resume(
-        slurm_nodes, micro, tmp_path, uninterrupted):
+    slurm_nodes, micro, tmp_path, uninterrupted
+):
     run_dir = tmp_path / "preempted"
     job = sbatch_train(slurm_nodes, micro, run_dir, 2, 1, FAULTY)
     steps = run_dir / "steps.jsonl"
-    pids = freeze(slurm_nodes, run_dir, lambda: steps.exists() and len(steps.read_text().splitlines()) >= 3,
-                  "at step 3")
+    pids = freeze(
+        slurm_nodes, run_dir, lambda: steps.exists() and len(steps.read_text().splitlines()) >= 3, "at step 3"
+    )
     # what Slurm does before the time limit with --signal=B:USR1@N: signal the batch shell, which passes it on
     subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=slurm_nodes, check=True, timeout=30)
     log_file = Path(f"{run_dir}.out")
     deadline = time.monotonic() + 60
-    while not all(f"[node.sh] {node}: SIGUSR1 to rank process(es) {pid}" in log_file.read_text()
-                  for node, pid in pids.items()):
-        assert time.monotonic() < deadline, \
+    while not all(
+        f"[node.sh] {node}: SIGUSR1 to rank process(es) {pid}" in log_file.read_text() for node, pid in pids.items()
+    ):
+        assert time.monotonic() < deadline, (
             f"SIGUSR1 did not reach the ranks on both nodes:\n{log_file.read_text()[-3000:]}"
+        )
         time.sleep(0.1)
     for pid in pids.values():
         os.kill(pid, signal.SIGCONT)
@@ -392,18 +500,36 @@ def test_mpirun_across_the_two_nodes_equals_the_deepspeed_launcher(slurm_nodes, 
     and the master address from the ranks' host names: the same run as the deepspeed launcher's, bit for bit."""
     corpus, backbone = micro
     run_dir = tmp_path / "mpirun"
-    args = ["python", "launch/train.py", *[a for o in micro_overrides(corpus, backbone, run_dir, **FAULTY)
-                                           for a in ("--set", o)]]
+    args = [
+        "python",
+        "launch/train.py",
+        *[a for o in micro_overrides(corpus, backbone, run_dir, **FAULTY) for a in ("--set", o)],
+    ]
     command = f"source scripts/setup.sh && exec mpirun -n 2 --map-by ppr:1:node {shlex.join(args)}"
-    result = subprocess.run(["sbatch", "--parsable", "--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=1",
-                             f"--output={run_dir}.out", "--wrap", f"bash -c {shlex.quote(command)}"], cwd=ROOT,
-                            env={**slurm_nodes, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"},
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            "sbatch",
+            "--parsable",
+            "--nodes=2",
+            "--ntasks-per-node=1",
+            "--cpus-per-task=1",
+            f"--output={run_dir}.out",
+            "--wrap",
+            f"bash -c {shlex.quote(command)}",
+        ],
+        cwd=ROOT,
+        env={**slurm_nodes, "OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     job = result.stdout.strip().split(";")[0]
     assert wait_for_jobs([job], slurm_nodes, timeout=600) == {job: "COMPLETED"}
     ranks = sorted(rank_lines(Path(f"{run_dir}.out").read_text()))
     head = node_addr(slurm_nodes, "node1")
-    assert [(r, host, addr, master) for r, _, host, addr, master, _ in ranks] == \
-        [(0, "node1", head, head), (1, "node2", node_addr(slurm_nodes, "node2"), head)], ranks
+    assert [(r, host, addr, master) for r, _, host, addr, master, _ in ranks] == [
+        (0, "node1", head, head),
+        (1, "node2", node_addr(slurm_nodes, "node2"), head),
+    ], ranks
     assert_identical(run_dir, uninterrupted)

@@ -1,5 +1,6 @@
 """`slurm/sweep.sh` on a real one-node Slurm: a 2 seeds x 2 methods x 1 task sweep, resubmission that
 reruns nothing, the report over its runs, and a preempted element that checkpoints, requeues and finishes."""
+
 from __future__ import annotations
 
 import json
@@ -17,13 +18,25 @@ pytestmark = []
 
 
 def _grid(tmp_path: Path, name: str, steps: int, seeds=(0, 1), methods=("naive", "gem-both")) -> Path:
-    grid = {"name": name, "base": ["configs/tiny.yaml"],
-            "axes": {"seed": list(seeds), "method": [f"configs/methods/{m}.yaml" for m in methods],
-                     "task": ["configs/tasks/pos.yaml"]},
-            "set": {"train.steps": steps, "eval.every": max(steps // 2, 1), "output.tensorboard": True},
-            "out": str(tmp_path / "runs"),
-            "resources": {"gpus_per_node": 0, "ranks_per_node": 1, "cpus_per_task": 1, "mem": "1G",
-                          "time": "00:20:00", "signal_seconds": 30}}
+    grid = {
+        "name": name,
+        "base": ["configs/tiny.yaml"],
+        "axes": {
+            "seed": list(seeds),
+            "method": [f"configs/methods/{m}.yaml" for m in methods],
+            "task": ["configs/tasks/pos.yaml"],
+        },
+        "set": {"train.steps": steps, "eval.every": max(steps // 2, 1), "output.tensorboard": True},
+        "out": str(tmp_path / "runs"),
+        "resources": {
+            "gpus_per_node": 0,
+            "ranks_per_node": 1,
+            "cpus_per_task": 1,
+            "mem": "1G",
+            "time": "00:20:00",
+            "signal_seconds": 30,
+        },
+    }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(grid, sort_keys=False))
     return path
@@ -33,13 +46,18 @@ def _fixture_args(micro, extra: dict | None = None) -> list[str]:
     corpus, backbone = micro
     keep = {k: v for k, v in (extra or {}).items()}
     overrides = micro_overrides(corpus, backbone, Path("unused"), **keep)
-    return [a for o in overrides if not o.startswith(("output.run_dir=", "train.steps=", "eval.every=", "output.tensorboard="))
-            for a in ("--set", o)]
+    return [
+        a
+        for o in overrides
+        if not o.startswith(("output.run_dir=", "train.steps=", "eval.every=", "output.tensorboard="))
+        for a in ("--set", o)
+    ]
 
 
 def _submit(grid: Path, env: dict, extra: list[str]) -> str:
-    result = subprocess.run(["bash", "slurm/sweep.sh", str(grid), *extra], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        ["bash", "slurm/sweep.sh", str(grid), *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     match = re.search(r"submitted array (\d+)", result.stdout)
     assert match, result.stdout
@@ -69,8 +87,14 @@ def test_sweep_runs_every_element_and_resubmission_reruns_nothing(slurm_cluster,
     assert len(logs) == 4 and all("finished already: skipping" in p.read_text() for p in logs)
 
     report = tmp_path / "report"
-    subprocess.run(["distgem", "report", str(runs), "--out", str(report)], cwd=ROOT, env=slurm_cluster, check=True,
-                   capture_output=True, timeout=300)
+    subprocess.run(
+        ["distgem", "report", str(runs), "--out", str(report)],
+        cwd=ROOT,
+        env=slurm_cluster,
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
     table = (report / "report.md").read_text()
     naive = [r["test"]["average"] for k, r in results.items() if "naive" in k]
     assert "| naive | 2 | " in table and f"{sum(naive) / 2:.2f} ± " in table
@@ -103,10 +127,22 @@ def test_preempted_element_checkpoints_requeues_and_finishes(slurm_cluster, micr
 def test_srun_started_ranks_train_together(slurm_cluster, micro, tmp_path):
     """Two tasks started by a real srun find each other through SLURM_PROCID/SLURM_NTASKS."""
     corpus, backbone = micro
-    overrides = micro_overrides(corpus, backbone, tmp_path / "run",
-                                **{"train.steps": 3, "eval.before_training": "false", "eval.after_training": "false"})
-    command = ["srun", "-n", "2", "--cpus-per-task=1", "--kill-on-bad-exit=1", "python", "launch/train.py",
-               *[a for o in overrides for a in ("--set", o)]]
+    overrides = micro_overrides(
+        corpus,
+        backbone,
+        tmp_path / "run",
+        **{"train.steps": 3, "eval.before_training": "false", "eval.after_training": "false"},
+    )
+    command = [
+        "srun",
+        "-n",
+        "2",
+        "--cpus-per-task=1",
+        "--kill-on-bad-exit=1",
+        "python",
+        "launch/train.py",
+        *[a for o in overrides for a in ("--set", o)],
+    ]
     env = {**slurm_cluster, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu", "MASTER_PORT": "29871"}
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

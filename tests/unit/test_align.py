@@ -1,4 +1,5 @@
 """Subword alignment: first subword labelled, windows within max_length, every word predicted exactly once."""
+
 from __future__ import annotations
 
 import pytest
@@ -63,7 +64,9 @@ def test_word_without_subwords_becomes_unknown(tokenizer):
 
 
 @settings(max_examples=200, deadline=None)
-@given(lengths=st.lists(st.integers(1, 6), min_size=0, max_size=40), budget=st.integers(1, 12), stride=st.integers(0, 11))
+@given(
+    lengths=st.lists(st.integers(1, 6), min_size=0, max_size=40), budget=st.integers(1, 12), stride=st.integers(0, 11)
+)
 def test_plan_windows_partition_property(lengths, budget, stride):
     lengths = [min(n, budget) for n in lengths]
     stride = min(stride, budget - 1) if budget > 1 else 0

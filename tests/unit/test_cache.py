@@ -1,4 +1,5 @@
 """The `datasets` cache of tokenised corpora: same rows as the in-memory path, reused, rebuilt when corrupt."""
+
 from __future__ import annotations
 
 import json
@@ -28,9 +29,19 @@ def corpus(tmp_path_factory):
 
 
 def _config(corpus: Path, cache: Path, *extra: str):
-    return load_run_config([], [f"data.root={corpus}", f"data.cache_dir={cache}", "task.targets=[es, el]",
-                                "data.mlm_eval_sentences=16", "data.xsr_eval_pairs=16", "model.max_length=16",
-                                "model.stride=4", *extra])
+    return load_run_config(
+        [],
+        [
+            f"data.root={corpus}",
+            f"data.cache_dir={cache}",
+            "task.targets=[es, el]",
+            "data.mlm_eval_sentences=16",
+            "data.xsr_eval_pairs=16",
+            "model.max_length=16",
+            "model.stride=4",
+            *extra,
+        ],
+    )
 
 
 def _load(config, tokenizer, cache: DatasetCache | None = None):
@@ -56,8 +67,9 @@ def test_cached_corpora_equal_the_in_memory_encoding(corpus, tmp_path, monkeypat
         got = list(loaded.mono_train[lang]) + list(loaded.mono_eval[lang])
         assert got == want and len(loaded.mono_eval[lang]) == 16
     for lang in ("es", "el"):
-        want = xsr.load_pairs(str(corpus / "parallel" / f"en-{lang}.{lang}"), str(corpus / "parallel" / f"en-{lang}.en"),
-                              tokenizer, 16)
+        want = xsr.load_pairs(
+            str(corpus / "parallel" / f"en-{lang}.{lang}"), str(corpus / "parallel" / f"en-{lang}.en"), tokenizer, 16
+        )
         assert list(loaded.pairs_train[lang]) + list(loaded.pairs_eval[lang]) == want
 
 
@@ -131,8 +143,11 @@ def test_bad_input_is_one_line_and_leaves_no_entry(tmp_path, write):
     with pytest.raises(InputError) as err:
         _load(_config(corpus, tmp_path / "cache"), TOKENIZERS["wordpiece"]())
     assert str(err.value).startswith(f"{corpus / 'pos' / 'es-dev.conllu'}:{line}: unknown UPOS tag 'NOPE'")
-    assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(("pos-es-dev", ".pos-es-dev-")) and
-                not p.name.endswith(".lock")]
+    assert not [
+        p
+        for p in (tmp_path / "cache").iterdir()
+        if p.name.startswith(("pos-es-dev", ".pos-es-dev-")) and not p.name.endswith(".lock")
+    ]
 
 
 def test_rows_are_memory_mapped_not_loaded(tmp_path):
@@ -162,13 +177,18 @@ def test_concurrent_jobs_build_an_entry_once(tmp_path):
         "import json, sys; from transformers import AutoTokenizer; from distgem.config.sections import load_run_config;"
         "from distgem.data.cache import DatasetCache; from distgem.data.corpora import mono_examples;"
         f"config = load_run_config([], ['data.root={tmp_path}', 'data.cache_dir={tmp_path / 'cache'}']);"
-        f"tokenizer = AutoTokenizer.from_pretrained('{tmp_path / 'tokenizer'}'); cache = DatasetCache('{tmp_path / 'cache'}');"
+        f"tokenizer = AutoTokenizer.from_pretrained('{tmp_path / 'tokenizer'}'); "
+        f"cache = DatasetCache('{tmp_path / 'cache'}');"
         "rows = mono_examples(cache, config.data, 'en', tokenizer, 16);"
         "print(json.dumps([cache.entries[0].built, len(rows), rows[123]]))"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    jobs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             env=env) for _ in range(3)]
+    jobs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
+        for _ in range(3)
+    ]
     results = []
     for job in jobs:
         out, err = job.communicate(timeout=300)

@@ -1,5 +1,6 @@
 """The paper's claims checked on runs built so that each verdict is known, and the results page regenerated
 from the report's runs.jsonl summary."""
+
 from __future__ import annotations
 
 import json
@@ -7,8 +8,8 @@ import random
 
 import pytest
 
-from distgem.report.claims import FAR, evaluate
 from distgem.cli import main
+from distgem.report.claims import FAR, evaluate
 from distgem.report.runs import label
 
 LANGS = ("en", "es", "fr")
@@ -35,18 +36,29 @@ def _run(method: str, memory: tuple, seed: int, task: str = "pos", mlm_languages
     run = {
         "run": {"task": task, "method": method, "seed": seed, "world_size": 1},
         "test": {"per_language": per, "average": (per["es"]["score"] + per["fr"]["score"]) / 2},
-        "backbone": {"mlm_perplexity": {lang: 10.0 for lang in LANGS},
-                     "xsr": {lang: {"p@1": 80.0, "p@5": 90.0, "p@10": 95.0} for lang in ("es", "fr")}},
-        "after": {"mlm_perplexity": {lang: ppl + noise() for lang in LANGS},
-                  "xsr": {lang: {"p@1": p1 + noise(), "p@5": 90.0, "p@10": 95.0} for lang in ("es", "fr")}},
+        "backbone": {
+            "mlm_perplexity": {lang: 10.0 for lang in LANGS},
+            "xsr": {lang: {"p@1": 80.0, "p@5": 90.0, "p@10": 95.0} for lang in ("es", "fr")},
+        },
+        "after": {
+            "mlm_perplexity": {lang: ppl + noise() for lang in LANGS},
+            "xsr": {lang: {"p@1": p1 + noise(), "p@5": 90.0, "p@10": 95.0} for lang in ("es", "fr")},
+        },
         "train": {"seconds": 10.0},
-        "config": {"method": {"name": method, "memory": list(memory), "mlm_languages": mlm_languages,
-                              "memory_batch_size": 16,
-                              "gem": {"per_language": False, "per_layer": False, "refresh_every": 1,
-                                      "memory_strength": 0.0}},
-                   "model": {"backbone": "embedded:small"}, "data": {"root": "embedded:small"},
-                   "task": {"targets": ["es", "fr"]}, "train": {"steps": 10, "lr": 1e-4, "batch_size": 16},
-                   "eval": {"every": 5}},
+        "config": {
+            "method": {
+                "name": method,
+                "memory": list(memory),
+                "mlm_languages": mlm_languages,
+                "memory_batch_size": 16,
+                "gem": {"per_language": False, "per_layer": False, "refresh_every": 1, "memory_strength": 0.0},
+            },
+            "model": {"backbone": "embedded:small"},
+            "data": {"root": "embedded:small"},
+            "task": {"targets": ["es", "fr"]},
+            "train": {"steps": 10, "lr": 1e-4, "batch_size": 16},
+            "eval": {"every": 5},
+        },
         "versions": {"torch": "x", "deepspeed": "y", "transformers": "z"},
     }
     run["label"] = label(run)
@@ -96,8 +108,22 @@ def test_results_page_regenerates_from_the_summary(tmp_path):
     discussion.write_text("## Discussion\n\nHand-written.\n")
     page = tmp_path / "docs" / "RESULTS.md"
     page.parent.mkdir()
-    assert main(["report", str(summary), "--out", str(tmp_path / "b"), "--no-plots", "--results-md", str(page),
-                 "--discussion", str(discussion)]) == 0
+    assert (
+        main(
+            [
+                "report",
+                str(summary),
+                "--out",
+                str(tmp_path / "b"),
+                "--no-plots",
+                "--results-md",
+                str(page),
+                "--discussion",
+                str(discussion),
+            ]
+        )
+        == 0
+    )
     first, again = (json.loads((tmp_path / d / "report.json").read_text()) for d in ("a", "b"))
     assert first == again  # the summary carries everything the tables need
     text = page.read_text()
@@ -114,15 +140,43 @@ def test_a_discussion_includes_a_generated_table_and_a_missing_one_is_a_one_line
     discussion = tmp_path / "discussion.md"
     discussion.write_text("## Discussion\n\nOver seeds:\n\n<!-- include: out/seeds_pos.md -->\n\nAfter.\n")
     page = tmp_path / "RESULTS.md"
-    assert main(["report", str(runs), "--out", str(tmp_path / "out"), "--no-plots", "--results-md", str(page),
-                 "--discussion", str(discussion)]) == 0
+    assert (
+        main(
+            [
+                "report",
+                str(runs),
+                "--out",
+                str(tmp_path / "out"),
+                "--no-plots",
+                "--results-md",
+                str(page),
+                "--discussion",
+                str(discussion),
+            ]
+        )
+        == 0
+    )
     text = page.read_text()
     table = (tmp_path / "out" / "seeds_pos.md").read_text().rstrip()
     assert "<!-- include: out/seeds_pos.md -->\n" + table + "\n\nAfter." in text
     assert text.count("| gem-both | 3 (0, 1, 2) |") == 1  # included once, not also among the page's own tables
     discussion.write_text("Hand-written.\n<!-- include: gone/seeds_pos.md -->\n")
-    assert main(["report", str(runs), "--out", str(tmp_path / "out"), "--no-plots", "--results-md", str(page),
-                 "--discussion", str(discussion)]) == 2
+    assert (
+        main(
+            [
+                "report",
+                str(runs),
+                "--out",
+                str(tmp_path / "out"),
+                "--no-plots",
+                "--results-md",
+                str(page),
+                "--discussion",
+                str(discussion),
+            ]
+        )
+        == 2
+    )
     error = capsys.readouterr().err.strip()
     assert f"{discussion}:2: include {tmp_path / 'gone' / 'seeds_pos.md'}: no such file" in error
     assert len(error.splitlines()) == 1

@@ -1,13 +1,14 @@
 """Config: precedence, strictness with the offending dotted key and its source, YAML round trip."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import pytest
 
+from distgem.config.loader import build, dump_yaml
 from distgem.config.sections import RunConfig, load_run_config
 from distgem.errors import ConfigError
-from distgem.config.loader import build, dump_yaml
 
 
 def test_defaults_then_yaml_then_overrides(write):
@@ -22,25 +23,38 @@ def test_defaults_then_yaml_then_overrides(write):
 
 
 def test_override_values_parse_to_the_field_type(write):
-    config = load_run_config([], [
-        "task.targets=[es, fr]", "output.tensorboard=false", "method.name=mtf", "method.memory=xsr",
-        "method.mtf_weights={mlm: 0.5, xsr: 2}", "model.backbone=bert-base-multilingual-cased",
-    ])
+    config = load_run_config(
+        [],
+        [
+            "task.targets=[es, fr]",
+            "output.tensorboard=false",
+            "method.name=mtf",
+            "method.memory=xsr",
+            "method.mtf_weights={mlm: 0.5, xsr: 2}",
+            "model.backbone=bert-base-multilingual-cased",
+        ],
+    )
     assert config.task.targets == ["es", "fr"] and config.output.tensorboard is False
     assert config.method.memory == ["xsr"] and config.method.mtf_weights == {"mlm": 0.5, "xsr": 2.0}
     assert config.model.backbone == "bert-base-multilingual-cased"
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["train.lrr=1"], "--set train.lrr: unknown key 'train.lrr' (did you mean 'train.lr'?)"),
-    (["trian.lr=1"], "--set trian.lr: unknown key 'trian' (did you mean 'train'?)"),
-    (["train.steps=ten"], "--set train.steps: 'train.steps' must be int, got 'ten'"),
-    (["train.steps=1.5"], "--set train.steps: 'train.steps' must be int, got '1.5'"),
-    (["train.zero_stage=4"], "--set train.zero_stage: 'train.zero_stage' must be one of 0, 1, 2, 3, got '4'"),
-    (["method.gem.memory_strength=-1"], "--set method.gem.memory_strength: 'method.gem.memory_strength' must be >= 0, got -1.0"),
-    (["train=3"], "--set train: 'train' is a section; set its keys, e.g. train.<key>=..."),
-    (["train.lr"], "--set 'train.lr': expected section.key=value"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.lrr=1"], "--set train.lrr: unknown key 'train.lrr' (did you mean 'train.lr'?)"),
+        (["trian.lr=1"], "--set trian.lr: unknown key 'trian' (did you mean 'train'?)"),
+        (["train.steps=ten"], "--set train.steps: 'train.steps' must be int, got 'ten'"),
+        (["train.steps=1.5"], "--set train.steps: 'train.steps' must be int, got '1.5'"),
+        (["train.zero_stage=4"], "--set train.zero_stage: 'train.zero_stage' must be one of 0, 1, 2, 3, got '4'"),
+        (
+            ["method.gem.memory_strength=-1"],
+            "--set method.gem.memory_strength: 'method.gem.memory_strength' must be >= 0, got -1.0",
+        ),
+        (["train=3"], "--set train: 'train' is a section; set its keys, e.g. train.<key>=..."),
+        (["train.lr"], "--set 'train.lr': expected section.key=value"),
+    ],
+)
 def test_bad_overrides_name_the_key(overrides, message):
     with pytest.raises(ConfigError) as err:
         load_run_config([], overrides)
@@ -49,7 +63,9 @@ def test_bad_overrides_name_the_key(overrides, message):
 
 def test_bad_yaml_names_file_and_key(write):
     path = write("c.yaml", "method:\n  name: gem\n  memory: [mlm]\n  gem:\n    solver: fast\n")
-    with pytest.raises(ConfigError, match=rf"^{path}: 'method.gem.solver' must be one of auto, exact, qpth, got 'fast'$"):
+    with pytest.raises(
+        ConfigError, match=rf"^{path}: 'method.gem.solver' must be one of auto, exact, qpth, got 'fast'$"
+    ):
         load_run_config([path])
     bad_type = write("d.yaml", "train:\n  steps: true\n")
     with pytest.raises(ConfigError, match=rf"^{bad_type}: 'train.steps' must be int, got 'True'$"):
@@ -111,4 +127,4 @@ def test_usage_config_reference_is_current():
     from tests.support import ROOT
 
     text = (ROOT / "docs" / "USAGE.md").read_text()
-    assert text[text.index(BEGIN):text.index(END) + len(END)] == reference(), "run python -m distgem.config.reference"
+    assert text[text.index(BEGIN) : text.index(END) + len(END)] == reference(), "run python -m distgem.config.reference"

@@ -3,6 +3,7 @@
 The ranges are part of the config's own fields (`bounded(...)` in distgem/config/sections.py), so this test
 finds every bounded field itself: a new numeric setting without a range fails the completeness test below.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -75,10 +76,22 @@ def test_out_of_range_values_stop_with_the_key_named(case):
     assert f"'{key}'" in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("setting", ["eval.every=0", "eval.batch_size=0", "model.dropout=1.5", "train.lr=inf",
-                                     "train.warmup_steps=-1", "eval.patience=-1", "output.checkpoint_every=-1",
-                                     "train.gradient_clipping=-1", "train.weight_decay=-0.1",
-                                     "method.gem.memory_strength=inf", "model.dropout=-0.1"])
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "eval.every=0",
+        "eval.batch_size=0",
+        "model.dropout=1.5",
+        "train.lr=inf",
+        "train.warmup_steps=-1",
+        "eval.patience=-1",
+        "output.checkpoint_every=-1",
+        "train.gradient_clipping=-1",
+        "train.weight_decay=-0.1",
+        "method.gem.memory_strength=inf",
+        "model.dropout=-0.1",
+    ],
+)
 def test_the_cli_exits_2_with_one_line_and_no_traceback(setting, capsys):
     assert main(["train", "--set", setting]) == 2
     err = capsys.readouterr().err.strip()
@@ -86,6 +99,15 @@ def test_the_cli_exits_2_with_one_line_and_no_traceback(setting, capsys):
 
 
 def test_values_at_the_edge_of_their_range_are_accepted():
-    config = load_run_config([], ["model.dropout=0", "train.warmup_steps=0", "eval.patience=0", "eval.every=1",
-                                  "train.lr=1e-12", "method.gem.memory_strength=0"])
+    config = load_run_config(
+        [],
+        [
+            "model.dropout=0",
+            "train.warmup_steps=0",
+            "eval.patience=0",
+            "eval.every=1",
+            "train.lr=1e-12",
+            "method.gem.memory_strength=0",
+        ],
+    )
     assert config.model.dropout == 0 and config.eval.every == 1 and not math.isinf(config.train.lr)

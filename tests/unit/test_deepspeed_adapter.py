@@ -1,4 +1,5 @@
 """The DeepSpeed adapter refuses a DeepSpeed outside the range it was tested with, in one line, and the pins agree."""
+
 from __future__ import annotations
 
 import re

@@ -1,4 +1,5 @@
 """Sentence embeddings in length-sorted chunks: the rows' embeddings and gradients of one padded pass."""
+
 from __future__ import annotations
 
 import random
@@ -33,9 +34,16 @@ def model():
     from transformers import BertConfig, BertForMaskedLM
 
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=32, max_position_embeddings=64, hidden_dropout_prob=0.0,
-                        attention_probs_dropout_prob=0.0)
+    config = BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     return MultiTaskModel(BertForMaskedLM(config), num_labels=3).double()
 
 

@@ -1,4 +1,5 @@
 """Every subcommand's arguments say what they are, and `train --help` shows runnable examples."""
+
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,5 @@
 """hf: names and directories: hub schemas map onto the same rows the file readers give."""
+
 from __future__ import annotations
 
 import pytest
@@ -12,6 +13,7 @@ from distgem.tasks.tagging import NER_TAGS
 from tests import hub_fixtures as fx
 from tests.unit.test_readers import CONLLU
 
+
 @pytest.fixture(autouse=True)
 def _fresh_loads():
     hub.load_splits.cache_clear()  # fixtures reuse paths across tests
@@ -19,11 +21,16 @@ def _fresh_loads():
     hub.load_splits.cache_clear()
 
 
-@pytest.mark.parametrize("spec, parsed", [
-    ("hf:conll2002/es", ("conll2002", "es")), ("hf:universal_dependencies/en_ewt", ("universal_dependencies", "en_ewt")),
-    ("hf:xtreme/PAN-X.de", ("xtreme", "PAN-X.de")), ("hf:wikimedia/wikipedia/20231101.en", ("wikimedia/wikipedia", "20231101.en")),
-    ("hf:squad", ("squad", None)),
-])
+@pytest.mark.parametrize(
+    "spec, parsed",
+    [
+        ("hf:conll2002/es", ("conll2002", "es")),
+        ("hf:universal_dependencies/en_ewt", ("universal_dependencies", "en_ewt")),
+        ("hf:xtreme/PAN-X.de", ("xtreme", "PAN-X.de")),
+        ("hf:wikimedia/wikipedia/20231101.en", ("wikimedia/wikipedia", "20231101.en")),
+        ("hf:squad", ("squad", None)),
+    ],
+)
 def test_names_parse_into_dataset_and_configuration(spec, parsed):
     assert hub.parse(spec) == parsed
 
@@ -55,7 +62,9 @@ def test_conll2002_schema_reads_like_the_conll_reader(write, tmp_path):
 def test_iob1_tags_from_a_dataset_become_iob2(tmp_path):
     features = Features({"tokens": List(Value("string")), "ner_tags": List(ClassLabel(names=fx.CONLL2002_NER))})
     ids = [fx.CONLL2002_NER.index(t) for t in ("I-PER", "I-PER", "O", "I-LOC")]
-    fx._save({"train": Dataset.from_dict({"tokens": [list("abcd")], "ner_tags": [ids]}, features=features)}, tmp_path / "d")
+    fx._save(
+        {"train": Dataset.from_dict({"tokens": [list("abcd")], "ner_tags": [ids]}, features=features)}, tmp_path / "d"
+    )
     got = list(records.tagged_records(f"hf:{tmp_path / 'd'}", "conll", NER_TAGS, "train", ("ner_tags",)))
     assert got[0]["tags"] == ["B-PER", "I-PER", "O", "B-LOC"]
 
@@ -72,19 +81,33 @@ def test_a_tag_set_outside_the_task_is_refused_in_one_line(tmp_path):
 
 def test_string_tags_outside_the_set_name_the_row(tmp_path):
     features = Features({"tokens": List(Value("string")), "ner_tags": List(Value("string"))})
-    fx._save({"train": Dataset.from_dict({"tokens": [["a"], ["b"]], "ner_tags": [["O"], ["B-FOO"]]}, features=features)},
-             tmp_path / "s")
+    fx._save(
+        {"train": Dataset.from_dict({"tokens": [["a"], ["b"]], "ner_tags": [["O"], ["B-FOO"]]}, features=features)},
+        tmp_path / "s",
+    )
     with pytest.raises(InputError, match=r"\(train\):2: tag 'B-FOO' is not in the label set"):
         list(records.tagged_records(f"hf:{tmp_path / 's'}", "conll", NER_TAGS, "train", ("ner_tags",)))
 
 
 def test_wikipedia_articles_become_sentences(tmp_path):
     text = "Paris is the capital of France. It has 2.1 million inhabitants! Is it big? Yes.\n\nΗ Αθήνα είναι πόλη. Ναι."
-    fx._save({"train": Dataset.from_dict({"id": ["1"], "url": ["u"], "title": ["t"], "text": [text]},
-                                         features=fx.WIKIPEDIA_FEATURES)}, tmp_path / "wiki")
+    fx._save(
+        {
+            "train": Dataset.from_dict(
+                {"id": ["1"], "url": ["u"], "title": ["t"], "text": [text]}, features=fx.WIKIPEDIA_FEATURES
+            )
+        },
+        tmp_path / "wiki",
+    )
     got = [r["text"] for r in records.mono_records(f"hf:{tmp_path / 'wiki'}")]
-    assert got == ["Paris is the capital of France.", "It has 2.1 million inhabitants!", "Is it big?", "Yes.",
-                   "Η Αθήνα είναι πόλη.", "Ναι."]
+    assert got == [
+        "Paris is the capital of France.",
+        "It has 2.1 million inhabitants!",
+        "Is it big?",
+        "Yes.",
+        "Η Αθήνα είναι πόλη.",
+        "Ναι.",
+    ]
     assert [r["text"] for r in records.mono_records(f"hf:{tmp_path / 'wiki'}", limit=2)] == got[:2]
 
 

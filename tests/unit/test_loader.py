@@ -1,10 +1,10 @@
 """Per-rank sharding and order: disjoint and complete shards for 1-4 ranks, seeded order, exact resume."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
-
 import torch
 
 from distgem.data.loader import MEGABATCH, BatchStream, group_by_length
@@ -15,6 +15,7 @@ from distgem.distributed.world import World
 def rank_micro_batches(batch, rank: int, size: int, accumulation: int):
     """The world's slice of a global batch for `rank` of `size` (no process group needed)."""
     return World(rank, size, rank, torch.device("cpu")).micro_batches(batch, accumulation)
+
 
 SIZE, BATCH = 53, 24  # an epoch that is no multiple of the batch: global batches straddle epoch ends
 LENGTHS = torch.randint(1, 60, (SIZE,), generator=torch.Generator().manual_seed(5))
@@ -85,8 +86,8 @@ def test_resume_mid_epoch_reads_exactly_the_remaining_examples(stop_after, lengt
     # the epoch the run stopped in: what was read before plus what is read after is that epoch, once each
     flat = [i for batch in before + after for i in batch]
     epoch = state["epoch"]
-    assert sorted(flat[epoch * SIZE:(epoch + 1) * SIZE]) == list(range(SIZE))
-    assert flat[epoch * SIZE:(epoch + 1) * SIZE] == uninterrupted.order(epoch).tolist()
+    assert sorted(flat[epoch * SIZE : (epoch + 1) * SIZE]) == list(range(SIZE))
+    assert flat[epoch * SIZE : (epoch + 1) * SIZE] == uninterrupted.order(epoch).tolist()
 
 
 def test_rank_slices_refuse_a_batch_that_does_not_divide():
@@ -124,7 +125,7 @@ def test_group_by_length_sorts_within_megabatches_only():
     grouped = group_by_length(order, lengths, 10, torch.Generator().manual_seed(1))
     chunk = 10 * MEGABATCH
     for start in range(0, 1000, chunk):  # each megabatch holds the same examples as the random order's
-        assert sorted(grouped[start:start + chunk].tolist()) == sorted(order[start:start + chunk].tolist())
+        assert sorted(grouped[start : start + chunk].tolist()) == sorted(order[start : start + chunk].tolist())
     spans = [int(b.max() - b.min()) for b in grouped.split(10)]
     assert max(spans) < 100  # a batch's lengths are neighbours in its megabatch, not spread over 0..999
 
@@ -150,7 +151,9 @@ def test_held_out_memory_examples_give_every_language_of_a_pooled_constraint_its
 
     from distgem.tasks.sources import memory_sources, spread
 
-    pairs = {lang: [(f"en {i}", f"{lang} {i}") for i in range(n)] for lang, n in (("fr", 200), ("es", 200), ("el", 150))}
+    pairs = {
+        lang: [(f"en {i}", f"{lang} {i}") for i in range(n)] for lang, n in (("fr", 200), ("es", 200), ("el", 150))
+    }
     method = SimpleNamespace(name="gem", memory=["xsr"], xsr_pooling="words", gem=SimpleNamespace(per_language=False))
     (pooled,) = memory_sources(method, SimpleNamespace(pairs_train=pairs), tokenizer=None, seed=0)
     chosen = spread(pooled.size, 64)

@@ -1,4 +1,5 @@
 """Evaluation in lockstep: under ZeRO-3 every rank runs as many forwards as the rank with the most batches."""
+
 from __future__ import annotations
 
 from distgem.train.evaluation import lockstep

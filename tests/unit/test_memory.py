@@ -5,6 +5,7 @@ compiled CPU kernels and the torch chunks), for fp32 and bf16 task gradients, k 
 have fixed-k code up to 8 and a generic loop beyond), sizes that are not multiples of any block, and
 several parameter groups.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -35,7 +36,7 @@ def partition(dtype=torch.float32, seed=0, sizes=SIZES):
     flat = torch.randn(sum(sizes), generator=gen).to(dtype)
     pieces, start = [], 0
     for size in sizes:
-        pieces.append(flat[start:start + size])
+        pieces.append(flat[start : start + size])
         start += size
     return flat, pieces
 
@@ -45,7 +46,7 @@ def reference_gram(memories, grad, groups, layout):
     k = memories.shape[0]
     out = torch.zeros(len(layout.group_names), k + 1, k + 1, dtype=torch.float64)
     for offset, size, group in zip(layout.offsets, layout.sizes, layout.groups):
-        rows = torch.cat([memories[:, offset:offset + size], grad[offset:offset + size].float()[None]]).double()
+        rows = torch.cat([memories[:, offset : offset + size], grad[offset : offset + size].float()[None]]).double()
         out[group] += rows @ rows.T
     return out
 
@@ -98,11 +99,12 @@ def test_update_writes_g_plus_memories_and_checks_what_it_wrote(path, dtype, k):
     dots = gem_gram.combine(gem_buffer.runs(pieces, layout), memories, weights, check=True)
     per_column = torch.tensor([g for g, size in zip(layout.groups, layout.sizes) for _ in range(size)])
     want = before.double() + (weights[per_column] * memories.T.double()).sum(1)
-    tol = 2 ** -7 if dtype == torch.bfloat16 else 1e-6  # one rounding to the gradient's dtype
+    tol = 2**-7 if dtype == torch.bfloat16 else 1e-6  # one rounding to the gradient's dtype
     assert ((flat.double() - want).abs() <= tol * want.abs() + 1e-6).all()
     written = flat.double()
-    checks = torch.stack([torch.stack([(memories[i].double() * written)[per_column == g].sum() for i in range(k)])
-                          for g in range(2)])
+    checks = torch.stack(
+        [torch.stack([(memories[i].double() * written)[per_column == g].sum() for i in range(k)]) for g in range(2)]
+    )
     scale = memories.double().norm(dim=1) * written.norm()
     assert ((dots - checks).abs() / scale).max() < 1e-6, "the check must be taken on the value written"
 

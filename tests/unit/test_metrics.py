@@ -1,4 +1,5 @@
 """Metrics against independent computations written here."""
+
 from __future__ import annotations
 
 import math
@@ -49,8 +50,10 @@ def test_ner_scores_equal_exact_span_matching_on_random_iob2():
 
     gold = [sentence(rng.randint(1, 12)) for _ in range(200)]
     pred = [[t if rng.random() < 0.85 else rng.choice(["O", "B-PER", "B-LOC"]) for t in s] for s in gold]
-    pred = [[("B-" + t[2:] if t.startswith("I-") and (i == 0 or s[i - 1][2:] != t[2:]) else t)
-             for i, t in enumerate(s)] for s in pred]  # keep predictions valid IOB2
+    pred = [
+        [("B-" + t[2:] if t.startswith("I-") and (i == 0 or s[i - 1][2:] != t[2:]) else t) for i, t in enumerate(s)]
+        for s in pred
+    ]  # keep predictions valid IOB2
     scores = ner_scores(gold, pred)
     precision, recall, f1 = _entity_f1(gold, pred)
     assert scores == pytest.approx({"precision": precision, "recall": recall, "f1": f1})
@@ -63,7 +66,11 @@ def test_perplexity_is_exp_of_mean_masked_cross_entropy():
     labels = torch.full((3, 7), -100)
     labels[0, 2], labels[1, 5], labels[2, 0] = 4, 9, 1
     nll = torch.nn.functional.cross_entropy(logits.view(-1, 11), labels.view(-1), ignore_index=-100, reduction="sum")
-    manual = [-(logits[0, 2].log_softmax(-1)[4]), -(logits[1, 5].log_softmax(-1)[9]), -(logits[2, 0].log_softmax(-1)[1])]
+    manual = [
+        -(logits[0, 2].log_softmax(-1)[4]),
+        -(logits[1, 5].log_softmax(-1)[9]),
+        -(logits[2, 0].log_softmax(-1)[1]),
+    ]
     assert perplexity(nll.item(), 3) == pytest.approx(math.exp(sum(m.item() for m in manual) / 3))
     with pytest.raises(ValueError):
         perplexity(1.0, 0)

@@ -1,4 +1,5 @@
 """GEM's dual QP and projection: constraints hold, v is optimal (KKT, quadprog), solvers agree, no NaN."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -180,8 +181,9 @@ def test_batched_equals_looped(solver):
     assert result.v.shape == (2, 3, 5) and result.violated.shape == (2, 3) and result.solver == solver
     for i in range(2):
         for j in range(3):
-            torch.testing.assert_close(result.v[i, j], solve_dual(grams[i, j], dots[i, j], 0.1, solver),
-                                       rtol=1e-6, atol=1e-8)
+            torch.testing.assert_close(
+                result.v[i, j], solve_dual(grams[i, j], dots[i, j], 0.1, solver), rtol=1e-6, atol=1e-8
+            )
             assert bool(result.violated[i, j]) == bool((dots[i, j] < 0).any())
 
 
@@ -240,6 +242,7 @@ def test_qpth_failures_fall_back_to_the_exact_solver(monkeypatch, failure):
             u = real(**options)(Q, p, G, h, A, b)
             u[1] = torch.nan if failure == "nan" else u[1] + 0.5  # one element wrong, silently or not
             return u
+
         return call
 
     monkeypatch.setattr(qp, "QPFunction", broken)

@@ -1,4 +1,5 @@
 """Readers: every accepted variation and every rejection with its path:line."""
+
 from __future__ import annotations
 
 import pytest
@@ -14,20 +15,26 @@ def row(i, form, upos="NOUN"):
     return f"{i}\t{form}\t{form.lower()}\t{upos}\t_\t_\t0\troot\t_\t_"
 
 
-CONLLU = "\n".join([
-    "# newdoc id = d1",
-    "# sent_id = 1",
-    "# text = Je vois du pain.",
-    row(1, "Je", "PRON"), row(2, "vois", "VERB"),
-    "3-4\tdu\t_\t_\t_\t_\t_\t_\t_\t_",
-    row(3, "de", "ADP"), row(4, "le", "DET"), row(5, "pain"), row(6, ".", "PUNCT"),
-    "",
-    "# sent_id = 2",
-    row(1, "Oui", "INTJ"),
-    "1.1\tvu\tvoir\tVERB\t_\t_\t_\t_\t0:root\t_",
-    row(2, "!", "PUNCT"),
-    "",
-])
+CONLLU = "\n".join(
+    [
+        "# newdoc id = d1",
+        "# sent_id = 1",
+        "# text = Je vois du pain.",
+        row(1, "Je", "PRON"),
+        row(2, "vois", "VERB"),
+        "3-4\tdu\t_\t_\t_\t_\t_\t_\t_\t_",
+        row(3, "de", "ADP"),
+        row(4, "le", "DET"),
+        row(5, "pain"),
+        row(6, ".", "PUNCT"),
+        "",
+        "# sent_id = 2",
+        row(1, "Oui", "INTJ"),
+        "1.1\tvu\tvoir\tVERB\t_\t_\t_\t_\t0:root\t_",
+        row(2, "!", "PUNCT"),
+        "",
+    ]
+)
 
 
 def test_conllu_words_tags_lines_multiword_and_empty_nodes(write):
@@ -56,12 +63,15 @@ def test_conllu_tolerates_encoding_variants(write, variant):
     assert sentences[0].words[0] == "Je"
 
 
-@pytest.mark.parametrize("bad_line, expected", [
-    ("1\tJe\tje\tPRON\t_\t_\t0", "expected 10 tab-separated columns, found 7"),
-    ("x\tJe\tje\tPRON\t_\t_\t0\troot\t_\t_", "non-numeric ID 'x' (expected N, N-M or N.M)"),
-    ("1\tJe\tje\tPRONOUN\t_\t_\t0\troot\t_\t_", "unknown UPOS tag 'PRONOUN' (not one of the 17 UD tags)"),
-    ("2\tJe\tje\tPRON\t_\t_\t0\troot\t_\t_", "word ID 2 out of sequence (expected 1)"),
-])
+@pytest.mark.parametrize(
+    "bad_line, expected",
+    [
+        ("1\tJe\tje\tPRON\t_\t_\t0", "expected 10 tab-separated columns, found 7"),
+        ("x\tJe\tje\tPRON\t_\t_\t0\troot\t_\t_", "non-numeric ID 'x' (expected N, N-M or N.M)"),
+        ("1\tJe\tje\tPRONOUN\t_\t_\t0\troot\t_\t_", "unknown UPOS tag 'PRONOUN' (not one of the 17 UD tags)"),
+        ("2\tJe\tje\tPRON\t_\t_\t0\troot\t_\t_", "word ID 2 out of sequence (expected 1)"),
+    ],
+)
 def test_conllu_rejects_bad_lines_with_path_and_line(write, bad_line, expected):
     path = write("bad.conllu", "# sent_id = 1\n" + bad_line + "\n" + row(2, "x") + "\n")
     with pytest.raises(InputError) as err:
@@ -116,7 +126,10 @@ Juan NP B-PER
 
 def test_conll_docstart_middle_columns_and_iob1_to_iob2(write):
     sentences = list(read_conll(write("esp.train", CONLL)))
-    assert [s.words for s in sentences] == [("El", "Abogado", "General", "de", "Madrid"), ("Pedro", "y", "Juan", "Juan")]
+    assert [s.words for s in sentences] == [
+        ("El", "Abogado", "General", "de", "Madrid"),
+        ("Pedro", "y", "Juan", "Juan"),
+    ]
     assert sentences[0].tags == ("O", "B-PER", "I-PER", "O", "B-LOC")
     assert sentences[1].tags == ("B-PER", "O", "B-PER", "B-PER")  # IOB1 I- opening an entity becomes B-
     assert sentences[1].line == 11 and sentences[1].word_lines == (11, 12, 13, 14)
@@ -130,12 +143,15 @@ def test_iob2_conversion_is_idempotent_and_keeps_entities():
     assert entity_spans(iob2) == [("PER", 0, 2), ("LOC", 3, 4), ("LOC", 4, 5), ("ORG", 5, 6), ("MISC", 6, 7)]
 
 
-@pytest.mark.parametrize("bad_line, expected", [
-    ("Madrid", "expected at least 2 columns (word ... tag), found 1"),
-    ("Madrid NC X-LOC", "invalid BIO tag 'X-LOC' (expected O, B-TYPE or I-TYPE)"),
-    ("Madrid NC B-", "invalid BIO tag 'B-' (expected O, B-TYPE or I-TYPE)"),
-    ("Madrid B-LOC", "found 2 columns, but line 1 has 3"),
-])
+@pytest.mark.parametrize(
+    "bad_line, expected",
+    [
+        ("Madrid", "expected at least 2 columns (word ... tag), found 1"),
+        ("Madrid NC X-LOC", "invalid BIO tag 'X-LOC' (expected O, B-TYPE or I-TYPE)"),
+        ("Madrid NC B-", "invalid BIO tag 'B-' (expected O, B-TYPE or I-TYPE)"),
+        ("Madrid B-LOC", "found 2 columns, but line 1 has 3"),
+    ],
+)
 def test_conll_rejections(write, bad_line, expected):
     path = write("x.conll", f"El DA O\n{bad_line}\n")
     with pytest.raises(InputError) as err:
@@ -151,7 +167,10 @@ def test_text_skips_blank_lines_keeps_line_numbers(write):
 def test_parallel_two_files_and_tsv(write):
     en = write("p.en", "a cat\nthe dog\n")
     es = write("p.es", "un gato\r\nel perro")
-    assert [(p.source, p.target, p.line) for p in read_parallel(en, es)] == [("a cat", "un gato", 1), ("the dog", "el perro", 2)]
+    assert [(p.source, p.target, p.line) for p in read_parallel(en, es)] == [
+        ("a cat", "un gato", 1),
+        ("the dog", "el perro", 2),
+    ]
     tsv = write("p.tsv", "a cat\tun gato\nthe dog\tel perro\n")
     assert [(p.source, p.target) for p in read_parallel(tsv)] == [("a cat", "un gato"), ("the dog", "el perro")]
 

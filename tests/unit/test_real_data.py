@@ -1,4 +1,5 @@
 """Readers on the real UD, CoNLL-2002 and Tatoeba files, against counts made independently here."""
+
 from __future__ import annotations
 
 import re
@@ -11,8 +12,14 @@ from tests.conftest import REAL
 pytestmark = pytest.mark.real_data
 
 UD = sorted(p.name for p in (REAL / "ud").glob("*.conllu")) if REAL.is_dir() else ["absent"]
-EXPECTED_SENTENCES = {"en_ewt-ud-train.conllu": 12544, "en_ewt-ud-dev.conllu": 2001, "en_ewt-ud-test.conllu": 2077,
-                      "fr_gsd-ud-test.conllu": 416, "el_gdt-ud-test.conllu": 456, "es_gsd-ud-test.conllu": 427}
+EXPECTED_SENTENCES = {
+    "en_ewt-ud-train.conllu": 12544,
+    "en_ewt-ud-dev.conllu": 2001,
+    "en_ewt-ud-test.conllu": 2077,
+    "fr_gsd-ud-test.conllu": 416,
+    "el_gdt-ud-test.conllu": 456,
+    "es_gsd-ud-test.conllu": 427,
+}
 
 
 def _independent_conllu_counts(path):
@@ -49,8 +56,13 @@ def test_conll2002_counts(split):
     path = REAL / "conll2002" / f"esp.{split}"
     lines = path.read_text(encoding="utf-8").splitlines()
     tokens = [ln for ln in lines if ln.strip() and not ln.startswith("-DOCSTART-")]
-    sentences = sum(1 for i, ln in enumerate(lines) if ln.strip() and not ln.startswith("-DOCSTART-")
-                    and (i == 0 or not lines[i - 1].strip() or lines[i - 1].startswith("-DOCSTART-")))
+    sentences = sum(
+        1
+        for i, ln in enumerate(lines)
+        if ln.strip()
+        and not ln.startswith("-DOCSTART-")
+        and (i == 0 or not lines[i - 1].strip() or lines[i - 1].startswith("-DOCSTART-"))
+    )
     summary = summarise(path, fmt="conll")
     assert (summary["sentences"], summary["tokens"]) == (sentences, len(tokens))
     assert summary["entities"] >= sum(1 for ln in tokens if ln.split()[-1].startswith("B-"))

@@ -11,6 +11,7 @@ instances, k = 1..6, some constraints violated and some not. With eps = 0 the tw
 the reference's absolute eps = 1e-3 differs from distgem's relative ridge, and how much that moves v on
 real gradients is measured in docs/PROJECTION.md ("The reference's ridge").
 """
+
 from __future__ import annotations
 
 import numpy as np

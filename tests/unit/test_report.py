@@ -1,4 +1,5 @@
 """The report's numbers against the runs they come from, and its t-tests against an independent Welch test."""
+
 from __future__ import annotations
 
 import csv
@@ -16,22 +17,43 @@ LANGS = ["en", "es", "fr"]
 
 def _results(method: str, memory: list[str], seed: int, scores: dict, mlm_languages: str = "all") -> dict:
     targets = [scores[lang] for lang in LANGS if lang != "en"]
-    memory_eval = {"mlm_perplexity": {lang: 10.0 + seed + len(method) for lang in LANGS},
-                   "xsr": {lang: {"p@1": 50.0 + seed, "p@5": 70.0, "p@10": 80.0} for lang in ("es", "fr")}}
+    memory_eval = {
+        "mlm_perplexity": {lang: 10.0 + seed + len(method) for lang in LANGS},
+        "xsr": {lang: {"p@1": 50.0 + seed, "p@5": 70.0, "p@10": 80.0} for lang in ("es", "fr")},
+    }
     return {
         "run": {"task": "pos", "method": method, "seed": seed},
-        "test": {"per_language": {lang: {"score": s} for lang, s in scores.items()}, "average": statistics.fmean(targets)},
-        "backbone": {"mlm_perplexity": {lang: 9.0 for lang in LANGS},
-                     "xsr": {lang: {"p@1": 90.0, "p@5": 95.0, "p@10": 99.0} for lang in ("es", "fr")}},
+        "test": {
+            "per_language": {lang: {"score": s} for lang, s in scores.items()},
+            "average": statistics.fmean(targets),
+        },
+        "backbone": {
+            "mlm_perplexity": {lang: 9.0 for lang in LANGS},
+            "xsr": {lang: {"p@1": 90.0, "p@5": 95.0, "p@10": 99.0} for lang in ("es", "fr")},
+        },
         "after": memory_eval,
-        "config": {"method": {"name": method, "memory": memory, "mlm_languages": mlm_languages,
-                              "gem": {"per_language": False, "per_layer": False, "refresh_every": 1, "memory_strength": 0.0}}},
+        "config": {
+            "method": {
+                "name": method,
+                "memory": memory,
+                "mlm_languages": mlm_languages,
+                "gem": {"per_language": False, "per_layer": False, "refresh_every": 1, "memory_strength": 0.0},
+            }
+        },
     }
 
 
 SEEDS = {
-    ("naive", ()): [{"en": 95, "es": 70, "fr": 72}, {"en": 95.5, "es": 71, "fr": 71}, {"en": 94, "es": 70.5, "fr": 72.5}],
-    ("gem", ("mlm", "xsr")): [{"en": 95, "es": 76, "fr": 77}, {"en": 95, "es": 75.5, "fr": 77.5}, {"en": 96, "es": 76.2, "fr": 76.8}],
+    ("naive", ()): [
+        {"en": 95, "es": 70, "fr": 72},
+        {"en": 95.5, "es": 71, "fr": 71},
+        {"en": 94, "es": 70.5, "fr": 72.5},
+    ],
+    ("gem", ("mlm", "xsr")): [
+        {"en": 95, "es": 76, "fr": 77},
+        {"en": 95, "es": 75.5, "fr": 77.5},
+        {"en": 96, "es": 76.2, "fr": 76.8},
+    ],
     ("mtf", ("mlm",)): [{"en": 94, "es": 65, "fr": 66}, {"en": 94, "es": 67, "fr": 64}],
 }
 
@@ -54,7 +76,7 @@ def _csv(path):
 def _welch(a, b):
     va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
     t = (statistics.fmean(a) - statistics.fmean(b)) / math.sqrt(va + vb)
-    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    dof = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     return t, dof
 
 
@@ -115,7 +137,15 @@ def test_report_separates_runs_read_at_another_layer(runs, tmp_path):
     out = tmp_path / "report"
     assert main(["report", str(runs), "--out", str(out), "--no-plots"]) == 0
     table1 = {r["model"]: r for r in _csv(out / "table1.csv")}
-    assert set(table1) == {"backbone", "backbone+layer6", "naive", "naive+layer6", "gem-both", "gem-both+layer6", "mtf-mlm"}
+    assert set(table1) == {
+        "backbone",
+        "backbone+layer6",
+        "naive",
+        "naive+layer6",
+        "gem-both",
+        "gem-both+layer6",
+        "mtf-mlm",
+    }
     assert float(table1["backbone"]["es-en P@1_mean"]) == 90.0 and float(table1["backbone"]["es-en P@1_std"]) == 0.0
     assert table1["backbone"]["seeds"] == "1"  # six runs evaluated one backbone
     # two runs read at layer 6 evaluated the same backbone once each: one evaluation, not two seeds
@@ -132,16 +162,22 @@ def test_compare_two_methods_on_every_metric(runs, capsys):
     gem, naive = SEEDS["gem", ("mlm", "xsr")], SEEDS["naive", ()]
     es = rows["zero-shot es"]
     assert es["a_mean"] == pytest.approx(statistics.fmean(s["es"] for s in gem))
-    assert es["diff"] == pytest.approx(statistics.fmean(s["es"] for s in gem) - statistics.fmean(s["es"] for s in naive))
+    assert es["diff"] == pytest.approx(
+        statistics.fmean(s["es"] for s in gem) - statistics.fmean(s["es"] for s in naive)
+    )
     t, dof = _welch([s["es"] for s in gem], [s["es"] for s in naive])
     assert es["t"] == pytest.approx(t) and es["p"] == pytest.approx(2 * stats.t.sf(abs(t), dof))
     assert rows["source en"]["b_mean"] == pytest.approx(statistics.fmean(s["en"] for s in naive))
     # the fixture's P@1 is 50 + seed for every method: no difference, p = 1
     assert rows["XSR P@1 es"]["diff"] == 0 and rows["XSR P@1 es"]["p"] == pytest.approx(1.0)
     # held-out losses pool only runs measured on the same held-out sample (the backbone's loss names it)
-    for run_dir, backbone, final in (("gem-mlm-xsr-seed0", 1.56, 2.0), ("gem-mlm-xsr-seed1", 1.56, 2.2),
-                                     ("gem-mlm-xsr-seed2", 1.75, 9.0), ("mtf-mlm-seed0", 1.56, 0.1),
-                                     ("mtf-mlm-seed1", 1.56, 0.3)):
+    for run_dir, backbone, final in (
+        ("gem-mlm-xsr-seed0", 1.56, 2.0),
+        ("gem-mlm-xsr-seed1", 1.56, 2.2),
+        ("gem-mlm-xsr-seed2", 1.75, 9.0),
+        ("mtf-mlm-seed0", 1.56, 0.1),
+        ("mtf-mlm-seed1", 1.56, 0.3),
+    ):
         results = json.loads((runs / run_dir / "results.json").read_text())
         results["memory_loss"] = {"backbone": {"xsr": backbone}, "final": {"xsr": final}}
         (runs / run_dir / "results.json").write_text(json.dumps(results))
@@ -199,9 +235,14 @@ def test_report_errors_are_user_errors(tmp_path, capsys):
 def test_knob_sweep_labels_name_each_knob_and_leave_the_usual_value_unmarked(tmp_path):
     from distgem.report.runs import load_runs
 
-    knobs = {"plain": {}, "gamma": {"gem.memory_strength": 0.5}, "update": {"gem.target": "update"},
-             "anchor": {"gem.target": "update", "gem.anchor": "pretrained"},
-             "batch": {"memory_batch_size": 64}, "layer": {"xsr_layer": 6}}
+    knobs = {
+        "plain": {},
+        "gamma": {"gem.memory_strength": 0.5},
+        "update": {"gem.target": "update"},
+        "anchor": {"gem.target": "update", "gem.anchor": "pretrained"},
+        "batch": {"memory_batch_size": 64},
+        "layer": {"xsr_layer": 6},
+    }
     for name, knob in knobs.items():
         data = _results("gem", ["xsr"], 0, {"en": 90, "es": 80, "fr": 81})
         method = data["config"]["method"]
@@ -212,9 +253,14 @@ def test_knob_sweep_labels_name_each_knob_and_leave_the_usual_value_unmarked(tmp
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(json.dumps(data))
     labels = {r["run_dir"].rsplit("/", 1)[-1]: r["label"] for r in load_runs(tmp_path)}
-    assert labels == {"plain": "gem-xsr", "gamma": "gem-xsr+gamma0.5", "update": "gem-xsr+update",
-                      "anchor": "gem-xsr+update+anchor-pretrained",
-                      "batch": "gem-xsr+batch64", "layer": "gem-xsr+layer6"}
+    assert labels == {
+        "plain": "gem-xsr",
+        "gamma": "gem-xsr+gamma0.5",
+        "update": "gem-xsr+update",
+        "anchor": "gem-xsr+update+anchor-pretrained",
+        "batch": "gem-xsr+batch64",
+        "layer": "gem-xsr+layer6",
+    }
 
 
 def test_mtf_runs_with_other_weights_than_one_get_their_own_label():
@@ -277,9 +323,17 @@ def test_language_columns_follow_the_task_source_first_also_from_a_sorted_summar
     assert main(["report", str(runs), "--out", str(first), "--no-plots"]) == 0
     assert main(["report", str(first / "runs.jsonl"), "--out", str(again), "--no-plots"]) == 0
     for out in (first, again):
-        header = next(line for line in (out / "report.md").read_text().split("## Table 2")[1].splitlines() if line.startswith("| method"))
+        header = next(
+            line
+            for line in (out / "report.md").read_text().split("## Table 2")[1].splitlines()
+            if line.startswith("| method")
+        )
         assert header == "| method | seeds | en | fr | es | avg |", header
-        table1 = next(line for line in (out / "report.md").read_text().split("## Table 1")[1].splitlines() if line.startswith("| model"))
+        table1 = next(
+            line
+            for line in (out / "report.md").read_text().split("## Table 1")[1].splitlines()
+            if line.startswith("| model")
+        )
         assert table1.index("fr-en P@1") < table1.index("es-en P@1"), table1
         assert float(_csv(out / "table2_pos.csv")[0]["fr_mean"]) == pytest.approx(70.5)
 
@@ -300,8 +354,19 @@ def test_the_summary_keeps_the_held_out_memory_losses_through_a_merge(tmp_path):
     later = tmp_path / "later" / "naive-seed1"  # a later session adds a run to the committed summary
     later.mkdir(parents=True)
     (later / "results.json").write_text(json.dumps(_results("naive", [], 1, {"en": 91, "es": 70, "fr": 72})))
-    assert main(["report", str(tmp_path / "once" / "runs.jsonl"), str(tmp_path / "later"), "--out",
-                 str(tmp_path / "twice"), "--no-plots"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                str(tmp_path / "once" / "runs.jsonl"),
+                str(tmp_path / "later"),
+                "--out",
+                str(tmp_path / "twice"),
+                "--no-plots",
+            ]
+        )
+        == 0
+    )
     for out in ("once", "twice"):
         kept = {r["run_id"]: r for r in map(json.loads, (tmp_path / out / "runs.jsonl").read_text().splitlines())}
         assert kept["gem-xsr-seed0"]["memory_loss"] == {"backbone": {"xsr": 0.05}, "final": {"xsr": 2.5}}
@@ -340,7 +405,6 @@ def test_over_seeds_table_puts_every_number_of_a_method_on_one_row(runs, tmp_pat
     assert "| gem-both | 3 (0, 1, 2) | 51.00 ± 1.00 |" in (tmp_path / "out" / "report.md").read_text()
 
 
-
 def test_forgetting_curves_read_p_at_1_exactly_and_the_curve_not_the_tested_checkpoint(tmp_path):
     """`p@1` is not `p@10`; a value logged again at the last step (the tested checkpoint, by runs written before
     it had tags of its own) does not replace the curve's."""
@@ -360,9 +424,14 @@ def test_forgetting_curves_read_p_at_1_exactly_and_the_curve_not_the_tested_chec
     series = forgetting_series(tmp_path)
     assert series["XSR P@1 (mean over pairs)"] == {0: 71.0, 150: 41.0, 300: 13.0}
     assert series["MLM perplexity (mean over languages)"] == {0: 10.0, 150: 160.0, 300: 310.0}
-    run = {"dev": {"best_step": 150}, "after": {"xsr": {"es": {"p@1": 40.0}, "fr": {"p@1": 42.0}},
-                                                "mlm_perplexity": {"es": 150.0}}}
-    assert tested_point(run) == (150, {"XSR P@1 (mean over pairs)": 41.0, "MLM perplexity (mean over languages)": 150.0})
+    run = {
+        "dev": {"best_step": 150},
+        "after": {"xsr": {"es": {"p@1": 40.0}, "fr": {"p@1": 42.0}}, "mlm_perplexity": {"es": 150.0}},
+    }
+    assert tested_point(run) == (
+        150,
+        {"XSR P@1 (mean over pairs)": 41.0, "MLM perplexity (mean over languages)": 150.0},
+    )
 
 
 def test_the_tradeoff_places_each_setting_in_its_family_and_matches_gem_to_the_closest_mtf(tmp_path):
@@ -374,15 +443,33 @@ def test_the_tradeoff_places_each_setting_in_its_family_and_matches_gem_to_the_c
     from distgem.report.tradeoff import matched, points, write
 
     def run(method: str, seed: int, english: float, p1: float, **method_config) -> dict:
-        gem = {"per_language": False, "per_layer": False, "refresh_every": 1, "memory_strength": 0.0, "target": "gradient",
-               "anchor": "previous", **method_config.pop("gem", {})}
-        config = {"name": method, "memory": ["xsr"] if method in ("gem", "mtf") else [], "mlm_languages": "all",
-                  "mtf_weights": {"xsr": 1.0}, "gem": gem, "l2sp_strength": 0.1, "lora_rank": 8, **method_config}
-        data = {"run": {"task": "pos"}, "config": {"method": config},
-                "test": {"source": english, "average": 80 + seed, "per_language": {}},
-                "after": {"xsr": {"es": {"p@1": p1}, "fr": {"p@1": p1 + 2}}},
-                "backbone": {"xsr": {"es": {"p@1": 95.0}, "fr": {"p@1": 97.0}}},
-                "train": {"gem_mean_dual": {"xsr": 0.2 + seed / 100} if method == "gem" else None}}
+        gem = {
+            "per_language": False,
+            "per_layer": False,
+            "refresh_every": 1,
+            "memory_strength": 0.0,
+            "target": "gradient",
+            "anchor": "previous",
+            **method_config.pop("gem", {}),
+        }
+        config = {
+            "name": method,
+            "memory": ["xsr"] if method in ("gem", "mtf") else [],
+            "mlm_languages": "all",
+            "mtf_weights": {"xsr": 1.0},
+            "gem": gem,
+            "l2sp_strength": 0.1,
+            "lora_rank": 8,
+            **method_config,
+        }
+        data = {
+            "run": {"task": "pos"},
+            "config": {"method": config},
+            "test": {"source": english, "average": 80 + seed, "per_language": {}},
+            "after": {"xsr": {"es": {"p@1": p1}, "fr": {"p@1": p1 + 2}}},
+            "backbone": {"xsr": {"es": {"p@1": 95.0}, "fr": {"p@1": 97.0}}},
+            "train": {"gem_mean_dual": {"xsr": 0.2 + seed / 100} if method == "gem" else None},
+        }
         data["label"] = label(data)
         return data
 
@@ -392,9 +479,13 @@ def test_the_tradeoff_places_each_setting_in_its_family_and_matches_gem_to_the_c
     runs += [run("mtf", s, 88.0 + s / 10, 95.0 + s, mtf_weights={"xsr": 1.0}) for s in range(3)]
     runs += [run("l2sp", s, 93.5, 40.0 + s) for s in range(3)]
     placed = {p.label: (p.family, p.knob, len(p.source)) for p in points(runs)}
-    assert placed == {"naive": ("naive", 0.0, 3), "gem-xsr+gamma0.2": ("GEM, margin", 0.2, 3),
-                      "mtf-xsr+w0.2": ("MTF, weight", 0.2, 3), "mtf-xsr": ("MTF, weight", 1.0, 3),
-                      "l2sp": ("L2-SP, strength", 0.1, 3)}
+    assert placed == {
+        "naive": ("naive", 0.0, 3),
+        "gem-xsr+gamma0.2": ("GEM, margin", 0.2, 3),
+        "mtf-xsr+w0.2": ("MTF, weight", 0.2, 3),
+        "mtf-xsr": ("MTF, weight", 1.0, 3),
+        "l2sp": ("L2-SP, strength", 0.1, 3),
+    }
     (pair,) = matched(points(runs))
     assert pair["mtf"] == "mtf-xsr+w0.2"  # 93.1 is closer to 93.0 than 88.0 is
     gem_p1 = [81.0 + s for s in range(3)]  # the mean over es and fr per seed

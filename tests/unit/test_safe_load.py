@@ -1,4 +1,5 @@
 """Checkpoint loading never unpickles arbitrary objects: weights-only, with DeepSpeed's own types allowed."""
+
 from __future__ import annotations
 
 import collections
@@ -33,4 +34,6 @@ def test_tensors_and_deepspeed_types_load(tmp_path):
     torch.save(state, path)
     with safe_torch_load():
         loaded = torch.load(path, weights_only=False)  # callers asking for more still get weights-only
-    assert loaded["stage"] == ZeroStageEnum.weights and loaded["step"] == 7 and loaded["module"]["w"].tolist() == [0, 1, 2]
+    assert (
+        loaded["stage"] == ZeroStageEnum.weights and loaded["step"] == 7 and loaded["module"]["w"].tolist() == [0, 1, 2]
+    )

@@ -1,4 +1,5 @@
 """scripts/step_stats.py: the per-step GEM statistics that docs/RESULTS.md quotes, from a steps.jsonl."""
+
 from __future__ import annotations
 
 import importlib.util

@@ -1,4 +1,5 @@
 """Sweep grids: the product of axes, stable indices, shell-safe resolution, strict errors."""
+
 from __future__ import annotations
 
 import subprocess
@@ -15,15 +16,24 @@ from tests.support import ROOT
 def test_ci_grid_expands_to_the_product(monkeypatch):
     monkeypatch.chdir(ROOT)
     runs = expand(load_grid("configs/sweep_ci.yaml"))
-    assert [r.run_id for r in runs] == ["seed0-naive-pos", "seed0-gem-both-pos", "seed1-naive-pos", "seed1-gem-both-pos"]
+    assert [r.run_id for r in runs] == [
+        "seed0-naive-pos",
+        "seed0-gem-both-pos",
+        "seed1-naive-pos",
+        "seed1-gem-both-pos",
+    ]
     assert len(expand(load_grid("configs/sweep.yaml"))) == 5 * 2 * 8 * 2
 
 
 def test_resolve_is_shell_safe_and_round_trips_to_the_run_config(monkeypatch):
     monkeypatch.chdir(ROOT)
-    script = ('eval "$(python -m distgem.cli sweep resolve configs/sweep_ci.yaml 3)"; '
-              'printf "%s\\n" "$RUN_ID" "$RUN_DIR" "$RANKS_PER_NODE" "${RUN_ARGS[@]}"')
-    lines = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, cwd=ROOT).stdout.splitlines()
+    script = (
+        'eval "$(python -m distgem.cli sweep resolve configs/sweep_ci.yaml 3)"; '
+        'printf "%s\\n" "$RUN_ID" "$RUN_DIR" "$RANKS_PER_NODE" "${RUN_ARGS[@]}"'
+    )
+    lines = subprocess.run(
+        ["bash", "-c", script], capture_output=True, text=True, check=True, cwd=ROOT
+    ).stdout.splitlines()
     assert lines[:3] == ["seed1-gem-both-pos", "runs/ci/seed1-gem-both-pos", "1"]
     configs, overrides = split_args(lines[3:])
     config = load_run_config(configs, overrides)

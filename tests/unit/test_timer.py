@@ -1,4 +1,5 @@
 """The step's phase timer: free and silent unless DISTGEM_PROFILE is set, per-phase sums when it is."""
+
 from __future__ import annotations
 
 import time

@@ -1,5 +1,6 @@
 """The offline wheelhouse check (scripts/gpu/wheelhouse.py): it fails, naming the package, when a needed wheel is
 missing, and the real wheels/ (built by scripts/gpu_wheels.sh, which downloads: not run here) passes it."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -18,8 +19,12 @@ spec.loader.exec_module(wheelhouse)
 def fake_wheel(directory, name, version, requires=(), tag="py3-none-any"):
     path = directory / f"{name}-{version}-{tag}.whl"
     with zipfile.ZipFile(path, "w") as archive:
-        lines = ["Metadata-Version: 2.1", f"Name: {name}", f"Version: {version}",
-                 *(f"Requires-Dist: {r}" for r in requires)]
+        lines = [
+            "Metadata-Version: 2.1",
+            f"Name: {name}",
+            f"Version: {version}",
+            *(f"Requires-Dist: {r}" for r in requires),
+        ]
         archive.writestr(f"{name}-{version}.dist-info/METADATA", "\n".join(lines) + "\n")
     return path
 
@@ -30,10 +35,19 @@ def world(tmp_path):
     beta's solver extra and a Windows-only requirement do not count on the device."""
     (tmp_path / "wheels").mkdir()
     fake_wheel(tmp_path / "wheels", "alpha", "1.0", ["beta>=2", "numpy<3"])
-    fake_wheel(tmp_path / "wheels", "beta", "2.1", ['gamma; extra == "solvers"', 'delta; sys_platform == "win32"'],
-               tag="cp312-cp312-manylinux_2_17_x86_64")
-    return {"wheels": tmp_path / "wheels", "wanted": {"alpha": "1.0", "beta": "2.1"},
-            "image": {"numpy": "2.5.2", "torch": "2.11.0"}, "needs": [Requirement("alpha>=1"), Requirement("numpy")]}
+    fake_wheel(
+        tmp_path / "wheels",
+        "beta",
+        "2.1",
+        ['gamma; extra == "solvers"', 'delta; sys_platform == "win32"'],
+        tag="cp312-cp312-manylinux_2_17_x86_64",
+    )
+    return {
+        "wheels": tmp_path / "wheels",
+        "wanted": {"alpha": "1.0", "beta": "2.1"},
+        "image": {"numpy": "2.5.2", "torch": "2.11.0"},
+        "needs": [Requirement("alpha>=1"), Requirement("numpy")],
+    }
 
 
 def check(world, capsys) -> tuple[int, str]:
@@ -61,10 +75,13 @@ def test_a_requirement_neither_carried_nor_in_the_image_is_named(world, capsys):
     assert code == 1 and "wheels/ lacks hjson, which alpha needs" in output
 
 
-@pytest.mark.parametrize("name, version, tag, why", [
-    ("torch", "2.11.0", "cp312-cp312-manylinux_2_28_x86_64", "the image has torch already"),
-    ("stray", "0.1", "py3-none-any", "not listed in scripts/gpu/wheels.txt"),
-])
+@pytest.mark.parametrize(
+    "name, version, tag, why",
+    [
+        ("torch", "2.11.0", "cp312-cp312-manylinux_2_28_x86_64", "the image has torch already"),
+        ("stray", "0.1", "py3-none-any", "not listed in scripts/gpu/wheels.txt"),
+    ],
+)
 def test_a_wheel_that_must_not_travel_is_refused(world, capsys, name, version, tag, why):
     fake_wheel(world["wheels"], name, version, tag=tag)
     code, output = check(world, capsys)

@@ -1,4 +1,5 @@
 """The synthetic world: deterministic bytes, every file in the real formats, languages kept apart."""
+
 from __future__ import annotations
 
 import json
@@ -29,7 +30,11 @@ def _files(root: Path) -> dict[str, bytes]:
 def _conllu_rows(path: Path) -> list[list[list[str]]]:
     """Sentences as lists of 10-column rows (comments dropped, ranges kept)."""
     blocks = path.read_text(encoding="utf-8").split("\n\n")
-    return [[line.split("\t") for line in block.splitlines() if not line.startswith("#")] for block in blocks if block.strip()]
+    return [
+        [line.split("\t") for line in block.splitlines() if not line.startswith("#")]
+        for block in blocks
+        if block.strip()
+    ]
 
 
 def _surface_words(root: Path, lang: str) -> set[str]:
@@ -71,8 +76,9 @@ def test_every_file_passes_the_readers(world):
     for lang in LANGUAGES:
         for split in ("train", "dev", "test"):
             sentences = list(read_conllu(world / "pos" / f"{lang}-{split}.conllu"))
-            assert len(sentences) == (sizes.pos_eval if split != "train" else
-                                      sizes.pos_train_source if lang == "en" else sizes.pos_train)
+            assert len(sentences) == (
+                sizes.pos_eval if split != "train" else sizes.pos_train_source if lang == "en" else sizes.pos_train
+            )
             assert {t for s in sentences for t in s.tags} <= set(UPOS_TAGS)
         for split in ("train", "testa", "testb"):
             assert list(read_conll(world / "ner" / f"{lang}.{split}"))
@@ -103,8 +109,13 @@ def test_no_surface_form_shared_with_english_but_names_numbers_punctuation(world
 
 def test_multiword_tokens_in_french_and_spanish_only(world):
     for lang in LANGUAGES:
-        ranges = [(sentence, row) for path in sorted((world / "pos").glob(f"{lang}-*.conllu"))
-                  for sentence in _conllu_rows(path) for row in sentence if "-" in row[0]]
+        ranges = [
+            (sentence, row)
+            for path in sorted((world / "pos").glob(f"{lang}-*.conllu"))
+            for sentence in _conllu_rows(path)
+            for row in sentence
+            if "-" in row[0]
+        ]
         assert bool(ranges) == (lang in ("es", "fr")), lang
         for sentence, row in ranges:
             first, last = map(int, row[0].split("-"))
@@ -115,7 +126,11 @@ def test_multiword_tokens_in_french_and_spanish_only(world):
 
 def test_dependency_trees_and_text_comments(world):
     for path in sorted((world / "pos").glob("*.conllu")):
-        text = [line[len("# text = "):] for line in path.read_text(encoding="utf-8").splitlines() if line.startswith("# text = ")]
+        text = [
+            line[len("# text = ") :]
+            for line in path.read_text(encoding="utf-8").splitlines()
+            if line.startswith("# text = ")
+        ]
         for sentence, expected_text in zip(_conllu_rows(path), text, strict=True):
             words = [r for r in sentence if r[0].isdigit()]
             heads = {int(r[0]): int(r[6]) for r in words}
@@ -153,8 +168,11 @@ def test_ner_tags_are_iob2_with_the_four_types(world):
                         assert previous[2:] == tag[2:], (path, sentence.tags)
                     types.add(tag[2:])
                     previous = tag
-            raw = [line.split(" ")[-1] for line in path.read_text(encoding="utf-8").splitlines()
-                   if line and not line.startswith("-DOCSTART-")]
+            raw = [
+                line.split(" ")[-1]
+                for line in path.read_text(encoding="utf-8").splitlines()
+                if line and not line.startswith("-DOCSTART-")
+            ]
             assert [t for s in read_conll(path) for t in s.tags] == raw  # written as IOB2, not converted
     assert types - {""} == {"PER", "LOC", "ORG", "MISC"}
 
