@@ -78,6 +78,22 @@ METHODS = {
         "method.gem.memory_strength=0.1",
     ],
     "gem-xsr-R4": ["method.name=gem", "method.memory=[xsr]", "method.gem.refresh_every=4"],
+    # issue 29's cheapest form of the margin: memory gradients refreshed every R steps (1 + k/R passes a step)
+    "gem-xsr-gamma0.5-R4": [
+        "method.name=gem",
+        "method.memory=[xsr]",
+        "method.gem.memory_strength=0.5",
+        "method.gem.refresh_every=4",
+    ],
+    "gem-xsr-gamma0.5-R8": [
+        "method.name=gem",
+        "method.memory=[xsr]",
+        "method.gem.memory_strength=0.5",
+        "method.gem.refresh_every=8",
+    ],
+    # what a practitioner weighs GEM against
+    "l2sp": ["method.name=l2sp", "method.l2sp_strength=0.1"],
+    "lora-r8": ["method.name=lora", "method.lora_rank=8", "train.lr=5e-4"],
     "gem-xsr-update": ["method.name=gem", "method.memory=[xsr]", "method.gem.target=update"],
     "gem-xsr-anchor": [
         "method.name=gem",

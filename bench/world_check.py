@@ -25,27 +25,10 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from distgem.data.conllu import UPOS_TAGS  # noqa: E402
 from distgem.world.pretrain import PRESETS, ensure_backbone, evaluate, load_world_text  # noqa: E402
 
-UPOS = (
-    "ADJ",
-    "ADP",
-    "ADV",
-    "AUX",
-    "CCONJ",
-    "DET",
-    "INTJ",
-    "NOUN",
-    "NUM",
-    "PART",
-    "PRON",
-    "PROPN",
-    "PUNCT",
-    "SCONJ",
-    "SYM",
-    "VERB",
-    "X",
-)
+UPOS = UPOS_TAGS
 
 
 def read_conllu(path: Path) -> list[tuple[list[str], list[str]]]:

@@ -229,3 +229,16 @@ def read_weights(run_dir: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(run_dir / "final.safetensors"))
+
+
+def assert_exported_tagger_tags_as_the_engine(run_dir: Path, test_file: Path, work: Path) -> None:
+    """`distgem export` then `distgem predict` on one test file give the tags the engine saved for it
+    (run with output.save_predictions)."""
+    from distgem.cli import main
+    from distgem.data.conllu import read_conllu
+
+    assert main(["export", str(run_dir), "--out", str(work / "model")]) == 0
+    predicted = work / f"{test_file.stem}.predicted.conllu"
+    assert main(["predict", str(work / "model"), str(test_file), "--out", str(predicted)]) == 0
+    engine_tags = json.loads((run_dir / "predictions" / "test" / f"{test_file.stem.split('-')[0]}.json").read_text())
+    assert [list(s.tags) for s in read_conllu(predicted)] == engine_tags

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from distgem.cli import main
-from tests.support import read_steps, run_training
+from tests.support import assert_exported_tagger_tags_as_the_engine, read_steps, run_training
 from tests.unit.test_readers import CONLLU
 
 
@@ -140,12 +140,4 @@ def test_a_backbone_without_a_masked_lm_head_exports_and_predicts(micro, tmp_pat
             "eval.after_training": "false",
         },
     )
-    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "model")]) == 0
-    predicted = tmp_path / "es.conllu"
-    assert (
-        main(["predict", str(tmp_path / "model"), str(corpus / "pos" / "es-test.conllu"), "--out", str(predicted)]) == 0
-    )
-    from distgem.data.conllu import read_conllu
-
-    engine_tags = json.loads((tmp_path / "run" / "predictions" / "test" / "es.json").read_text())
-    assert [list(s.tags) for s in read_conllu(predicted)] == engine_tags
+    assert_exported_tagger_tags_as_the_engine(tmp_path / "run", corpus / "pos" / "es-test.conllu", tmp_path)

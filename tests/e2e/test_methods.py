@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from tests.support import ROOT, read_steps, read_weights, run_training
+from tests.support import ROOT, assert_exported_tagger_tags_as_the_engine, read_steps, read_weights, run_training
 
 METHOD_CONFIGS = sorted(p.stem for p in (ROOT / "configs" / "methods").glob("*.yaml"))
 
@@ -259,8 +259,6 @@ def test_lora_trains_adapters_only_and_exports_a_merged_tagger(micro, tmp_path):
     pytest.importorskip("peft")
     from safetensors.torch import load_file
 
-    from distgem.cli import main
-
     run_training(
         micro,
         tmp_path / "run",
@@ -283,12 +281,4 @@ def test_lora_trains_adapters_only_and_exports_a_merged_tagger(micro, tmp_path):
     }
     assert base and all(bool((v == start[k]).all()) for k, v in base.items() if k in start)
     assert any("lora_B" in k and float(v.abs().max()) > 0 for k, v in final.items())  # B starts at zero: it trained
-    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "model")]) == 0
-    predicted = tmp_path / "es.conllu"
-    assert (
-        main(["predict", str(tmp_path / "model"), str(corpus / "pos" / "es-test.conllu"), "--out", str(predicted)]) == 0
-    )
-    from distgem.data.conllu import read_conllu
-
-    engine_tags = json.loads((tmp_path / "run" / "predictions" / "test" / "es.json").read_text())
-    assert [list(s.tags) for s in read_conllu(predicted)] == engine_tags
+    assert_exported_tagger_tags_as_the_engine(tmp_path / "run", corpus / "pos" / "es-test.conllu", tmp_path)

@@ -149,6 +149,21 @@ def freeze_after_checkpoint(env: dict, run_dir: Path, step: int) -> dict[str, in
     return freeze(env, run_dir, reached, f"checkpointed step {step}")
 
 
+def frozen_two_node_run(env: dict, micro, run_dir: Path) -> tuple[str, dict[str, int], str]:
+    """A two-node GEM-both run checkpointing every 2 steps, both ranks stopped once it has: (job, pids, checkpoint)."""
+    job = sbatch_train(
+        env,
+        micro,
+        run_dir,
+        2,
+        1,
+        {**FAULTY, "output.checkpoint_every": 2},
+        {"DISTGEM_COLLECTIVE_TIMEOUT": str(TIMEOUT)},
+    )
+    pids = freeze_after_checkpoint(env, run_dir, 2)
+    return job, pids, (run_dir / "checkpoints" / "latest").read_text().strip()
+
+
 def rank_lines(log: str) -> list[tuple]:
     return [
         (int(r), int(n), host, addr, master, int(port)) for r, n, host, addr, master, port in RANK_LINE.findall(log)
@@ -375,17 +390,7 @@ def test_a_killed_rank_ends_the_job_at_once_and_the_requeued_job_resumes_identic
     slurm_nodes, micro, tmp_path, uninterrupted
 ):
     run_dir = tmp_path / "killed"
-    job = sbatch_train(
-        slurm_nodes,
-        micro,
-        run_dir,
-        2,
-        1,
-        {**FAULTY, "output.checkpoint_every": 2},
-        {"DISTGEM_COLLECTIVE_TIMEOUT": str(TIMEOUT)},
-    )
-    pids = freeze_after_checkpoint(slurm_nodes, run_dir, 2)
-    checkpoint = (run_dir / "checkpoints" / "latest").read_text().strip()
+    job, pids, checkpoint = frozen_two_node_run(slurm_nodes, micro, run_dir)
     killed = time.monotonic()
     os.kill(pids["node2"], signal.SIGKILL)  # node2's rank dies; its node, and the connection's RST, live on
     os.kill(pids["node1"], signal.SIGCONT)
@@ -409,17 +414,7 @@ def test_a_lost_node_ends_the_job_within_bounds_and_the_job_resumes_identically_
     then its slurmd and all its processes. The survivor gives up after the collective timeout; Slurm declares the
     node DOWN after SlurmdTimeout, ends the job (node failure) and requeues it; it runs again once node2 is back."""
     run_dir = tmp_path / "lost"
-    job = sbatch_train(
-        slurm_nodes,
-        micro,
-        run_dir,
-        2,
-        1,
-        {**FAULTY, "output.checkpoint_every": 2},
-        {"DISTGEM_COLLECTIVE_TIMEOUT": str(TIMEOUT)},
-    )
-    pids = freeze_after_checkpoint(slurm_nodes, run_dir, 2)
-    checkpoint = (run_dir / "checkpoints" / "latest").read_text().strip()
+    job, pids, checkpoint = frozen_two_node_run(slurm_nodes, micro, run_dir)
     lost = time.monotonic()
     down = subprocess.run(
         ["bash", str(CLUSTER_SH), "node-down", "node2"], env=slurm_nodes, capture_output=True, text=True, timeout=60
