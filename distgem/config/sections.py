@@ -99,9 +99,10 @@ class TaskConfig:
 @dataclass
 class GemConfig:
     memory_strength: float = bounded(0.0, ge=0)
-    """GEM's margin: lower bound on the dual variables (0 = the paper's default). A projected step then
-    adds at least this many times each memory gradient to what is projected: to the gradient (before
-    AdamW normalises it; 0.1 kept retrieval on a real encoder, docs/RESULTS.md), or with target: update
+    """GEM's margin: lower bound on the dual variables (0 = the equation as printed; the GEM reference code
+    runs 0.5; configs/methods/gem-*.yaml set 0.1, configs/methods/README.md). A projected step then adds at
+    least this many times each memory gradient to what is projected: to the gradient (before AdamW
+    normalises it; 0.1 kept retrieval on a real encoder, docs/RESULTS.md), or with target: update
     to the parameter update itself, an SGD step of this size on the memory losses (scale it like a
     learning rate there)."""
     solver: Literal["auto", "exact", "qpth"] = "auto"

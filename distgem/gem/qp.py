@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from qpth.qp import QPFunction
 
 RIDGE = 1e-10
 """Added to the cosine matrix C: the active constraints end up violated by at most RIDGE * v_i |g_i|^2."""
@@ -186,6 +185,14 @@ def _solve_exact(C: torch.Tensor, p: torch.Tensor, lower: torch.Tensor) -> torch
     return lower + best_w
 
 
+def qpth_function():
+    """qpth's QPFunction, imported on first use: importing qpth pulls in cvxpy and scipy, about a second of every
+    training process's start, and most runs never call it."""
+    from qpth.qp import QPFunction
+
+    return QPFunction
+
+
 def _solve_qpth(C: torch.Tensor, p: torch.Tensor, lower: torch.Tensor) -> tuple[torch.Tensor, int]:
     """qpth's batched interior point; elements it got wrong (it prints instead of raising) go to the exact solver."""
     B, k = p.shape
@@ -194,7 +201,7 @@ def _solve_qpth(C: torch.Tensor, p: torch.Tensor, lower: torch.Tensor) -> tuple[
     printed = io.StringIO()
     try:
         with torch.no_grad(), contextlib.redirect_stdout(printed):
-            u = QPFunction(verbose=0)(C, p, G, -lower, e, e)
+            u = qpth_function()(verbose=0)(C, p, G, -lower, e, e)
     except RuntimeError:  # "Q is not SPD" or a failed factorisation
         u = None
     if u is None or u.shape != p.shape:

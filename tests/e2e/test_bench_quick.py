@@ -93,12 +93,13 @@ def test_projection_quick():
     assert len(table) >= 6 and all(sum(numeric(c) for c in r) >= 4 for r in table), table
 
 
+@pytest.mark.slow  # ~25-55 s; CI runs the other benchmarks' quick modes (.ci/run: -m "not slow")
 def test_comm_quick(micro, tmp_path):
     output = bench("comm.py", "--quick", *sets(micro, tmp_path))
     assert "gem-both" in output and "all_reduce" in output, output[-2000:]
 
 
-@pytest.mark.parametrize("mode", ["prepare", "rss"])
+@pytest.mark.parametrize("mode", ["prepare", pytest.param("rss", marks=pytest.mark.slow)])
 def test_data_quick(mode, tmp_path):
     output = bench("data.py", "--workdir", str(tmp_path), mode, "--quick")
     assert rows(output), output[-2000:]
@@ -109,6 +110,7 @@ def test_hf_trainer_quick(micro, tmp_path):
     assert len(table) == 1 and table[0][:2] == ["1", "2"] and all(numeric(c) for c in table[0]), table
 
 
+@pytest.mark.slow
 def test_memory_quick(micro, tmp_path):
     table = rows(bench("memory.py", "--quick", *sets(micro, tmp_path)))
     assert len(table) == 1 and table[0][0] == "2", table

@@ -230,7 +230,7 @@ def test_qpth_failures_fall_back_to_the_exact_solver(monkeypatch, failure):
     grams, dots = memories @ memories.mT, (memories @ grads[..., None])[..., 0]
     expected = solve_dual(grams, dots, 0.0, "exact")
 
-    real = qp.QPFunction
+    real = qp.qpth_function()
 
     def broken(**options):
         def call(Q, p, G, h, A, b):
@@ -245,7 +245,7 @@ def test_qpth_failures_fall_back_to_the_exact_solver(monkeypatch, failure):
 
         return call
 
-    monkeypatch.setattr(qp, "QPFunction", broken)
+    monkeypatch.setattr(qp, "qpth_function", lambda: broken)
     result = solve(grams, dots, 0.0, "qpth")
     n_bad = 4 if failure in ("raise", "inaccurate") else 1  # qpth's print does not say which element
     assert result.fallbacks == n_bad
