@@ -87,21 +87,30 @@ def tested_point(run: dict) -> tuple[int, dict[str, float]] | None:
     return (step, values) if step and values else None
 
 
-def _forgetting_curves(runs: list[dict], out: Path, plt) -> None:
-    """Per method, the memory metrics over training (lines, mean over seeds) and the tested checkpoint (a star
-    at its step, mean over seeds): what was forgotten by the end and what the selected model kept."""
+def forgetting_curves(runs: list[dict]) -> tuple[dict, dict]:
+    """(curves, tested): per metric and method, the values at each step over seeds, and the tested checkpoints'
+    (step, value) pairs. Runs of different tasks evaluate different languages (the POS and NER targets), so
+    their curves are never averaged together: with more than one task each method's name carries its task."""
     curves: dict[str, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     tested: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
-    for r in runs:
-        if not (Path(r["run_dir"]) / "tensorboard").is_dir():
-            continue
+    drawn = [r for r in runs if (Path(r["run_dir"]) / "tensorboard").is_dir()]
+    several_tasks = len({r["run"]["task"] for r in drawn}) > 1
+    for r in drawn:
+        name = f"{r['label']} ({r['run']['task']})" if several_tasks else r["label"]
         for metric, series in forgetting_series(Path(r["run_dir"])).items():
             for step, value in series.items():
-                curves[metric][r["label"]][step].append(value)
+                curves[metric][name][step].append(value)
         point = tested_point(r)
         if point:
             for metric, value in point[1].items():
-                tested[metric][r["label"]].append((point[0], value))
+                tested[metric][name].append((point[0], value))
+    return curves, tested
+
+
+def _forgetting_curves(runs: list[dict], out: Path, plt) -> None:
+    """Per method, the memory metrics over training (lines, mean over seeds) and the tested checkpoint (a star
+    at its step, mean over seeds): what was forgotten by the end and what the selected model kept."""
+    curves, tested = forgetting_curves(runs)
     if not curves:
         return
     figure, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.6))

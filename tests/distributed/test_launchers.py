@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -60,8 +61,12 @@ def _launch(command, env, timeout=300):
 
 
 def test_deepspeed_launcher(micro, reference, tmp_path):
-    _launch(["deepspeed", "--num_gpus", "2", "--master_port", str(free_port()), TRAIN, *_args(micro, tmp_path)], _env())
+    """Two ranks under the deepspeed launcher equal one process, and leave none of DeepSpeed's shared-memory
+    all-reduce segments (66 MB each, named after the port) behind in /dev/shm."""
+    port = free_port()
+    _launch(["deepspeed", "--num_gpus", "2", "--master_port", str(port), TRAIN, *_args(micro, tmp_path)], _env())
     _assert_same(reference, tmp_path)
+    assert not list(Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"))
 
 
 def test_deepspeed_hostfile_without_ssh(micro, reference, tmp_path):

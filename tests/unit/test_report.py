@@ -434,6 +434,26 @@ def test_forgetting_curves_read_p_at_1_exactly_and_the_curve_not_the_tested_chec
     )
 
 
+def test_forgetting_curves_of_different_tasks_are_never_averaged(tmp_path):
+    """POS and NER runs of one method evaluate different target languages: two curves, one per task; seeds of one
+    task are averaged."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from distgem.report.plots import forgetting_curves
+
+    def run(name: str, task: str, p1: float) -> dict:
+        writer = SummaryWriter(str(tmp_path / name / "tensorboard"))
+        writer.add_scalar("memory/xsr/es/p@1", p1, 0)
+        writer.close()
+        return {"run_dir": str(tmp_path / name), "label": "gem-xsr", "run": {"task": task}}
+
+    pos = [run("pos0", "pos", 70.0), run("pos1", "pos", 72.0)]
+    curves, _ = forgetting_curves([*pos, run("ner0", "ner", 50.0)])
+    assert curves["XSR P@1 (mean over pairs)"] == {"gem-xsr (pos)": {0: [70.0, 72.0]}, "gem-xsr (ner)": {0: [50.0]}}
+    curves, _ = forgetting_curves(pos)
+    assert curves["XSR P@1 (mean over pairs)"] == {"gem-xsr": {0: [70.0, 72.0]}}
+
+
 def test_the_tradeoff_places_each_setting_in_its_family_and_matches_gem_to_the_closest_mtf(tmp_path):
     """Points pool seeds per setting; each GEM margin meets the MTF weight closest to it in English score, and the
     t-tests there are Welch's on the per-seed numbers."""
