@@ -90,20 +90,20 @@ def tested_point(run: dict) -> tuple[int, dict[str, float]] | None:
 def forgetting_curves(runs: list[dict]) -> tuple[dict, dict]:
     """(curves, tested): per metric and method, the values at each step over seeds, and the tested checkpoints'
     (step, value) pairs. Runs of different tasks evaluate different languages (the POS and NER targets), so
-    their curves are never averaged together: with more than one task each method's name carries its task."""
+    their curves are never averaged together: with more than one task each task has panels of its own."""
     curves: dict[str, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     tested: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
     drawn = [r for r in runs if (Path(r["run_dir"]) / "tensorboard").is_dir()]
     several_tasks = len({r["run"]["task"] for r in drawn}) > 1
     for r in drawn:
-        name = f"{r['label']} ({r['run']['task']})" if several_tasks else r["label"]
+        panel = (lambda metric: f"{metric}, {r['run']['task']}") if several_tasks else (lambda metric: metric)
         for metric, series in forgetting_series(Path(r["run_dir"])).items():
             for step, value in series.items():
-                curves[metric][name][step].append(value)
+                curves[panel(metric)][r["label"]][step].append(value)
         point = tested_point(r)
         if point:
             for metric, value in point[1].items():
-                tested[metric][name].append((point[0], value))
+                tested[panel(metric)][r["label"]].append((point[0], value))
     return curves, tested
 
 
@@ -113,8 +113,10 @@ def _forgetting_curves(runs: list[dict], out: Path, plt) -> None:
     curves, tested = forgetting_curves(runs)
     if not curves:
         return
-    figure, axes = plt.subplots(1, len(curves), figsize=(5 * len(curves), 3.6))
-    axes = [axes] if len(curves) == 1 else axes
+    columns = min(len(curves), 2)  # two metrics side by side; a row per metric when the tasks double the panels
+    rows = -(-len(curves) // columns)
+    figure, grid = plt.subplots(rows, columns, figsize=(5.5 * columns, 3.8 * rows), squeeze=False)
+    axes = [axis for row in grid for axis in row]
     for axis, (metric, methods) in zip(axes, sorted(curves.items())):
         for name in sorted(methods, key=method_order):
             steps = sorted(methods[name])
