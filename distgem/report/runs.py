@@ -145,6 +145,10 @@ def label(results: dict) -> str:
     weights = config.get("mtf_weights") or {}
     if config["name"] == "mtf" and any(weights.get(task, 1.0) != 1.0 for task in memory):
         name += "+w" + "/".join(f"{weights.get(task, 1.0):g}" for task in memory)  # the memory losses' weights
+    if config["name"] == "l2sp" and config.get("l2sp_strength", 0.1) != 0.1:  # each strength is its own setting
+        name += f"+alpha{config['l2sp_strength']:g}"
+    if config["name"] == "lora" and config.get("lora_rank", 8) != 8:
+        name += f"+r{config['lora_rank']}"
     gem = config["gem"]
     if config["name"] == "gem":
         name += "".join(

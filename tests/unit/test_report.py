@@ -278,6 +278,20 @@ def test_mtf_runs_with_other_weights_than_one_get_their_own_label():
     assert mtf(["mlm", "xsr"], {"mlm": 1.0, "xsr": 0.5}) == "mtf-both+w1/0.5"
 
 
+def test_l2sp_strengths_and_lora_ranks_are_settings_of_their_own():
+    """Two L2-SP strengths (or LoRA ranks) are two points of the trade-off, never pooled as seeds of one."""
+    from distgem.report.runs import label
+
+    def run(method, **knobs):
+        data = _results(method, [], 0, {"en": 90, "es": 80, "fr": 81})
+        data["config"]["method"].update(knobs)
+        return label(data)
+
+    assert run("l2sp") == run("l2sp", l2sp_strength=0.1) == "l2sp"
+    assert run("l2sp", l2sp_strength=0.01) == "l2sp+alpha0.01"
+    assert run("lora", lora_rank=8) == "lora" and run("lora", lora_rank=16, lora_alpha=32) == "lora+r16"
+
+
 def test_new_run_directories_join_a_committed_summary_and_replace_its_runs_of_the_same_id(runs, tmp_path):
     first = tmp_path / "first"
     assert main(["report", str(runs), "--out", str(first), "--no-plots"]) == 0
