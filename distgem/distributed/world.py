@@ -249,7 +249,11 @@ def _release_shared_memory_name(rank: int, size: int) -> None:
     rank, named after the master address and port, and never unlinks it: every run left its segments in
     /dev/shm, which is memory (87 of them, 5.3 GB, after a day of runs here). Each rank maps its peers' segments
     inside init_distributed, so once every rank is past it (a barrier) each unlinks its own name: the mappings
-    stay valid until the process ends, and nothing is left behind, whatever way it ends."""
+    stay valid until the process ends, and nothing is left behind, whatever way it ends. DeepSpeed makes them only
+    when every rank is on this host (LOCAL_SIZE, which its launcher sets, equals the world size): other runs
+    (torchrun, several nodes) skip the barrier too."""
+    if os.environ.get("LOCAL_SIZE") != str(size):
+        return
     if size > 1:
         import torch.distributed as dist
 

@@ -96,14 +96,14 @@ def forgetting_curves(runs: list[dict]) -> tuple[dict, dict]:
     drawn = [r for r in runs if (Path(r["run_dir"]) / "tensorboard").is_dir()]
     several_tasks = len({r["run"]["task"] for r in drawn}) > 1
     for r in drawn:
-        panel = (lambda metric: f"{metric}, {r['run']['task']}") if several_tasks else (lambda metric: metric)
+        task = f", {r['run']['task']}" if several_tasks else ""
         for metric, series in forgetting_series(Path(r["run_dir"])).items():
             for step, value in series.items():
-                curves[panel(metric)][r["label"]][step].append(value)
+                curves[metric + task][r["label"]][step].append(value)
         point = tested_point(r)
         if point:
             for metric, value in point[1].items():
-                tested[panel(metric)][r["label"]].append((point[0], value))
+                tested[metric + task][r["label"]].append((point[0], value))
     return curves, tested
 
 
