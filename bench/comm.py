@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from common import free_port  # noqa: E402
+from common import launcher  # noqa: E402
 
 METHODS = {
     "naive": ["method.name=naive"],
@@ -42,13 +42,7 @@ def measure(stage: int, method: str, overrides: list[str], workdir: Path, step: 
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
     command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        "2",
-        "--master_port",
-        str(free_port()),
+        *launcher(2),
         str(ROOT / "bench" / "collectives.py"),
         "--out",
         str(run_dir / "comm"),

@@ -140,6 +140,21 @@ def long_corpus(root: Path, words: int, sentences: int = 48, seed: int = 0) -> P
     return write_micro_corpus(root, seed, sentences, length=words)
 
 
+def launcher(ranks: int) -> list[str]:
+    """The command that starts a script on `ranks` CPU processes: this Python for one, torchrun on a free port."""
+    if ranks == 1:
+        return [sys.executable]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(ranks),
+        "--master_port",
+        str(free_port()),
+    ]
+
+
 def free_port() -> int:
     """A port nothing listens on now: a fixed one collides with whatever else runs on the machine."""
     import socket

@@ -29,7 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from common import free_port  # noqa: E402  (bench/ is sys.path[0] when run as a script)
+from common import launcher  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 
 ENV = {
     **os.environ,
@@ -204,13 +204,7 @@ def bench_rss(sizes: list[int], steps: int, work: Path) -> None:
             raise SystemExit(prepared.stderr[-3000:])
         disk = sum(f.stat().st_size for d in (work / f"cache-{size}").glob("mlm-*") for f in d.iterdir())
         command = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(free_port()),
+            *launcher(2),
             str(ROOT / "launch" / "train.py"),
             *flags,
         ]

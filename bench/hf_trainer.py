@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import ROOT, environment, load_average
+from common import ROOT, environment, launcher, load_average
 
 COMMON = [
     "method.name=naive",
@@ -129,14 +129,6 @@ def hf_worker(args) -> None:
         Path(args.out).write_text(json.dumps(times.times))
 
 
-def launcher(ranks: int, port: int) -> list[str]:
-    return (
-        [sys.executable]
-        if ranks == 1
-        else [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", str(port)]
-    )
-
-
 def run(command: list[str], env: dict, what: str) -> None:
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
     if done.returncode:
@@ -153,7 +145,7 @@ def ours(ranks: int, stage: int, args, work: Path, env: dict) -> list[float]:
         *args.overrides,
     ]
     run(
-        [*launcher(ranks, 29751), str(ROOT / "launch" / "train.py"), *[a for s in sets for a in ("--set", s)]],
+        [*launcher(ranks), str(ROOT / "launch" / "train.py"), *[a for s in sets for a in ("--set", s)]],
         env,
         "distgem",
     )
@@ -166,7 +158,7 @@ def theirs(ranks: int, stage: int, args, work: Path, env: dict) -> list[float]:
     sets = [f"train.zero_stage={stage}", *args.overrides]
     run(
         [
-            *launcher(ranks, 29752),
+            *launcher(ranks),
             __file__,
             "--hf-worker",
             "--workdir",

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, free_port, load_average
+from common import ROOT, launcher, load_average
 
 METHODS = {
     "naive": ["method.name=naive"],
@@ -71,21 +71,8 @@ def peak(run_dir: Path, ranks: int, stage: int, method: str, model: Path, args, 
         f"output.run_dir={run_dir}",
         *args.overrides,
     ]
-    launcher = (
-        [sys.executable]
-        if ranks == 1
-        else [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(ranks),
-            "--master_port",
-            str(free_port()),
-        ]
-    )
     done = subprocess.run(
-        [*launcher, str(ROOT / "launch" / "train.py"), *[a for s in sets for a in ("--set", s)]],
+        [*launcher(ranks), str(ROOT / "launch" / "train.py"), *[a for s in sets for a in ("--set", s)]],
         capture_output=True,
         text=True,
         env=env,

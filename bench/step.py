@@ -36,7 +36,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, Bandwidth, environment, floor_ms, floor_values, free_port, load_average, random_backbone
+from common import ROOT, Bandwidth, environment, floor_ms, floor_values, launcher, load_average, random_backbone
 
 METHODS = {
     "naive": ["method.name=naive"],
@@ -379,21 +379,8 @@ def main() -> int:
     for n in args.ranks:
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "records.json"
-            launcher = (
-                [sys.executable]
-                if n == 1
-                else [
-                    sys.executable,
-                    "-m",
-                    "torch.distributed.run",
-                    "--nproc_per_node",
-                    str(n),
-                    "--master_port",
-                    str(free_port()),
-                ]
-            )
             command = [
-                *launcher,
+                *launcher(n),
                 __file__,
                 "--worker",
                 "--workdir",
