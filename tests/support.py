@@ -181,17 +181,21 @@ def train_command(ranks: int, launcher: str = "torchrun", collectives: Path | No
     if ranks == 1:
         return [sys.executable, *script]
     if launcher == "torchrun":
-        return [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            str(ranks),
-            "--master_port",
-            str(free_port()),
-            *script,
-        ]
+        return [*torchrun(ranks), *script]
     raise ValueError(launcher)
+
+
+def torchrun(ranks: int) -> list[str]:
+    """torchrun with `ranks` CPU processes on a free port; the script and its arguments follow."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(ranks),
+        "--master_port",
+        str(free_port()),
+    ]
 
 
 def run_training(

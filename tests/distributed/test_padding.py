@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
-from tests.support import ROOT, free_port
+from tests.support import ROOT, torchrun
 
 SCRIPT = r"""
 import json, os, sys
@@ -61,17 +60,7 @@ def test_zero3_padding_names_exactly_the_values_that_hold_no_parameter(tmp_path)
         "PYTHONPATH": str(ROOT),
     }
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            str(free_port()),
-            str(script),
-            str(tmp_path),
-        ],
+        [*torchrun(2), str(script), str(tmp_path)],
         capture_output=True,
         text=True,
         env=env,
