@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from distgem.errors import UserError
+from distgem.errors import ConfigError, UserError
+
+if TYPE_CHECKING:
+    from distgem.config.sections import RunConfig
 
 EMBEDDED = "embedded:"
 
@@ -57,6 +61,33 @@ def load(name: str, dropout: float | None = None):
     finally:
         transformers.logging.set_verbosity(verbosity)
     return tokenizer, model
+
+
+def check_config(config: RunConfig, backbone, has_mlm: bool) -> None:
+    """Config values that only the backbone can judge, checked before anything is built."""
+    method = config.method
+    if "mlm" in method.memory and not has_mlm:
+        raise ConfigError(f"method.memory: {config.model.backbone} has no masked-LM head; use [xsr]")
+    layers = getattr(backbone.config, "num_hidden_layers", None)
+    if layers is not None and not -(layers + 1) <= method.xsr_layer <= layers:
+        raise ConfigError(
+            f"method.xsr_layer: {method.xsr_layer} is not a layer of {config.model.backbone} "
+            f"({layers} layers: 0 = embeddings .. {layers}, or -1 for the last)"
+        )
+    if method.name == "frozen" and layers is not None and method.frozen_layers > layers:
+        raise ConfigError(
+            f"method.frozen_layers: {method.frozen_layers} is more than the {layers} layers of {config.model.backbone}"
+        )
+    if (
+        method.name == "gem"
+        and method.gem.target == "update"
+        and config.train.zero_stage == 0
+        and config.train.precision != "fp32"
+    ):
+        raise ConfigError(
+            f"method.gem.target: update edits the optimizer's master weights, which ZeRO 0 "
+            f"keeps out of reach in {config.train.precision}; use train.zero_stage >= 1 or fp32"
+        )
 
 
 def _not_found(name: str, path: str, err: Exception) -> str:

@@ -35,7 +35,7 @@ from distgem.tasks.metrics import average_over_targets
 from distgem.tasks.sources import memory_sources, tagging_source
 from distgem.tasks.tagging import LABELS
 from distgem.train.evaluation import Evaluator
-from distgem.train.log import RunLog
+from distgem.train.log import RunLog, flatten, hparams_of
 from distgem.train.methods import METHODS, StepView
 from distgem.train.preemption import DIVERGED_MARKER, PREEMPTED_EXIT, PREEMPTED_MARKER, PREEMPTION, Diverged, Preempted
 from distgem.train.reduction import Reduction
@@ -52,8 +52,8 @@ class Trainer:
         train, method = config.train, config.method
         _seed_everything(train.seed)
         self.tokenizer, backbone = backbones.load(config.model.backbone, config.model.dropout)
-        has_mlm = any(a.endswith("ForMaskedLM") for a in (backbone.config.architectures or []))
-        _check_against_backbone(config, backbone, has_mlm)
+        has_mlm = backbones.has_mlm_head(backbone.config)
+        backbones.check_config(config, backbone, has_mlm)
         mono, pairs = needed(config.task, has_mlm)  # perplexity for every language, XSR for every target
         with world.main_first():  # one rank tokenises into the shared cache, the others open what it wrote
             self.corpora = load_corpora(
@@ -325,10 +325,10 @@ class Trainer:
         started = time.perf_counter()
         if config.eval.before_training and self.state["backbone"] is None:
             self.state["backbone"] = self.evaluate_memory()
-            log.scalars(0, _flatten("memory", self.state["backbone"]))
+            log.scalars(0, flatten("memory", self.state["backbone"]))
             if self.held_out:  # where the memory_loss curves start
                 self.state["backbone"]["memory_loss"] = self.evaluate_memory_losses()
-                log.scalars(0, _flatten("memory_loss", self.state["backbone"]["memory_loss"]))
+                log.scalars(0, flatten("memory_loss", self.state["backbone"]["memory_loss"]))
         self._stop_if_preempted(log)
         self.engine.train()  # from_pretrained returns eval mode; dropout must be on whatever ran before
         try:
@@ -402,13 +402,13 @@ class Trainer:
             # a point of the memory/* curves, which were measured during training
             tested = {"tested/step": float(self.state["best_step"] or self.state["step"])}
             if test:
-                tested.update(_flatten("test", {lang: m["score"] for lang, m in test.items()}))
+                tested.update(flatten("test", {lang: m["score"] for lang, m in test.items()}))
             if after:
-                tested.update(_flatten("tested/memory", after))
+                tested.update(flatten("tested/memory", after))
             log.scalars(self.state["step"], tested)
             average = results["test"]["average"]
             log.hparams(
-                _hparams(self.config),
+                hparams_of(self.config),
                 {
                     "hparam/test_average": average if average is not None else 0.0,
                     "hparam/dev_best": self.state["best"] or 0.0,
@@ -498,7 +498,7 @@ class Trainer:
         if self.config.eval.memory:
             memory = self.evaluate_memory()
             self.state["history"][-1]["memory"] = memory
-            log.scalars(step, _flatten("memory", memory))
+            log.scalars(step, flatten("memory", memory))
         if math.isfinite(average) and (self.state["best"] is None or average > self.state["best"]):
             # a model whose dev scores are not finite is never saved as the best one
             self.state.update(best=average, best_step=step, bad_evals=0)
@@ -541,62 +541,7 @@ class Trainer:
             self._restored_memory = client["memory"]
 
 
-def _check_against_backbone(config: RunConfig, backbone, has_mlm: bool) -> None:
-    """Config values that only the backbone can judge, checked before anything is built."""
-    method = config.method
-    if "mlm" in method.memory and not has_mlm:
-        raise ConfigError(f"method.memory: {config.model.backbone} has no masked-LM head; use [xsr]")
-    layers = getattr(backbone.config, "num_hidden_layers", None)
-    if layers is not None and not -(layers + 1) <= method.xsr_layer <= layers:
-        raise ConfigError(
-            f"method.xsr_layer: {method.xsr_layer} is not a layer of {config.model.backbone} "
-            f"({layers} layers: 0 = embeddings .. {layers}, or -1 for the last)"
-        )
-    if method.name == "frozen" and layers is not None and method.frozen_layers > layers:
-        raise ConfigError(
-            f"method.frozen_layers: {method.frozen_layers} is more than the {layers} layers of {config.model.backbone}"
-        )
-    if (
-        method.name == "gem"
-        and method.gem.target == "update"
-        and config.train.zero_stage == 0
-        and config.train.precision != "fp32"
-    ):
-        raise ConfigError(
-            f"method.gem.target: update edits the optimizer's master weights, which ZeRO 0 "
-            f"keeps out of reach in {config.train.precision}; use train.zero_stage >= 1 or fp32"
-        )
-
-
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _flatten(prefix: str, tree, out=None) -> dict[str, float]:
-    out = {} if out is None else out
-    if isinstance(tree, dict):
-        for key, value in tree.items():
-            _flatten(f"{prefix}/{key}", value, out)
-    elif isinstance(tree, (int, float)) and math.isfinite(tree):
-        out[prefix] = float(tree)
-    return out
-
-
-def _hparams(config: RunConfig) -> dict:
-    m = config.method
-    return {
-        "backbone": config.model.backbone,
-        "task": config.task.name,
-        "method": m.name,
-        "memory": "+".join(m.memory) or "none",
-        "mlm_languages": m.mlm_languages,
-        "seed": config.train.seed,
-        "lr": config.train.lr,
-        "zero_stage": config.train.zero_stage,
-        "per_language": m.gem.per_language,
-        "per_layer": m.gem.per_layer,
-        "refresh_every": m.gem.refresh_every,
-        "memory_strength": m.gem.memory_strength,
-    }

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from distgem.config.sections import RunConfig
 
 
 class RunLog:
@@ -67,3 +72,33 @@ class RunLog:
             self.bar.close()
         if self.writer is not None:
             self.writer.close()
+
+
+def flatten(prefix: str, tree, out=None) -> dict[str, float]:
+    """A nested dict of numbers as TensorBoard tags (`prefix/key/subkey`); non-finite, non-numeric leaves left out."""
+    out = {} if out is None else out
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            flatten(f"{prefix}/{key}", value, out)
+    elif isinstance(tree, (int, float)) and math.isfinite(tree):
+        out[prefix] = float(tree)
+    return out
+
+
+def hparams_of(config: RunConfig) -> dict:
+    """What the TensorBoard hparams view compares runs by."""
+    m = config.method
+    return {
+        "backbone": config.model.backbone,
+        "task": config.task.name,
+        "method": m.name,
+        "memory": "+".join(m.memory) or "none",
+        "mlm_languages": m.mlm_languages,
+        "seed": config.train.seed,
+        "lr": config.train.lr,
+        "zero_stage": config.train.zero_stage,
+        "per_language": m.gem.per_language,
+        "per_layer": m.gem.per_layer,
+        "refresh_every": m.gem.refresh_every,
+        "memory_strength": m.gem.memory_strength,
+    }
