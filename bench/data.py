@@ -56,30 +56,11 @@ def write_corpus(path: Path, sentences: int, seed: int = 0) -> None:
 
 
 def write_tokenizer(corpus: Path, directory: Path, sample: int = 100_000) -> None:
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertTokenizerFast
+    from distgem.world import wordpiece
 
     with corpus.open(encoding="utf-8") as handle:
         texts = list(itertools.islice(handle, sample))
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=False)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(
-        texts, trainers.WordPieceTrainer(vocab_size=16_000, special_tokens=specials, show_progress=False)
-    )
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
-    )
-    BertTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        pad_token="[PAD]",
-        mask_token="[MASK]",
-    ).save_pretrained(directory)
+    wordpiece.bert_tokenizer(wordpiece.cased_vocabulary(texts, 16_000)).save_pretrained(directory)
 
 
 def measure(mode: str, root: str, tokenizer: str, cache: str, procs: int) -> dict:

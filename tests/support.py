@@ -89,41 +89,14 @@ def write_mono(path: Path, lang: str, sentences: int, seed: int = 0) -> Path:
 def write_micro_backbone(directory: Path, corpus: Path, hidden: int = 32, layers: int = 2, seed: int = 0) -> Path:
     """A WordPiece tokenizer trained on the corpus and a randomly initialised BertForMaskedLM, saved as HF."""
     import torch
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+    from transformers import BertConfig, BertForMaskedLM
+
+    from distgem.world import wordpiece
 
     texts = [
         line for f in sorted((corpus / "mono").glob("*.txt")) for line in f.read_text(encoding="utf-8").splitlines()
     ]
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=False)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tok.train_from_iterator(
-        texts, trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials, show_progress=False)
-    )
-    # the trainer numbers tied pieces in hash order (PYTHONHASHSEED): number them by the piece instead, so that
-    # every session gets the same fixture and the equivalence tolerances are checked on the same numbers
-    pieces = sorted(
-        tok.get_vocab(),
-        key=lambda piece: (piece not in specials, specials.index(piece) if piece in specials else 0, piece),
-    )
-    normalizer, pre_tokenizer = tok.normalizer, tok.pre_tokenizer
-    tok = Tokenizer(models.WordPiece({piece: i for i, piece in enumerate(pieces)}, unk_token="[UNK]"))
-    tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B [SEP]",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
-    )
-    tokenizer = BertTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        pad_token="[PAD]",
-        mask_token="[MASK]",
-    )
+    tokenizer = wordpiece.bert_tokenizer(wordpiece.cased_vocabulary(texts, 300))
     torch.manual_seed(seed)
     config = BertConfig(
         vocab_size=len(tokenizer),

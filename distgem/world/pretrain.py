@@ -19,8 +19,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from distgem.world import wordpiece
+
 IGNORE = -100
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 EVAL_MASK_SEED = 12345
 EVAL_SENTENCES = 500
 BUCKETS = 16  # batches drawn at once and grouped by length
@@ -181,40 +182,9 @@ def train_tokenizer(
     mono: dict[str, list[str]], pairs: dict[str, list[tuple[str, str]]], vocab_size: int, max_length: int
 ):
     """A cased WordPiece tokenizer (mBERT's recipe, learned deterministically) as a transformers BertTokenizerFast."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import BertTokenizerFast
-
-    from distgem.world import wordpiece
-
-    normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=False)
-    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     texts = [line for lang in sorted(mono) for line in mono[lang]]
     texts += [side for lang in sorted(pairs) for pair in pairs[lang] for side in pair]
-    vocab = wordpiece.learn_vocabulary(wordpiece.count_words(texts, normalizer, pre_tokenizer), vocab_size, SPECIALS)
-    tok = Tokenizer(
-        models.WordPiece(
-            {piece: i for i, piece in enumerate(vocab)}, unk_token="[UNK]", continuing_subword_prefix=wordpiece.PREFIX
-        )
-    )
-    tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
-    )
-    # do_lower_case/strip_accents must be stated: transformers 5 otherwise saves do_lower_case=True and rebuilds
-    # a lower-casing normaliser on load, so the saved tokenizer would differ from the one trained here
-    return BertTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        pad_token="[PAD]",
-        mask_token="[MASK]",
-        model_max_length=max_length,
-        do_lower_case=False,
-        strip_accents=False,
-    )
+    return wordpiece.bert_tokenizer(wordpiece.cased_vocabulary(texts, vocab_size), max_length)
 
 
 class Batches:
@@ -296,7 +266,7 @@ def mask_tokens(ids, special, probability: float, mask_id: int, vocab: int, gene
     chosen = (torch.rand(ids.shape, generator=generator) < probability) & ~special
     labels = torch.where(chosen, ids, IGNORE)
     action = torch.rand(ids.shape, generator=generator)
-    random_ids = torch.randint(len(SPECIALS), vocab, ids.shape, generator=generator)
+    random_ids = torch.randint(len(wordpiece.SPECIALS), vocab, ids.shape, generator=generator)
     ids = torch.where(chosen & (action < 0.8), mask_id, ids)
     ids = torch.where(chosen & (action >= 0.8) & (action < 0.9), random_ids, ids)
     return ids, labels

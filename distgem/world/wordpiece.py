@@ -4,6 +4,8 @@ tokenizers' own WordPieceTrainer breaks ties between equally frequent pairs in h
 trainings on the same text give different vocabularies. This learner runs the same algorithm (BPE
 merges over words, continuation pieces prefixed with `##`, then WordPiece's greedy longest match at
 encoding time) with ties broken by the pieces themselves: the same text always gives the same vocabulary.
+`bert_tokenizer` turns a vocabulary into the transformers tokenizer every local backbone uses (the embedded
+default's, the tests' and the benchmarks'): one recipe, so what is trained is what is saved and loaded.
 """
 
 from __future__ import annotations
@@ -13,6 +15,50 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 
 PREFIX = "##"
+SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def cased_vocabulary(texts: Iterable[str], vocab_size: int) -> list[str]:
+    """mBERT's cased recipe: a vocabulary learned over the texts as BERT's cased normaliser and pre-tokeniser see."""
+    return learn_vocabulary(count_words(texts, *_cased()), vocab_size, SPECIALS)
+
+
+def bert_tokenizer(vocab: list[str], max_length: int | None = None):
+    """A cased BERT tokenizer over an ordered vocabulary (ids are positions; SPECIALS among the pieces), as a
+    transformers BertTokenizerFast: `[CLS] a [SEP]`, pairs `[CLS] a [SEP] b [SEP]` with segment ids 0 and 1."""
+    from tokenizers import Tokenizer, models, processors
+    from transformers import BertTokenizerFast
+
+    tok = Tokenizer(
+        models.WordPiece(
+            {piece: i for i, piece in enumerate(vocab)}, unk_token="[UNK]", continuing_subword_prefix=PREFIX
+        )
+    )
+    tok.normalizer, tok.pre_tokenizer = _cased()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", tok.token_to_id("[CLS]")), ("[SEP]", tok.token_to_id("[SEP]"))],
+    )
+    # do_lower_case/strip_accents must be stated: transformers 5 otherwise saves do_lower_case=True and rebuilds
+    # a lower-casing normaliser on load, so the saved tokenizer would differ from the one built here
+    return BertTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        pad_token="[PAD]",
+        mask_token="[MASK]",
+        do_lower_case=False,
+        strip_accents=False,
+        **({} if max_length is None else {"model_max_length": max_length}),
+    )
+
+
+def _cased():
+    from tokenizers import normalizers, pre_tokenizers
+
+    return normalizers.BertNormalizer(lowercase=False, strip_accents=False), pre_tokenizers.BertPreTokenizer()
 
 
 def count_words(texts: Iterable[str], normalizer, pre_tokenizer) -> Counter:

@@ -1,14 +1,12 @@
-"""The deterministic WordPiece learner behind the embedded backbone's tokenizer."""
+"""The deterministic WordPiece learner and the one BERT tokenizer recipe behind every local backbone."""
 
 from __future__ import annotations
 
 import random
 
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+from tokenizers import normalizers, pre_tokenizers
 
-from distgem.world.wordpiece import PREFIX, count_words, learn_vocabulary
-
-SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+from distgem.world.wordpiece import PREFIX, SPECIALS, bert_tokenizer, cased_vocabulary, count_words
 
 
 def _texts(seed: int = 0, lines: int = 400) -> list[str]:
@@ -23,10 +21,7 @@ def _texts(seed: int = 0, lines: int = 400) -> list[str]:
 
 
 def _learn(texts: list[str], size: int) -> list[str]:
-    counts = count_words(
-        texts, normalizers.BertNormalizer(lowercase=False, strip_accents=False), pre_tokenizers.BertPreTokenizer()
-    )
-    return learn_vocabulary(counts, size, SPECIALS)
+    return cased_vocabulary(texts, size)
 
 
 def test_same_text_in_any_order_gives_the_same_vocabulary():
@@ -53,14 +48,28 @@ def test_vocabulary_is_specials_then_alphabet_then_merges_within_the_size():
 
 def test_wordpiece_model_over_the_vocabulary_covers_every_word_without_unk():
     texts = _texts()
-    vocab = _learn(texts, 120)
-    tok = Tokenizer(
-        models.WordPiece({p: i for i, p in enumerate(vocab)}, unk_token="[UNK]", continuing_subword_prefix=PREFIX)
-    )
-    tok.normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=False)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok = bert_tokenizer(_learn(texts, 120))
     for text in texts[:50]:
-        encoding = tok.encode(text)
-        assert "[UNK]" not in encoding.tokens
-        rebuilt = "".join(t.removeprefix(PREFIX) if t.startswith(PREFIX) else " " + t for t in encoding.tokens)
+        tokens = tok.tokenize(text)
+        assert "[UNK]" not in tokens
+        rebuilt = "".join(t.removeprefix(PREFIX) if t.startswith(PREFIX) else " " + t for t in tokens)
         assert rebuilt.split() == text.replace(".", " .").replace("!", " !").split()
+
+
+def test_the_saved_tokenizer_is_the_one_built_cased_with_segment_ids(tmp_path):
+    from transformers import AutoTokenizer
+
+    texts = _texts() + ["Pata Kiki TOKA ptak"]
+    built = bert_tokenizer(_learn(texts, 150), max_length=64)
+    built.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    # transformers 5 rebuilds a lower-casing normaliser on load unless do_lower_case=False was saved
+    for text in ("Pata Kiki TOKA ptak", *texts[:20]):
+        assert loaded(text)["input_ids"] == built(text)["input_ids"]
+    assert loaded.tokenize("TOKA") != loaded.tokenize("toka")
+    pair = loaded("pata kiki", "toka")
+    cls, sep = loaded.convert_tokens_to_ids(["[CLS]", "[SEP]"])
+    first = pair["input_ids"].index(sep) + 1
+    assert pair["input_ids"][0] == cls and pair["input_ids"][-1] == sep
+    assert set(pair["token_type_ids"][:first]) == {0} and set(pair["token_type_ids"][first:]) == {1}
+    assert loaded.model_max_length == 64 and loaded.convert_ids_to_tokens(list(range(5))) == SPECIALS
