@@ -6,6 +6,7 @@ came from. Section dataclasses check their own values in `__post_init__` by rais
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import math
@@ -55,6 +56,26 @@ def require(condition: bool, field: str, message: str) -> None:
     """Raise FieldError(field, message) unless condition holds (for __post_init__ checks)."""
     if not condition:
         raise FieldError(field, message)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--config YAML` and `--set SECTION.KEY=VALUE`, for every command that reads a run config (into
+    `args.config` and `args.overrides`, the two arguments of `load_config`)."""
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="YAML",
+        help="run config (repeatable; later files win; each may `include:` others)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        dest="overrides",
+        help="override one config value, parsed to the field's type (repeatable)",
+    )
 
 
 def load_config(cls: type, paths: list[str | os.PathLike] = (), overrides: list[str] = ()) -> Any:

@@ -10,23 +10,11 @@ import argparse
 import sys
 import time
 
+from distgem.config import loader
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config",
-        action="append",
-        default=[],
-        metavar="YAML",
-        help="run config (repeatable; later files win), as given to training",
-    )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        dest="overrides",
-        help="override one config value (repeatable)",
-    )
+    loader.add_arguments(parser)  # the corpora of the run these --config/--set would train
 
 
 def run(args: argparse.Namespace) -> int:

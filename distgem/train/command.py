@@ -6,6 +6,8 @@ import argparse
 import os
 import sys
 
+from distgem.config import loader
+
 EXAMPLES = """examples:
   distgem train --config configs/tiny.yaml --config configs/methods/gem-both.yaml
   distgem train --config configs/tiny.yaml --config configs/methods/gem-xsr.yaml \\
@@ -21,21 +23,7 @@ every setting: docs/USAGE.md ("Configuration reference"); exit codes: 0 done, 2 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = EXAMPLES
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument(
-        "--config",
-        action="append",
-        default=[],
-        metavar="YAML",
-        help="run config (repeatable; later files win; each may `include:` others)",
-    )
-    parser.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        dest="overrides",
-        help="override one config value, parsed to the field's type (repeatable)",
-    )
+    loader.add_arguments(parser)
     parser.add_argument(
         "--resume",
         action="store_true",
