@@ -48,8 +48,9 @@ def hf_worker(args) -> None:
 
     from distgem.config.sections import load_run_config
     from distgem.data.corpora import path_of
+    from distgem.data.tagged import LABELS, load_tagged
     from distgem.model.backbone import resolve
-    from distgem.tasks.tagging import LABELS, collate, load_tagged
+    from distgem.tasks.tagging import collate
 
     config = load_run_config([], [*COMMON, *args.overrides])
     backbone, task = resolve(config.model.backbone), config.task.name

@@ -24,8 +24,8 @@ from distgem.data import hub, records
 from distgem.data.cache import DatasetCache, file_digest
 from distgem.data.encode import mono_windows, pair_ids, tagged_windows
 from distgem.data.rows import ArrowRows, iter_rows
+from distgem.data.tagged import LABELS, TaggedCorpus, corpus_from_rows
 from distgem.errors import UserError
-from distgem.tasks.tagging import LABELS, TaggedCorpus, corpus_from_rows
 
 TAG_COLUMNS = {"pos": ("upos", "pos_tags"), "ner": ("ner_tags",)}  # hub columns, in order of preference
 FILE_FORMATS = {"pos": "conllu", "ner": "conll"}

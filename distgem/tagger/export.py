@@ -91,9 +91,9 @@ def export(run_dir: Path, out: Path, which: str = "best") -> Path:
     from transformers import AutoConfig, AutoModelForTokenClassification
 
     from distgem.config.sections import load_run_config
+    from distgem.data.tagged import LABELS
     from distgem.distributed.checkpoint import consolidated_weights
     from distgem.model import backbone as backbones
-    from distgem.tasks.tagging import LABELS
 
     if not (run_dir / "config.yaml").is_file():
         raise UserError(f"{run_dir}: not a distgem run (no config.yaml)")

@@ -63,6 +63,7 @@ def predict_file(model_dir: Path, path: Path, fmt: str, batch_size: int = 64):
     from distgem.data.align import encode_words, stitch
     from distgem.data.conll import read_conll
     from distgem.data.conllu import read_conllu
+    from distgem.data.tagged import LABELS
     from distgem.data.text import read_text
     from distgem.tasks import tagging
 
@@ -92,7 +93,7 @@ def predict_file(model_dir: Path, path: Path, fmt: str, batch_size: int = 64):
     gold = None
     if fmt != "text":
         task = settings.get("task", "pos" if fmt == "conllu" else "ner")
-        names = list(tagging.LABELS[task])
+        names = list(LABELS[task])
         scores = tagging.score(task, [g for _, g in sentences], [[names.index(t) for t in s] for s in tags])
         gold = "score against the file's tags: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items() if k != "score")
     return tags, gold

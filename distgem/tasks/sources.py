@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
+from distgem.data.align import IGNORE
 from distgem.data.rows import ConcatRows, lengths_of
+from distgem.data.tagged import TaggedCorpus
 from distgem.tasks import mlm, tagging, xsr
 
 
@@ -26,14 +28,14 @@ class Source:
     lengths: Callable[[], torch.Tensor]  # tokens per example, for batches grouped by length (computed on demand)
 
 
-def tagging_source(name: str, corpus: tagging.TaggedCorpus, pad_id: int) -> Source:
+def tagging_source(name: str, corpus: TaggedCorpus, pad_id: int) -> Source:
     examples = corpus.examples
     return Source(
         name,
         "tag",
         len(examples),
         lambda idx, step: tagging.collate([examples[i] for i in idx], pad_id),
-        lambda b: int((b["labels"] != tagging.IGNORE).sum()),
+        lambda b: int((b["labels"] != IGNORE).sum()),
         lambda: torch.tensor([len(w.input_ids) for w in examples], dtype=torch.long),
     )
 

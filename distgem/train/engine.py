@@ -24,6 +24,7 @@ from distgem.config.loader import dump_yaml
 from distgem.config.sections import RunConfig
 from distgem.data.corpora import load_corpora, needed
 from distgem.data.loader import BatchStream
+from distgem.data.tagged import LABELS
 from distgem.distributed.checkpoint import Checkpointer, config_changes, note
 from distgem.distributed.deepspeed import GradientPartition, build_engine, deepspeed_config, save_full_weights
 from distgem.distributed.world import World
@@ -33,7 +34,6 @@ from distgem.model import backbone as backbones
 from distgem.model.multitask import MultiTaskModel, parameter_group
 from distgem.tasks.metrics import average_over_targets
 from distgem.tasks.sources import memory_sources, tagging_source
-from distgem.tasks.tagging import LABELS
 from distgem.train.evaluation import Evaluator
 from distgem.train.log import RunLog, flatten, hparams_of
 from distgem.train.methods import METHODS, StepView

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from distgem.data.tagged import LABELS
 from distgem.tasks import mlm, tagging, xsr
 from distgem.tasks.metrics import perplexity, retrieval_precision
 from distgem.tasks.sources import spread
@@ -87,7 +88,7 @@ class Evaluator:
                     scores[lang] = {key: math.nan for key in scores[lang]}
                 if save_dir is not None and self.world.is_main:
                     save_dir.mkdir(parents=True, exist_ok=True)
-                    names = tagging.LABELS[task]
+                    names = LABELS[task]
                     (save_dir / f"{lang}.json").write_text(json.dumps([[names[i] for i in s] for s in predicted]))
         return scores
 

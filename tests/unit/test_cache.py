@@ -15,8 +15,9 @@ from distgem.data import corpora as corpora_module
 from distgem.data import records
 from distgem.data.cache import DatasetCache, default_directory
 from distgem.data.corpora import load_corpora, mono_examples
+from distgem.data.tagged import load_tagged
 from distgem.errors import InputError
-from distgem.tasks import mlm, tagging, xsr
+from distgem.tasks import mlm, xsr
 from tests.local_tokenizers import TOKENIZERS
 from tests.support import ROOT, write_micro_corpus
 
@@ -60,7 +61,7 @@ def test_cached_corpora_equal_the_in_memory_encoding(corpus, tmp_path, monkeypat
     assert all(e.built for e in cache.entries) and len(cache.entries) == 6 + 3 + 2
     for name, split in (("train", "en-train"), ("dev", "es-dev"), ("test", "el-test")):
         got = loaded.train if name == "train" else getattr(loaded, name)[split[:2]]
-        want = tagging.load_tagged(str(corpus / "pos" / f"{split}.conllu"), "pos", tokenizer, 16, 4)
+        want = load_tagged(str(corpus / "pos" / f"{split}.conllu"), "pos", tokenizer, 16, 4)
         assert (got.words, got.tags, got.windows) == (want.words, want.tags, want.windows), split
     for lang in LANGS:
         want = mlm.load_mono(str(corpus / "mono" / f"{lang}.txt"), tokenizer, 16)

@@ -8,8 +8,8 @@ from datasets import ClassLabel, Dataset, Features, List, Value
 from distgem.data import hub, records
 from distgem.data.conll import read_conll
 from distgem.data.conllu import UPOS_TAGS, read_conllu
+from distgem.data.tagged import NER_TAGS
 from distgem.errors import InputError, UserError
-from distgem.tasks.tagging import NER_TAGS
 from tests import hub_fixtures as fx
 from tests.unit.test_readers import CONLLU
 
