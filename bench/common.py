@@ -141,24 +141,8 @@ def long_corpus(root: Path, words: int, sentences: int = 48, seed: int = 0) -> P
 
 
 def launcher(ranks: int) -> list[str]:
-    """The command that starts a script on `ranks` CPU processes: this Python for one, torchrun on a free port."""
-    if ranks == 1:
-        return [sys.executable]
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node",
-        str(ranks),
-        "--master_port",
-        str(free_port()),
-    ]
+    """The command that starts a script on `ranks` CPU processes: this Python for one, torchrun on a free port
+    (the tests' own, tests/support.torchrun) for more."""
+    from tests.support import torchrun
 
-
-def free_port() -> int:
-    """A port nothing listens on now: a fixed one collides with whatever else runs on the machine."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return [sys.executable] if ranks == 1 else torchrun(ranks)
