@@ -140,43 +140,15 @@ def test_a_discussion_includes_a_generated_table_and_a_missing_one_is_a_one_line
     discussion = tmp_path / "discussion.md"
     discussion.write_text("## Discussion\n\nOver seeds:\n\n<!-- include: out/seeds_pos.md -->\n\nAfter.\n")
     page = tmp_path / "RESULTS.md"
-    assert (
-        main(
-            [
-                "report",
-                str(runs),
-                "--out",
-                str(tmp_path / "out"),
-                "--no-plots",
-                "--results-md",
-                str(page),
-                "--discussion",
-                str(discussion),
-            ]
-        )
-        == 0
-    )
+    command = ["report", str(runs), "--out", str(tmp_path / "out"), "--no-plots"]
+    command += ["--results-md", str(page), "--discussion", str(discussion)]
+    assert main(command) == 0
     text = page.read_text()
     table = (tmp_path / "out" / "seeds_pos.md").read_text().rstrip()
     assert "<!-- include: out/seeds_pos.md -->\n" + table + "\n\nAfter." in text
     assert text.count("| gem-both | 3 (0, 1, 2) |") == 1  # included once, not also among the page's own tables
     discussion.write_text("Hand-written.\n<!-- include: gone/seeds_pos.md -->\n")
-    assert (
-        main(
-            [
-                "report",
-                str(runs),
-                "--out",
-                str(tmp_path / "out"),
-                "--no-plots",
-                "--results-md",
-                str(page),
-                "--discussion",
-                str(discussion),
-            ]
-        )
-        == 2
-    )
+    assert main(command) == 2
     error = capsys.readouterr().err.strip()
     assert f"{discussion}:2: include {tmp_path / 'gone' / 'seeds_pos.md'}: no such file" in error
     assert len(error.splitlines()) == 1
