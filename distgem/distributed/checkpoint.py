@@ -15,6 +15,7 @@ is kept aside and never pruned.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -26,6 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from distgem.errors import UserError
 
 LATEST = "latest"
 MANIFEST = "manifest.json"
@@ -44,6 +47,28 @@ class Checkpointer:
         if self.world.is_main and tmp.exists():
             shutil.rmtree(tmp)
         self.world.barrier()
+        try:
+            self._write(tmp, client, config)
+        except (OSError, RuntimeError) as error:  # torch.save reports a full disk as "unexpected pos"
+            message = _unwritable(tmp, tag, error)
+            shutil.rmtree(tmp, ignore_errors=True)  # the partial files; `latest` still names a complete one
+            raise UserError(message) from None
+        self.world.barrier()  # every rank's files are complete: the manifest can describe them
+        final = self.directory / tag
+        if self.world.is_main:
+            _write_json(tmp / MANIFEST, {"files": _describe(tmp)})
+            old = self.directory / f"{tag}.old"
+            if final.exists():
+                final.rename(old)
+            tmp.rename(final)
+            shutil.rmtree(old, ignore_errors=True)
+            if tag != "best":
+                _write_text_atomic(self.directory / LATEST, tag)
+                self._prune()
+        self.world.barrier()
+        return final
+
+    def _write(self, tmp: Path, client: dict, config: str) -> None:
         _save_engine(self.engine, self.directory, tmp.name)
         tensors = {"torch_rng": torch.get_rng_state()}
         if self.engine.device.type == "cuda":  # dropout on the GPU draws from the GPU's own generator
@@ -72,20 +97,6 @@ class Checkpointer:
         if self.world.is_main:
             _write_json(tmp / "state.json", {"state": client["state"], "streams": client["streams"]})
             (tmp / "config.yaml").write_text(config, encoding="utf-8")
-        self.world.barrier()  # every rank's files are complete: the manifest can describe them
-        final = self.directory / tag
-        if self.world.is_main:
-            _write_json(tmp / MANIFEST, {"files": _describe(tmp)})
-            old = self.directory / f"{tag}.old"
-            if final.exists():
-                final.rename(old)
-            tmp.rename(final)
-            shutil.rmtree(old, ignore_errors=True)
-            if tag != "best":
-                _write_text_atomic(self.directory / LATEST, tag)
-                self._prune()
-        self.world.barrier()
-        return final
 
     def _prune(self) -> None:
         """Delete step checkpoints beyond the newest `keep` (only called once the newest is complete)."""
@@ -209,6 +220,17 @@ def _write_text_atomic(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _unwritable(tmp: Path, tag: str, error: Exception) -> str:
+    """One line for a checkpoint that could not be written: why, and how much room its disk has left."""
+    free = shutil.disk_usage(tmp.parent if tmp.parent.exists() else ".").free
+    full = getattr(error, "errno", None) == errno.ENOSPC or free < 256 * 2**20
+    why = os.strerror(errno.ENOSPC) if full else (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return (
+        f"{tmp.parent}: checkpoint {tag} could not be written ({why}; {free / 2**20:.0f} MiB free there): make room "
+        f"(output.keep_checkpoints, output.checkpoint_every), then --resume continues from the last complete one"
+    )
 
 
 # --- DeepSpeed's files, read back without unpickling arbitrary objects ------------------------------
