@@ -63,10 +63,10 @@ def load(name: str, dropout: float | None = None):
     return tokenizer, model
 
 
-def check_config(config: RunConfig, backbone, has_mlm: bool) -> None:
+def check_config(config: RunConfig, backbone) -> None:
     """Config values that only the backbone can judge, checked before anything is built."""
     method = config.method
-    if "mlm" in method.memory and not has_mlm:
+    if "mlm" in method.memory and not has_mlm_head(backbone.config):
         raise ConfigError(f"method.memory: {config.model.backbone} has no masked-LM head; use [xsr]")
     layers = getattr(backbone.config, "num_hidden_layers", None)
     if layers is not None and not -(layers + 1) <= method.xsr_layer <= layers:

@@ -52,9 +52,9 @@ class Trainer:
         train, method = config.train, config.method
         _seed_everything(train.seed)
         self.tokenizer, backbone = backbones.load(config.model.backbone, config.model.dropout)
-        has_mlm = backbones.has_mlm_head(backbone.config)
-        backbones.check_config(config, backbone, has_mlm)
-        mono, pairs = needed(config.task, has_mlm)  # perplexity for every language, XSR for every target
+        backbones.check_config(config, backbone)
+        # perplexity for every language (where there is an MLM head), XSR for every target
+        mono, pairs = needed(config.task, backbones.has_mlm_head(backbone.config))
         with world.main_first():  # one rank tokenises into the shared cache, the others open what it wrote
             self.corpora = load_corpora(
                 config.data, config.task, config.model, self.tokenizer, mono, pairs, progress=world.is_main

@@ -65,3 +65,13 @@ def test_an_unwritable_checkpoint_is_one_line_and_latest_stays_complete(tmp_path
     assert (tmp_path / LATEST).read_text() == "step1"
     assert sorted(p.name for p in tmp_path.iterdir()) == [LATEST, "step1"]  # no step2.tmp left behind
     assert checkpoint.verify(tmp_path / "step1") is None  # the complete one is untouched
+
+
+def test_a_writer_crash_with_room_on_the_disk_stays_a_crash(tmp_path, monkeypatch):
+    """Only a full disk turns torch's RuntimeError into the one-line error; any other is a bug to see whole."""
+    engine = Engine()
+    saver = Checkpointer(tmp_path, engine, WORLD)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(100 * 2**30, 0, 10 * 2**30))
+    engine.fail = RuntimeError("a bug in the writer")
+    with pytest.raises(RuntimeError, match="a bug in the writer"):
+        saver.save("step1", CLIENT, "config: 1\n")

@@ -20,26 +20,22 @@ def _texts(seed: int = 0, lines: int = 400) -> list[str]:
     ]
 
 
-def _learn(texts: list[str], size: int) -> list[str]:
-    return cased_vocabulary(texts, size)
-
-
 def test_same_text_in_any_order_gives_the_same_vocabulary():
     texts = _texts()
     shuffled = texts[:]
     random.Random(1).shuffle(shuffled)
-    assert _learn(texts, 150) == _learn(shuffled, 150) == _learn(list(texts), 150)
+    assert cased_vocabulary(texts, 150) == cased_vocabulary(shuffled, 150) == cased_vocabulary(list(texts), 150)
 
 
 def test_vocabulary_is_specials_then_alphabet_then_merges_within_the_size():
     texts = _texts()
-    vocab = _learn(texts, 150)
+    vocab = cased_vocabulary(texts, 150)
     assert vocab[: len(SPECIALS)] == SPECIALS and len(vocab) == 150 and len(set(vocab)) == len(vocab)
     letters = {c for t in texts for c in t if not c.isspace()}
     alphabet = {piece.removeprefix(PREFIX) for piece in vocab if len(piece.removeprefix(PREFIX)) == 1}
     assert letters <= alphabet  # every character has a piece: nothing in the corpus is [UNK]
     # the most frequent word of the corpus ends up a single piece once merges are plentiful
-    big = _learn(texts, 2000)
+    big = cased_vocabulary(texts, 2000)
     counts = count_words(
         texts, normalizers.BertNormalizer(lowercase=False, strip_accents=False), pre_tokenizers.BertPreTokenizer()
     )
@@ -48,7 +44,7 @@ def test_vocabulary_is_specials_then_alphabet_then_merges_within_the_size():
 
 def test_wordpiece_model_over_the_vocabulary_covers_every_word_without_unk():
     texts = _texts()
-    tok = bert_tokenizer(_learn(texts, 120))
+    tok = bert_tokenizer(cased_vocabulary(texts, 120))
     for text in texts[:50]:
         tokens = tok.tokenize(text)
         assert "[UNK]" not in tokens
@@ -60,7 +56,7 @@ def test_the_saved_tokenizer_is_the_one_built_cased_with_segment_ids(tmp_path):
     from transformers import AutoTokenizer
 
     texts = _texts() + ["Pata Kiki TOKA ptak"]
-    built = bert_tokenizer(_learn(texts, 150), max_length=64)
+    built = bert_tokenizer(cased_vocabulary(texts, 150), max_length=64)
     built.save_pretrained(tmp_path)
     loaded = AutoTokenizer.from_pretrained(tmp_path)
     # transformers 5 rebuilds a lower-casing normaliser on load unless do_lower_case=False was saved
