@@ -1,6 +1,6 @@
 """The synthetic world's languages: phonology, morphology, word order and a generated lexicon.
 
-Every language realises the same latent concepts (`world_grammar.Ontology`) with its own words,
+Every language realises the same latent concepts (`distgem.world.grammar.Ontology`) with its own words,
 built from its own syllable inventory and script, so that no surface form is shared between two
 languages except names, digits and punctuation. All randomness comes from one `random.Random`.
 """

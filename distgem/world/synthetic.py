@@ -1,7 +1,7 @@
 """`distgem world`: the synthetic multilingual world, written in the formats of the real corpora.
 
-Seven languages (en es fr el ru de nl) share a latent grammar and ontology (world_grammar) and
-have their own words, scripts, word orders and morphology (world_lexicon). The world is written as
+Seven languages (en es fr el ru de nl) share a latent grammar and ontology (distgem.world.grammar) and
+have their own words, scripts, word orders and morphology (distgem.world.lexicon). The world is written as
 UD CoNLL-U (POS), CoNLL-2002 columns (NER), one sentence per line (MLM) and aligned files (XSR),
 deterministically: the same seed and preset give byte-identical files.
 """
@@ -17,8 +17,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from distgem.store import build_once, cache_root, source_digest
-from distgem.world.grammar import NER_STYLE, Ontology, Realiser, Style, Word, build_ontology, draw_sentence
+from distgem.world.grammar import NER_STYLE, Ontology, Style, build_ontology, draw_sentence
 from distgem.world.lexicon import LANGUAGES, Forms, Lexicon, Profile, build_lexicon, make_word
+from distgem.world.realise import Realiser, Word
 
 WORLD_VERSION = 1
 SOURCE = "en"
@@ -286,7 +287,7 @@ def _relative(path: Path) -> str:
     return f"{path.parent.name}/{path.name}"
 
 
-WORLD_MODULES = ("distgem.world.synthetic", "distgem.world.grammar", "distgem.world.lexicon")
+WORLD_MODULES = ("distgem.world.synthetic", "distgem.world.grammar", "distgem.world.realise", "distgem.world.lexicon")
 
 
 def world_key(preset: str, seed: int) -> str:
