@@ -4,7 +4,6 @@ reruns nothing, the report over its runs, and a preempted element that checkpoin
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import time
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import yaml
 
 from tests.slurm.conftest import wait_for_jobs
+from tests.slurm.jobs import fixture_args, submit_sweep
 from tests.support import ROOT, micro_overrides
 
 pytestmark = []
@@ -42,33 +42,11 @@ def _grid(tmp_path: Path, name: str, steps: int, seeds=(0, 1), methods=("naive",
     return path
 
 
-def _fixture_args(micro, extra: dict | None = None) -> list[str]:
-    corpus, backbone = micro
-    keep = {k: v for k, v in (extra or {}).items()}
-    overrides = micro_overrides(corpus, backbone, Path("unused"), **keep)
-    return [
-        a
-        for o in overrides
-        if not o.startswith(("output.run_dir=", "train.steps=", "eval.every=", "output.tensorboard="))
-        for a in ("--set", o)
-    ]
-
-
-def _submit(grid: Path, env: dict, extra: list[str]) -> str:
-    result = subprocess.run(
-        ["bash", "slurm/sweep.sh", str(grid), *extra], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    match = re.search(r"submitted array (\d+)", result.stdout)
-    assert match, result.stdout
-    return match.group(1)
-
-
 def test_sweep_runs_every_element_and_resubmission_reruns_nothing(slurm_cluster, micro, tmp_path):
     grid = _grid(tmp_path, "ci", steps=6)
-    extra = _fixture_args(micro)
+    extra = fixture_args(micro)
     started = time.time()
-    job = _submit(grid, slurm_cluster, extra)
+    job = submit_sweep(grid, slurm_cluster, extra)
     states = wait_for_jobs([job], slurm_cluster, timeout=600)
     assert set(states.values()) == {"COMPLETED"} and len(states) == 4, states
     runs = tmp_path / "runs" / "ci"
@@ -80,7 +58,7 @@ def test_sweep_runs_every_element_and_resubmission_reruns_nothing(slurm_cluster,
     stamps = {p: p.stat().st_mtime_ns for p in runs.glob("*/results.json")}
     wall = time.time() - started
 
-    again = _submit(grid, slurm_cluster, extra)
+    again = submit_sweep(grid, slurm_cluster, extra)
     assert set(wait_for_jobs([again], slurm_cluster, timeout=300).values()) == {"COMPLETED"}
     assert {p: p.stat().st_mtime_ns for p in runs.glob("*/results.json")} == stamps
     logs = list((runs / "slurm").glob(f"{again}_*.out"))
@@ -105,7 +83,7 @@ def test_sweep_runs_every_element_and_resubmission_reruns_nothing(slurm_cluster,
 
 def test_preempted_element_checkpoints_requeues_and_finishes(slurm_cluster, micro, tmp_path):
     grid = _grid(tmp_path, "preempt", steps=60, seeds=(0,), methods=("gem-both",))
-    job = _submit(grid, slurm_cluster, _fixture_args(micro))
+    job = submit_sweep(grid, slurm_cluster, fixture_args(micro))
     run_dir = tmp_path / "runs" / "preempt" / "seed0-gem-both-pos"
     steps = run_dir / "steps.jsonl"
     deadline = time.time() + 240
