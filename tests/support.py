@@ -219,3 +219,38 @@ def assert_exported_tagger_tags_as_the_engine(run_dir: Path, test_file: Path, wo
     assert main(["predict", str(work / "model"), str(test_file), "--out", str(predicted)]) == 0
     engine_tags = json.loads((run_dir / "predictions" / "test" / f"{test_file.stem.split('-')[0]}.json").read_text())
     assert [list(s.tags) for s in read_conllu(predicted)] == engine_tags
+
+
+# Tolerances of the equivalence tests (runs that must agree across ranks, nodes and ZeRO stages)
+LOSS_TOL = 5e-5  # measured <= 1.5e-6 on most vocabularies of the micro fixture, 1.4e-5 on one (per-language, k = 5,
+# losses ~5.6: fp32 drift that the parameter tolerance below allows); a wrong scale or a
+# missing reduction moves a loss by >= 1e-3
+PARAM_TOL = 2e-4  # measured: <= 3e-5 after 20 Adam steps at lr 1e-3 (Adam amplifies rounding near zero)
+
+
+def conllu_row(i, form, upos="NOUN"):
+    """One CoNLL-U word line (lemma = lower-cased form, a root attachment)."""
+    return f"{i}\t{form}\t{form.lower()}\t{upos}\t_\t_\t0\troot\t_\t_"
+
+
+# Two French sentences with a multiword token (du = de le) and an empty node: what the readers must accept
+CONLLU = "\n".join(
+    [
+        "# newdoc id = d1",
+        "# sent_id = 1",
+        "# text = Je vois du pain.",
+        conllu_row(1, "Je", "PRON"),
+        conllu_row(2, "vois", "VERB"),
+        "3-4\tdu\t_\t_\t_\t_\t_\t_\t_\t_",
+        conllu_row(3, "de", "ADP"),
+        conllu_row(4, "le", "DET"),
+        conllu_row(5, "pain"),
+        conllu_row(6, ".", "PUNCT"),
+        "",
+        "# sent_id = 2",
+        conllu_row(1, "Oui", "INTJ"),
+        "1.1\tvu\tvoir\tVERB\t_\t_\t_\t_\t0:root\t_",
+        conllu_row(2, "!", "PUNCT"),
+        "",
+    ]
+)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import read_steps, read_weights, run_training
+from tests.support import LOSS_TOL, PARAM_TOL, read_steps, read_weights, run_training
 
 METHODS = {
     "naive": {"method.name": "naive"},
@@ -48,10 +48,6 @@ COMMON = {
     "eval.predicted_change": "true",
     "eval.memory_loss_examples": 8,
 }
-LOSS_TOL = 5e-5  # measured <= 1.5e-6 on most vocabularies of the micro fixture, 1.4e-5 on one (per-language, k = 5,
-# losses ~5.6: fp32 drift that the parameter tolerance below allows); a wrong scale or a
-# missing reduction moves a loss by >= 1e-3
-PARAM_TOL = 2e-4  # measured: <= 3e-5 after 20 Adam steps at lr 1e-3 (Adam amplifies rounding near zero)
 CONSTRAINT_TOL = 1e-5
 PREDICTED_TOL = 1e-6  # <g_i, delta theta>: delta ~ lr = 1e-3 per value, rounding of a 33K-value dot
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.unit.test_readers import CONLLU
+from tests.support import CONLLU
 
 
 def run(*args):

@@ -10,8 +10,7 @@ import sys
 import pytest
 
 from distgem.cli import main
-from tests.support import assert_exported_tagger_tags_as_the_engine, read_steps, run_training
-from tests.unit.test_readers import CONLLU
+from tests.support import CONLLU, assert_exported_tagger_tags_as_the_engine, read_steps, run_training
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.distributed.test_equivalence import LOSS_TOL, PARAM_TOL
 from tests.slurm.conftest import CLUSTER_SH, wait_for_jobs
 from tests.slurm.jobs import (
     fixture_args,
@@ -38,7 +37,7 @@ from tests.slurm.jobs import (
     submit_sweep,
     wait_job,
 )
-from tests.support import ROOT, micro_overrides, read_steps, read_weights
+from tests.support import LOSS_TOL, PARAM_TOL, ROOT, micro_overrides, read_steps, read_weights
 
 METHODS = {"naive": {"method.name": "naive"}, "gem-both": {"method.name": "gem", "method.memory": "[mlm, xsr]"}}
 STAGES = (0, 3)

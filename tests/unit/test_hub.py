@@ -11,7 +11,7 @@ from distgem.data.conllu import UPOS_TAGS, read_conllu
 from distgem.data.tagged import NER_TAGS
 from distgem.errors import InputError, UserError
 from tests import hub_fixtures as fx
-from tests.unit.test_readers import CONLLU
+from tests.support import CONLLU
 
 
 @pytest.fixture(autouse=True)

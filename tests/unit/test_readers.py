@@ -9,32 +9,7 @@ from distgem.data.conllu import read_conllu
 from distgem.data.readers import detect_format, summarise
 from distgem.data.text import read_parallel, read_text
 from distgem.errors import InputError
-
-
-def row(i, form, upos="NOUN"):
-    return f"{i}\t{form}\t{form.lower()}\t{upos}\t_\t_\t0\troot\t_\t_"
-
-
-CONLLU = "\n".join(
-    [
-        "# newdoc id = d1",
-        "# sent_id = 1",
-        "# text = Je vois du pain.",
-        row(1, "Je", "PRON"),
-        row(2, "vois", "VERB"),
-        "3-4\tdu\t_\t_\t_\t_\t_\t_\t_\t_",
-        row(3, "de", "ADP"),
-        row(4, "le", "DET"),
-        row(5, "pain"),
-        row(6, ".", "PUNCT"),
-        "",
-        "# sent_id = 2",
-        row(1, "Oui", "INTJ"),
-        "1.1\tvu\tvoir\tVERB\t_\t_\t_\t_\t0:root\t_",
-        row(2, "!", "PUNCT"),
-        "",
-    ]
-)
+from tests.support import CONLLU, conllu_row
 
 
 def test_conllu_words_tags_lines_multiword_and_empty_nodes(write):
@@ -73,14 +48,14 @@ def test_conllu_tolerates_encoding_variants(write, variant):
     ],
 )
 def test_conllu_rejects_bad_lines_with_path_and_line(write, bad_line, expected):
-    path = write("bad.conllu", "# sent_id = 1\n" + bad_line + "\n" + row(2, "x") + "\n")
+    path = write("bad.conllu", "# sent_id = 1\n" + bad_line + "\n" + conllu_row(2, "x") + "\n")
     with pytest.raises(InputError) as err:
         list(read_conllu(path))
     assert str(err.value) == f"{path}:2: {expected}"
 
 
 def test_conllu_rejects_range_whose_words_are_missing(write):
-    path = write("r.conllu", row(1, "a") + "\n2-3\tdu\t_\t_\t_\t_\t_\t_\t_\t_\n" + row(2, "de") + "\n\n")
+    path = write("r.conllu", conllu_row(1, "a") + "\n2-3\tdu\t_\t_\t_\t_\t_\t_\t_\t_\n" + conllu_row(2, "de") + "\n\n")
     with pytest.raises(InputError, match=r"r\.conllu:2: multiword range 2-3: words 3-3 are missing"):
         list(read_conllu(path))
 
