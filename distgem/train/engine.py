@@ -9,7 +9,6 @@ all-reduce for everything the step reports. Every gradient lives on this rank's 
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -39,7 +38,7 @@ from distgem.train.log import RunLog, flatten, hparams_of
 from distgem.train.methods import METHODS, StepView
 from distgem.train.preemption import DIVERGED_MARKER, PREEMPTED_EXIT, PREEMPTED_MARKER, PREEMPTION, Diverged, Preempted
 from distgem.train.reduction import Reduction
-from distgem.train.results import build_results, memory_mb, peak_rss_mb, strict_json, write_json
+from distgem.train.results import build_results, memory_mb, peak_rss_mb, write_json
 from distgem.train.timer import PhaseTimer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -121,7 +120,6 @@ class Trainer:
             "backbone": None,
             "gem": self.method.state_dict() or {"violated_steps": 0, "steps": 0, "fallbacks": 0},
         }
-        self._trace_started = False
         self._restored_memory: torch.Tensor | None = None  # from a checkpoint, until the buffer exists
         self.stop_requested = False
         self.checkpoints = Checkpointer(
@@ -344,8 +342,7 @@ class Trainer:
                 held = self.evaluate_memory_losses() if self.held_out and every and (step + 1) % every == 0 else None
                 if held is not None:  # observed after the step's timing: it changes nothing in training
                     stats.update({f"memory_loss/{name}": v for name, v in held.items()})
-                log.scalars(step + 1, stats)
-                self._trace(step + 1, stats)
+                log.step(step + 1, stats)
                 log.progress(loss=stats[f"loss/{self.main.name}"])
                 self._count_nonfinite(step + 1, stats, log)
                 if (step + 1) % config.eval.every == 0 or step + 1 == config.train.steps:
@@ -506,20 +503,6 @@ class Trainer:
             return False
         self.state["bad_evals"] += 1
         return 0 < self.config.eval.patience <= self.state["bad_evals"]
-
-    def _trace(self, step: int, stats: dict) -> None:
-        """Append the step's statistics to steps.jsonl (rank 0; a resumed run rewrites from its checkpoint)."""
-        if not self.world.is_main:
-            return
-        path = self.run_dir / "steps.jsonl"
-        if self._trace_started is False:
-            kept = (
-                [ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] < step] if path.exists() else []
-            )
-            path.write_text("".join(ln + "\n" for ln in kept))
-            self._trace_started = True
-        with path.open("a") as handle:
-            handle.write(strict_json({"step": step, **stats}) + "\n")
 
     def _client_state(self) -> dict:
         return {

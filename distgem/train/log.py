@@ -1,23 +1,29 @@
-"""Rank-0 observers: TensorBoard scalars, an hparams summary and a progress bar. They never touch training state."""
+"""Rank-0 observers: steps.jsonl, TensorBoard scalars, an hparams summary and a progress bar. They never touch
+training state."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from distgem.train.results import strict_json
 
 if TYPE_CHECKING:
     from distgem.config.sections import RunConfig
 
 
 class RunLog:
-    """TensorBoard + tqdm on rank 0; silent elsewhere."""
+    """steps.jsonl, TensorBoard and tqdm on rank 0; silent elsewhere."""
 
     def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool, total_steps: int, initial_step: int = 0):
         self.enabled = enabled
         self.writer = None
         self.bar = None
+        self.steps_path = run_dir / "steps.jsonl"
+        self.steps_trimmed = False
         if not enabled:
             return
         if tensorboard:
@@ -40,6 +46,20 @@ class RunLog:
         if self.writer is not None:
             for tag, value in values.items():
                 self.writer.add_scalar(tag, value, step)
+
+    def step(self, step: int, stats: dict[str, float]) -> None:
+        """One training step's statistics: TensorBoard scalars and a line of steps.jsonl (a resumed run first drops
+        the lines its checkpoint had not reached)."""
+        self.scalars(step, stats)
+        if not self.enabled:
+            return
+        if not self.steps_trimmed:
+            lines = self.steps_path.read_text().splitlines() if self.steps_path.exists() else []
+            kept = [line for line in lines if json.loads(line)["step"] < step]
+            self.steps_path.write_text("".join(line + "\n" for line in kept))
+            self.steps_trimmed = True
+        with self.steps_path.open("a") as handle:
+            handle.write(strict_json({"step": step, **stats}) + "\n")
 
     def progress(self, steps: int = 1, **postfix) -> None:
         if self.bar is not None:
