@@ -11,21 +11,52 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.slurm.conftest import CLUSTER_SH
 from tests.support import ROOT, micro_overrides
 
 
 def fixture_args(micro, extra: dict | None = None) -> list[str]:
+    """`--set` arguments that point a sweep's runs at the micro fixture (the grid keeps its own steps, eval and
+    output settings)."""
     corpus, backbone = micro
-    keep = {k: v for k, v in (extra or {}).items()}
-    overrides = micro_overrides(corpus, backbone, Path("unused"), **keep)
+    overrides = micro_overrides(corpus, backbone, Path("unused"), **(extra or {}))
     return [
         a
         for o in overrides
         if not o.startswith(("output.run_dir=", "train.steps=", "eval.every=", "output.tensorboard="))
         for a in ("--set", o)
     ]
+
+
+def sweep_grid(
+    tmp_path: Path, name: str, steps: int, seeds=(0, 1), methods=("naive", "gem-both"), nodes: int = 1
+) -> Path:
+    """A sweep grid over seeds x methods on POS (configs/tiny.yaml), its runs under tmp_path/runs; `nodes` a run."""
+    grid = {
+        "name": name,
+        "base": ["configs/tiny.yaml"],
+        "axes": {
+            "seed": list(seeds),
+            "method": [f"configs/methods/{m}.yaml" for m in methods],
+            "task": ["configs/tasks/pos.yaml"],
+        },
+        "set": {"train.steps": steps, "eval.every": max(steps // 2, 1), "output.tensorboard": True},
+        "out": str(tmp_path / "runs"),
+        "resources": {
+            **({"nodes": nodes} if nodes > 1 else {}),
+            "gpus_per_node": 0,
+            "ranks_per_node": 1,
+            "cpus_per_task": 1,
+            "mem": "1G",
+            "time": "00:20:00",
+            "signal_seconds": 30,
+        },
+    }
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    return path
 
 
 def submit_sweep(grid: Path, env: dict, extra: list[str]) -> str:

@@ -23,7 +23,6 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-import yaml
 
 from tests.slurm.conftest import CLUSTER_SH, wait_for_jobs
 from tests.slurm.jobs import (
@@ -35,6 +34,7 @@ from tests.slurm.jobs import (
     node_info,
     sbatch_train,
     submit_sweep,
+    sweep_grid,
     wait_job,
 )
 from tests.support import LOSS_TOL, PARAM_TOL, ROOT, micro_overrides, read_steps, read_weights
@@ -247,24 +247,7 @@ def test_rendezvous_skips_a_busy_port_and_refuses_loopback(slurm_nodes, tmp_path
 # --- a sweep across nodes --------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_sweep_whose_runs_ask_for_two_nodes(slurm_nodes, micro, tmp_path):
-    grid = {
-        "name": "nodes",
-        "base": ["configs/tiny.yaml"],
-        "axes": {"seed": [0, 1], "method": ["configs/methods/naive.yaml"], "task": ["configs/tasks/pos.yaml"]},
-        "set": {"train.steps": 6, "eval.every": 3, "output.tensorboard": True},
-        "out": str(tmp_path / "runs"),
-        "resources": {
-            "nodes": 2,
-            "gpus_per_node": 0,
-            "ranks_per_node": 1,
-            "cpus_per_task": 1,
-            "mem": "1G",
-            "time": "00:20:00",
-            "signal_seconds": 30,
-        },
-    }
-    path = tmp_path / "nodes.yaml"
-    path.write_text(yaml.safe_dump(grid, sort_keys=False))
+    path = sweep_grid(tmp_path, "nodes", 6, methods=("naive",), nodes=2)
     job = submit_sweep(path, slurm_nodes, fixture_args(micro))
     states = wait_for_jobs([job], slurm_nodes, timeout=600)
     assert states == {f"{job}_0": "COMPLETED", f"{job}_1": "COMPLETED"}, states

@@ -6,44 +6,16 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from pathlib import Path
-
-import yaml
 
 from tests.slurm.conftest import wait_for_jobs
-from tests.slurm.jobs import fixture_args, submit_sweep
+from tests.slurm.jobs import fixture_args, submit_sweep, sweep_grid
 from tests.support import ROOT, micro_overrides
 
 pytestmark = []
 
 
-def _grid(tmp_path: Path, name: str, steps: int, seeds=(0, 1), methods=("naive", "gem-both")) -> Path:
-    grid = {
-        "name": name,
-        "base": ["configs/tiny.yaml"],
-        "axes": {
-            "seed": list(seeds),
-            "method": [f"configs/methods/{m}.yaml" for m in methods],
-            "task": ["configs/tasks/pos.yaml"],
-        },
-        "set": {"train.steps": steps, "eval.every": max(steps // 2, 1), "output.tensorboard": True},
-        "out": str(tmp_path / "runs"),
-        "resources": {
-            "gpus_per_node": 0,
-            "ranks_per_node": 1,
-            "cpus_per_task": 1,
-            "mem": "1G",
-            "time": "00:20:00",
-            "signal_seconds": 30,
-        },
-    }
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(grid, sort_keys=False))
-    return path
-
-
 def test_sweep_runs_every_element_and_resubmission_reruns_nothing(slurm_cluster, micro, tmp_path):
-    grid = _grid(tmp_path, "ci", steps=6)
+    grid = sweep_grid(tmp_path, "ci", steps=6)
     extra = fixture_args(micro)
     started = time.time()
     job = submit_sweep(grid, slurm_cluster, extra)
@@ -82,7 +54,7 @@ def test_sweep_runs_every_element_and_resubmission_reruns_nothing(slurm_cluster,
 
 
 def test_preempted_element_checkpoints_requeues_and_finishes(slurm_cluster, micro, tmp_path):
-    grid = _grid(tmp_path, "preempt", steps=60, seeds=(0,), methods=("gem-both",))
+    grid = sweep_grid(tmp_path, "preempt", steps=60, seeds=(0,), methods=("gem-both",))
     job = submit_sweep(grid, slurm_cluster, fixture_args(micro))
     run_dir = tmp_path / "runs" / "preempt" / "seed0-gem-both-pos"
     steps = run_dir / "steps.jsonl"
