@@ -50,10 +50,11 @@ class Checkpointer:
         try:
             self._write(tmp, client, config)
         except (OSError, RuntimeError) as error:  # torch.save reports a full disk as "unexpected pos"
-            full = _disk_full(tmp.parent, error)
+            free = _free_bytes(tmp.parent)
+            full = getattr(error, "errno", None) == errno.ENOSPC or free < 256 * 2**20  # torch's zip writer: no errno
             if isinstance(error, RuntimeError) and not full:
                 raise  # a crash of the writer, not the disk: its traceback
-            message = _unwritable(tmp, tag, error, full)
+            message = _unwritable(tmp, tag, error, full, free)
             shutil.rmtree(tmp, ignore_errors=True)  # the partial files; `latest` still names a complete one
             raise UserError(message) from None
         self.world.barrier()  # every rank's files are complete: the manifest can describe them
@@ -225,18 +226,12 @@ def _write_text_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _disk_full(directory: Path, error: Exception) -> bool:
-    """ENOSPC, or (torch's zip writer gives no errno) under 256 MiB left where the checkpoint was being written."""
-    return getattr(error, "errno", None) == errno.ENOSPC or _free_bytes(directory) < 256 * 2**20
-
-
 def _free_bytes(directory: Path) -> int:
     return shutil.disk_usage(directory if directory.exists() else ".").free
 
 
-def _unwritable(tmp: Path, tag: str, error: Exception, full: bool) -> str:
-    """One line for a checkpoint that could not be written: why, and how much room its disk has left."""
-    free = _free_bytes(tmp.parent)
+def _unwritable(tmp: Path, tag: str, error: Exception, full: bool, free: int) -> str:
+    """One line for a checkpoint that could not be written: why, and how much room (`free` bytes) its disk has."""
     why = os.strerror(errno.ENOSPC) if full else (str(error).strip().splitlines() or [type(error).__name__])[0]
     return (
         f"{tmp.parent}: checkpoint {tag} could not be written ({why}; {free / 2**20:.0f} MiB free there): make room "

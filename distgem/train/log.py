@@ -23,9 +23,9 @@ class RunLog:
         self.writer = None
         self.bar = None
         self.steps_path = run_dir / "steps.jsonl"
-        self.steps_trimmed = False
         if not enabled:
             return
+        _trim_steps(self.steps_path, initial_step)
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -48,16 +48,10 @@ class RunLog:
                 self.writer.add_scalar(tag, value, step)
 
     def step(self, step: int, stats: dict[str, float]) -> None:
-        """One training step's statistics: TensorBoard scalars and a line of steps.jsonl (a resumed run first drops
-        the lines its checkpoint had not reached)."""
+        """One training step's statistics: TensorBoard scalars and a line of steps.jsonl."""
         self.scalars(step, stats)
         if not self.enabled:
             return
-        if not self.steps_trimmed:
-            lines = self.steps_path.read_text().splitlines() if self.steps_path.exists() else []
-            kept = [line for line in lines if json.loads(line)["step"] < step]
-            self.steps_path.write_text("".join(line + "\n" for line in kept))
-            self.steps_trimmed = True
         with self.steps_path.open("a") as handle:
             handle.write(strict_json({"step": step, **stats}) + "\n")
 
@@ -92,6 +86,14 @@ class RunLog:
             self.bar.close()
         if self.writer is not None:
             self.writer.close()
+
+
+def _trim_steps(path: Path, initial_step: int) -> None:
+    """Keep the lines of steps.jsonl up to the step the run starts from (a resumed run drops what its checkpoint
+    had not reached; a fresh run starts an empty file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = path.read_text().splitlines() if path.exists() else []
+    path.write_text("".join(line + "\n" for line in lines if json.loads(line)["step"] <= initial_step))
 
 
 def flatten(prefix: str, tree, out=None) -> dict[str, float]:
