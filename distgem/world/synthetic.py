@@ -18,7 +18,8 @@ from pathlib import Path
 
 from distgem.store import build_once, cache_root, source_digest
 from distgem.world.grammar import NER_STYLE, Ontology, Style, build_ontology, draw_sentence
-from distgem.world.lexicon import LANGUAGES, Forms, Lexicon, Profile, build_lexicon, make_word
+from distgem.world.lexicon import Forms, Lexicon, build_lexicon, make_word
+from distgem.world.profiles import LANGUAGES, Profile
 from distgem.world.realise import Realiser, Word
 
 WORLD_VERSION = 1
@@ -287,7 +288,13 @@ def _relative(path: Path) -> str:
     return f"{path.parent.name}/{path.name}"
 
 
-WORLD_MODULES = ("distgem.world.synthetic", "distgem.world.grammar", "distgem.world.realise", "distgem.world.lexicon")
+WORLD_MODULES = (
+    "distgem.world.synthetic",
+    "distgem.world.grammar",
+    "distgem.world.realise",
+    "distgem.world.lexicon",
+    "distgem.world.profiles",
+)
 
 
 def world_key(preset: str, seed: int) -> str:
