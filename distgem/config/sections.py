@@ -112,7 +112,8 @@ class GemConfig:
     per_layer: bool = False
     """One QP per parameter group (embeddings, each layer, heads) instead of one over all parameters."""
     refresh_every: int = bounded(1, ge=1)
-    """Recompute memory gradients every R steps (1 = every step, the paper)."""
+    """Recompute memory gradients every R steps (1 = every step, the paper). On the real encoder 4 keeps what 1
+    keeps at 1.49x naive's step cost instead of 1.96x; 8 lost retrieval on one seed of three (docs/PERFORMANCE.md)."""
     target: Literal["gradient", "update"] = "gradient"
     """What is projected: the gradient before the optimizer (the paper), or the step the optimizer
     actually takes (AdamW's update, weight decay and clipping included), so that the first-order
