@@ -226,6 +226,15 @@ LOSS_TOL = 5e-5  # measured <= 1.5e-6 on most vocabularies of the micro fixture,
 # losses ~5.6: fp32 drift that the parameter tolerance below allows); a wrong scale or a
 # missing reduction moves a loss by >= 1e-3
 PARAM_TOL = 2e-4  # measured: <= 3e-5 after 20 Adam steps at lr 1e-3 (Adam amplifies rounding near zero)
+EQUIVALENCE_STEPS = 20
+# The runs compared: 20 steps, no evaluation in between, the final weights saved
+EQUIVALENCE_RUN = {
+    "train.steps": EQUIVALENCE_STEPS,
+    "eval.every": 100,
+    "eval.before_training": "false",
+    "eval.after_training": "false",
+    "output.save_final": "true",
+}
 
 
 def conllu_row(i, form, upos="NOUN"):

@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import LOSS_TOL, PARAM_TOL, read_steps, read_weights, run_training
+from tests.support import (
+    EQUIVALENCE_RUN,
+    EQUIVALENCE_STEPS,
+    LOSS_TOL,
+    PARAM_TOL,
+    read_steps,
+    read_weights,
+    run_training,
+)
 
 METHODS = {
     "naive": {"method.name": "naive"},
@@ -38,13 +46,9 @@ METHODS = {
         "train.weight_decay": 0.1,
     },
 }
-STEPS = 20
+STEPS = EQUIVALENCE_STEPS
 COMMON = {
-    "train.steps": STEPS,
-    "eval.every": 100,
-    "eval.before_training": "false",
-    "eval.after_training": "false",
-    "output.save_final": "true",
+    **EQUIVALENCE_RUN,
     "eval.predicted_change": "true",
     "eval.memory_loss_examples": 8,
 }

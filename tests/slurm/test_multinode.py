@@ -37,18 +37,21 @@ from tests.slurm.jobs import (
     sweep_grid,
     wait_job,
 )
-from tests.support import LOSS_TOL, PARAM_TOL, ROOT, micro_overrides, read_steps, read_weights
+from tests.support import (
+    EQUIVALENCE_RUN,
+    EQUIVALENCE_STEPS,
+    LOSS_TOL,
+    PARAM_TOL,
+    ROOT,
+    micro_overrides,
+    read_steps,
+    read_weights,
+)
 
 METHODS = {"naive": {"method.name": "naive"}, "gem-both": {"method.name": "gem", "method.memory": "[mlm, xsr]"}}
 STAGES = (0, 3)
-STEPS = 20
-COMMON = {
-    "train.steps": STEPS,
-    "eval.every": 100,
-    "eval.before_training": "false",
-    "eval.after_training": "false",
-    "output.save_final": "true",
-}
+STEPS = EQUIVALENCE_STEPS
+COMMON = EQUIVALENCE_RUN
 # The interrupted runs: GEM-both under ZeRO-3 (every rank holds its own partition and memory gradients)
 FAULTY = {**COMMON, **METHODS["gem-both"], "train.zero_stage": 3}
 TIMEOUT = 15  # DISTGEM_COLLECTIVE_TIMEOUT of the interrupted runs; the cluster's SlurmdTimeout is 15 s
