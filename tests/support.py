@@ -226,8 +226,8 @@ LOSS_TOL = 5e-5  # measured <= 1.5e-6 on most vocabularies of the micro fixture,
 # losses ~5.6: fp32 drift that the parameter tolerance below allows); a wrong scale or a
 # missing reduction moves a loss by >= 1e-3
 PARAM_TOL = 2e-4  # measured: <= 3e-5 after 20 Adam steps at lr 1e-3 (Adam amplifies rounding near zero)
+# The runs the equivalence tests compare: 20 steps, no evaluation in between, the final weights saved
 EQUIVALENCE_STEPS = 20
-# The runs compared: 20 steps, no evaluation in between, the final weights saved
 EQUIVALENCE_RUN = {
     "train.steps": EQUIVALENCE_STEPS,
     "eval.every": 100,
