@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
 
@@ -34,6 +35,9 @@ def plot(report: dict, runs: list[dict], out: Path) -> None:
         figure.savefig(out / f"{key}.png", dpi=120)
         plt.close(figure)
     _forgetting_curves(runs, out, plt)
+    note = forgetting_coverage(runs, out)
+    if note:
+        print(f"distgem report: {note}", file=sys.stderr)
 
 
 CURVES = {
@@ -87,6 +91,19 @@ def tested_point(run: dict) -> tuple[int, dict[str, float]] | None:
     return (step, values) if step and values else None
 
 
+def forgetting_coverage(runs: list[dict], out: Path) -> str | None:
+    """What the forgetting figure stands on when some runs are summaries only (their step logs are not here): the
+    tables count every run, the curves only those with TensorBoard events, so the report says so."""
+    drawn = sum((Path(r["run_dir"]) / "tensorboard").is_dir() for r in runs)
+    if drawn == len(runs):
+        return None
+    if drawn:
+        return f"{out / 'forgetting.png'} drawn from the {drawn} of {len(runs)} runs whose step logs are here"
+    if (out / "forgetting.png").exists():
+        return f"{out / 'forgetting.png'} left as it was: none of the {len(runs)} runs has its step logs here"
+    return None
+
+
 def forgetting_curves(runs: list[dict]) -> tuple[dict, dict]:
     """(curves, tested): per metric and method, the values at each step over seeds, and the tested checkpoints'
     (step, value) pairs. Runs of different tasks evaluate different languages (the POS and NER targets), so
@@ -120,7 +137,10 @@ def _forgetting_curves(runs: list[dict], out: Path, plt) -> None:
     for axis, (metric, methods) in zip(axes, sorted(curves.items())):
         for name in sorted(methods, key=method_order):
             steps = sorted(methods[name])
-            (line,) = axis.plot(steps, [statistics.fmean(methods[name][s]) for s in steps], marker=".", label=name)
+            seeds = max(map(len, methods[name].values()))
+            (line,) = axis.plot(
+                steps, [statistics.fmean(methods[name][s]) for s in steps], marker=".", label=f"{name} (n = {seeds})"
+            )
             points = tested[metric].get(name)
             if points:
                 axis.plot(

@@ -210,6 +210,26 @@ def test_forgetting_curves_of_different_tasks_are_never_averaged(tmp_path):
     assert curves["XSR P@1 (mean over pairs)"] == {"gem-xsr": {0: [70.0, 72.0]}}
 
 
+def test_the_report_says_when_the_forgetting_figure_stands_on_fewer_runs_than_the_tables(tmp_path):
+    """Runs kept only as summaries have no step logs: the figure is drawn from the others, or left as it was, and
+    the report says which; with every run's logs here it says nothing."""
+    from distgem.report.plots import forgetting_coverage
+
+    def run(name: str, logs: bool) -> dict:
+        if logs:
+            (tmp_path / name / "tensorboard").mkdir(parents=True)
+        return {"run_dir": str(tmp_path / name)}
+
+    here, gone = [run("a", True), run("b", True)], [run("c", False)]
+    out = tmp_path / "report"
+    out.mkdir()
+    assert forgetting_coverage(here, out) is None
+    assert forgetting_coverage([*here, *gone], out).endswith("drawn from the 2 of 3 runs whose step logs are here")
+    assert forgetting_coverage(gone, out) is None  # no figure to speak of
+    (out / "forgetting.png").write_bytes(b"")
+    assert forgetting_coverage(gone, out).endswith("left as it was: none of the 1 runs has its step logs here")
+
+
 def test_the_tradeoff_places_each_setting_in_its_family_and_matches_gem_to_the_closest_mtf(tmp_path):
     """Points pool seeds per setting; each GEM margin meets the MTF weight closest to it in English score, and the
     t-tests there are Welch's on the per-seed numbers."""
