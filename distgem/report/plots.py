@@ -34,8 +34,8 @@ def plot(report: dict, runs: list[dict], out: Path) -> None:
         figure.tight_layout()
         figure.savefig(out / f"{key}.png", dpi=120)
         plt.close(figure)
-    _forgetting_curves(runs, out, plt)
-    note = forgetting_coverage(runs, out)
+    redrawn = _forgetting_curves(runs, out, plt)
+    note = forgetting_coverage(runs, out, redrawn)
     if note:
         print(f"distgem report: {note}", file=sys.stderr)
 
@@ -91,17 +91,25 @@ def tested_point(run: dict) -> tuple[int, dict[str, float]] | None:
     return (step, values) if step and values else None
 
 
-def forgetting_coverage(runs: list[dict], out: Path) -> str | None:
+def has_step_logs(run: dict) -> bool:
+    """Whether the run's TensorBoard events are here (a run kept only as a summary has none)."""
+    return (Path(run["run_dir"]) / "tensorboard").is_dir()
+
+
+def forgetting_coverage(runs: list[dict], out: Path, redrawn: bool) -> str | None:
     """What the forgetting figure stands on when some runs are summaries only (their step logs are not here): the
-    tables count every run, the curves only those with TensorBoard events, so the report says so."""
-    drawn = sum((Path(r["run_dir"]) / "tensorboard").is_dir() for r in runs)
-    if drawn == len(runs):
+    tables count every run, the curves only those with TensorBoard events, so the report says so. `redrawn`: the
+    figure was drawn this time."""
+    figure, logged = out / "forgetting.png", sum(map(has_step_logs, runs))
+    if logged == len(runs):
         return None
-    if drawn:
-        return f"{out / 'forgetting.png'} drawn from the {drawn} of {len(runs)} runs whose step logs are here"
-    if (out / "forgetting.png").exists():
-        return f"{out / 'forgetting.png'} left as it was: none of the {len(runs)} runs has its step logs here"
-    return None
+    if redrawn:
+        return f"{figure} drawn from the {logged} of {len(runs)} runs whose step logs are here"
+    if not figure.exists():
+        return None
+    if logged:
+        return f"{figure} left as it was: the {logged} of {len(runs)} runs with step logs here have no memory curves"
+    return f"{figure} left as it was: none of the {len(runs)} runs has its step logs here"
 
 
 def forgetting_curves(runs: list[dict]) -> tuple[dict, dict]:
@@ -110,7 +118,7 @@ def forgetting_curves(runs: list[dict]) -> tuple[dict, dict]:
     their curves are never averaged together: with more than one task each task has panels of its own."""
     curves: dict[str, dict[str, dict[int, list[float]]]] = defaultdict(lambda: defaultdict(lambda: defaultdict(list)))
     tested: dict[str, dict[str, list[tuple[int, float]]]] = defaultdict(lambda: defaultdict(list))
-    drawn = [r for r in runs if (Path(r["run_dir"]) / "tensorboard").is_dir()]
+    drawn = [r for r in runs if has_step_logs(r)]
     several_tasks = len({r["run"]["task"] for r in drawn}) > 1
     for r in drawn:
         task = f", {r['run']['task']}" if several_tasks else ""
@@ -124,12 +132,12 @@ def forgetting_curves(runs: list[dict]) -> tuple[dict, dict]:
     return curves, tested
 
 
-def _forgetting_curves(runs: list[dict], out: Path, plt) -> None:
+def _forgetting_curves(runs: list[dict], out: Path, plt) -> bool:
     """Per method, the memory metrics over training (lines, mean over seeds) and the tested checkpoint (a star
     at its step, mean over seeds): what was forgotten by the end and what the selected model kept."""
     curves, tested = forgetting_curves(runs)
     if not curves:
-        return
+        return False
     columns = min(len(curves), 2)  # two metrics side by side; a row per metric when the tasks double the panels
     rows = -(-len(curves) // columns)
     figure, grid = plt.subplots(rows, columns, figsize=(5.5 * columns, 3.8 * rows), squeeze=False)
@@ -158,3 +166,4 @@ def _forgetting_curves(runs: list[dict], out: Path, plt) -> None:
     figure.tight_layout()
     figure.savefig(out / "forgetting.png", dpi=120)
     plt.close(figure)
+    return True

@@ -223,11 +223,19 @@ def test_the_report_says_when_the_forgetting_figure_stands_on_fewer_runs_than_th
     here, gone = [run("a", True), run("b", True)], [run("c", False)]
     out = tmp_path / "report"
     out.mkdir()
-    assert forgetting_coverage(here, out) is None
-    assert forgetting_coverage([*here, *gone], out).endswith("drawn from the 2 of 3 runs whose step logs are here")
-    assert forgetting_coverage(gone, out) is None  # no figure to speak of
+    assert forgetting_coverage(here, out, redrawn=True) is None
+    assert forgetting_coverage([*here, *gone], out, redrawn=True).endswith(
+        "drawn from the 2 of 3 runs whose step logs are here"
+    )
+    assert forgetting_coverage(gone, out, redrawn=False) is None  # no figure to speak of
     (out / "forgetting.png").write_bytes(b"")
-    assert forgetting_coverage(gone, out).endswith("left as it was: none of the 1 runs has its step logs here")
+    assert forgetting_coverage(gone, out, redrawn=False).endswith(
+        "left as it was: none of the 1 runs has its step logs here"
+    )
+    # step logs without memory curves (eval.memory off) draw nothing: the old figure stays, and it says why
+    assert forgetting_coverage([*here, *gone], out, redrawn=False).endswith(
+        "left as it was: the 2 of 3 runs with step logs here have no memory curves"
+    )
 
 
 def test_the_tradeoff_places_each_setting_in_its_family_and_matches_gem_to_the_closest_mtf(tmp_path):
