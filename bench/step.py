@@ -148,9 +148,9 @@ def worker(args) -> None:
                 records[name].append(
                     {
                         **stats,
-                        "p": trainer.layout.numel,
+                        "p": trainer.gradients.layout.numel,
                         "k": len(trainer.memories),
-                        "refreshed": trainer.buffer is not None and trainer.method.refresh(step),
+                        "refreshed": trainer.gradients.memory is not None and trainer.method.refresh(step),
                     }
                 )
     if world.rank == 0:

@@ -3,7 +3,8 @@
 `Trainer.step` reads top to bottom: the memory gradients (one forward-backward per constraint, each
 captured into its row of the memory buffer), the task gradient, the method's edit (MTF adds, GEM
 projects), the optimizer step, the method's edit of the step taken (GEM's update target), then one
-all-reduce for everything the step reports. Every gradient lives on this rank's ZeRO partition only.
+all-reduce for everything the step reports. Every gradient lives on this rank's ZeRO partition only, and
+the buffers beside it (memory rows, accumulated task gradient) in `train/gradients.py`.
 `Trainer.train` is the run: evaluation, checkpoints and logs are plain calls at intervals.
 """
 
@@ -25,17 +26,17 @@ from distgem.data.corpora import load_corpora, needed
 from distgem.data.loader import BatchStream
 from distgem.data.tagged import LABELS
 from distgem.distributed.checkpoint import Checkpointer, config_changes, note
-from distgem.distributed.deepspeed import GradientPartition, build_engine, deepspeed_config, save_full_weights
+from distgem.distributed.deepspeed import build_engine, deepspeed_config, save_full_weights
 from distgem.distributed.world import World
 from distgem.errors import ConfigError, UserError
-from distgem.gem.buffer import Layout, MemoryBuffer, runs
 from distgem.model import backbone as backbones
-from distgem.model.multitask import MultiTaskModel, parameter_group
+from distgem.model.multitask import MultiTaskModel
 from distgem.tasks.metrics import average_over_targets
 from distgem.tasks.sources import memory_sources, tagging_source
 from distgem.train.evaluation import Evaluator
+from distgem.train.gradients import Gradients
 from distgem.train.log import RunLog, flatten, hparams_of
-from distgem.train.methods import METHODS, StepView
+from distgem.train.methods import METHODS
 from distgem.train.preemption import DIVERGED_MARKER, PREEMPTED_EXIT, PREEMPTED_MARKER, PREEMPTION, Diverged, Preempted
 from distgem.train.reduction import Reduction
 from distgem.train.results import build_results, memory_mb, peak_rss_mb, write_json
@@ -92,9 +93,17 @@ class Trainer:
         self.timer = PhaseTimer(world.device)  # off unless DISTGEM_PROFILE=1 (bench/)
         self.method = METHODS[method.name](method, self.memories, world, train.zero_stage > 0, self.timer)
         self.method.prepare(self.model)
-        self.names = {id(p): n for n, p in self.model.named_parameters()}
+        names = {id(p): n for n, p in self.model.named_parameters()}
         self.engine = build_engine(self.model, *self._optimizer(), self._deepspeed_config())
-        self.partition = GradientPartition(self.engine, self.names)
+        self.gradients = Gradients(
+            self.engine,
+            names,
+            world.device,
+            rows=len(self.memories),
+            accumulation=train.gradient_accumulation,
+            per_layer=method.name == "gem" and method.gem.per_layer,
+            timer=self.timer,
+        )
         self.streams = {
             s.name: BatchStream(
                 s.size,
@@ -105,9 +114,6 @@ class Trainer:
             )
             for s in [self.main, *self.memories]
         }
-        self.layout: Layout | None = None
-        self.buffer: MemoryBuffer | None = None  # rows 0..k-1: the memory gradients
-        self.task_buffer: MemoryBuffer | None = None  # the task gradient accumulated over micro-batches
         self.evaluator = Evaluator(
             self.engine, world, self.tokenizer, config.eval.batch_size, lockstep, method.xsr_pooling
         )
@@ -120,7 +126,6 @@ class Trainer:
             "backbone": None,
             "gem": self.method.state_dict() or {"violated_steps": 0, "steps": 0, "fallbacks": 0},
         }
-        self._restored_memory: torch.Tensor | None = None  # from a checkpoint, until the buffer exists
         self.stop_requested = False
         self.checkpoints = Checkpointer(
             self.run_dir / "checkpoints", self.engine, world, config.output.keep_checkpoints
@@ -170,19 +175,18 @@ class Trainer:
         """One optimizer step of the configured method; returns what the log shows."""
         method, reduction = self.method, Reduction()
         # memory gradients, each captured into its row of the buffer (kept there on steps that skip them)
-        fresh = self.buffer is None and self._restored_memory is None  # no memory gradients yet: compute them
-        refresh = bool(self.memories) and (fresh or method.refresh(step))
+        gradients = self.gradients
+        refresh = bool(self.memories) and (not gradients.has_memory or method.refresh(step))
         losses = [self._backward(source, step, row=i) for i, source in enumerate(self.memories)] if refresh else []
         losses.append(self._backward(self.main, step))  # the task gradient, where DeepSpeed reduced it
-        view = self._view(reduction)
+        view = gradients.view(reduction)
         method.after_backward(view)  # MTF adds the memory gradients, GEM projects onto their constraints
         # a non-finite loss or gradient is never applied; whether the run goes on is decided after the reduction
-        nonfinite = not all(math.isfinite(loss) for loss in losses) or not self._gradient_finite()
+        nonfinite = not all(math.isfinite(loss) for loss in losses) or not gradients.finite(self.config.train.precision)
         if nonfinite:
-            for piece in self.partition.pieces():  # the views the optimizer reads: a zero gradient this step
-                piece.zero_()
-        predict = self.config.eval.predicted_change and self.buffer is not None
-        before = self._values() if predict or method.edits_update else None
+            gradients.discard()
+        predict = self.config.eval.predicted_change and gradients.memory is not None
+        before = gradients.values() if predict or method.edits_update else None
         with self.timer.phase("optimizer"):
             self.engine.step()
         method.after_step(view, before)  # GEM's update target projects the step the optimizer took
@@ -191,10 +195,9 @@ class Trainer:
         reduction.add("stop", torch.tensor([float(PREEMPTION.requested)]))
         reduction.add("nonfinite", torch.tensor([float(nonfinite)]))
         if predict:  # first order: L_i(theta + delta) - L_i(theta) ~ <g_i, delta> for the step actually taken
-            delta = self._values().sub_(before)
-            reduction.add(
-                "predicted", (self.buffer.data @ delta).double() / (1 if self.partition.stage else self.world.size)
-            )
+            delta = gradients.values().sub_(before)
+            shards = 1 if gradients.partition.stage else self.world.size  # ZeRO 0: every rank holds all of it
+            reduction.add("predicted", (gradients.memory.data @ delta).double() / shards)
         with self.timer.phase("reduce_losses"):
             reduced = reduction.sum(self.world)
         self.stop_requested = bool(reduced["stop"][0] > 0)
@@ -213,44 +216,6 @@ class Trainer:
         stats.update(self.timer.take())
         return stats
 
-    def _gradient_finite(self) -> bool:
-        """Whether this rank's gradient partition holds only finite values: one read of it (a sum is not finite
-        exactly when some value is not, or when finite values overflow it, which is divergence too). fp16
-        overflows are DeepSpeed's to detect and skip, with the loss scale."""
-        if self.config.train.precision == "fp16":
-            return True
-        pieces = [p for p in self.partition.pieces() if p.numel()]
-        return not pieces or bool(torch.isfinite(torch.stack([p.sum(dtype=torch.float32) for p in pieces]).sum()))
-
-    def _view(self, reduction: Reduction) -> StepView:
-        """The task gradient (restored from its accumulation buffer) and what a method may touch."""
-        pieces = self.partition.pieces()  # stage 0: untouched parameters get zero gradients, in every method
-        grads = runs(pieces, self.layout) if self.buffer is not None or self.task_buffer is not None else []
-        if self.task_buffer is not None:  # micro-batches were accumulated outside the optimizer's partition
-            self.task_buffer.restore(0, grads)
-        return StepView(
-            grads,
-            self.buffer.data if self.buffer is not None else None,
-            self.layout,
-            self._values,
-            self.partition,
-            reduction,
-        )
-
-    def _values(self) -> torch.Tensor:
-        """A float32 copy of this rank's trainable values in the memory buffer's layout, padding zeroed."""
-        values = torch.cat([t.float() for t in self.partition.values()])
-        if values.numel() != self.layout.numel:
-            raise ConfigError(
-                f"eval.predicted_change / method.gem.target: update: the optimizer's partition holds "
-                f"{values.numel()} values but the gradient's {self.layout.numel} (this DeepSpeed "
-                f"version lays them out differently)"
-            )
-        padding = self.partition.padding()  # on the values' device, built once
-        if padding.numel():
-            values[padding] = 0.0
-        return values
-
     def _backward(self, source, step: int, row: int | None = None) -> float:
         """Forward and backward of one task over this rank's micro-batches; the loss is scaled so that
         summing over micro-batches and averaging over ranks gives the global batch's mean."""
@@ -263,7 +228,7 @@ class Trainer:
         total = 0.0
         for j, indices in enumerate(micro_batches):
             with self.timer.phase("zero"):
-                self.partition.zero()
+                self.gradients.zero()
             with self.timer.phase("forward_backward"):  # DeepSpeed reduces the gradient inside backward
                 tensors = whole if indices == batch else source.batch(indices, step)  # one rank: collated once
                 inputs = {key: value.to(self.world.device) for key, value in tensors.items()}
@@ -272,27 +237,8 @@ class Trainer:
                 total += loss.detach().item()
             if row is not None:
                 self.method.after_memory_backward(row, self.model, inputs, scale, loss.detach().item())
-            pieces = self.partition.pieces()
-            self._ensure_buffers(pieces)
-            if row is not None or self.task_buffer is not None:
-                with self.timer.phase("capture"):
-                    buffer = self.buffer if row is not None else self.task_buffer
-                    buffer.capture(row or 0, runs(pieces, self.layout), accumulate=j > 0)
+            self.gradients.capture(row, accumulate=j > 0)
         return total
-
-    def _ensure_buffers(self, pieces) -> None:
-        if self.layout is not None:
-            return
-        per_layer = self.config.method.name == "gem" and self.config.method.gem.per_layer
-        names = [parameter_group(n) if n else "padding" for n in self.partition.piece_names()] if per_layer else None
-        self.layout = Layout.of(pieces, names)
-        if self.memories:
-            self.buffer = MemoryBuffer(len(self.memories), self.layout, self.world.device)
-            if self._restored_memory is not None:
-                self.buffer.data.copy_(self._restored_memory)
-                self._restored_memory = None
-        if self.config.train.gradient_accumulation > 1:
-            self.task_buffer = MemoryBuffer(1, self.layout, self.world.device)
 
     # --- evaluation -----------------------------------------------------------------------------
     def evaluate_tagging(self, corpora: dict, save_as: str | None = None) -> dict[str, dict[str, float]]:
@@ -508,7 +454,7 @@ class Trainer:
         return {
             "state": self.state,
             "streams": {n: s.state_dict() for n, s in self.streams.items()},
-            "memory": self.buffer.data if self.buffer is not None else None,
+            "memory": self.gradients.state(),
             "tensors": self.method.tensors(),
         }
 
@@ -519,9 +465,7 @@ class Trainer:
         for name, stream in self.streams.items():
             stream.load_state_dict(client["streams"][name])
         if client.get("memory") is not None:
-            # ZeRO 1-3 lay out this rank's gradient partition only at the first backward: the buffer is
-            # filled when it is created (_ensure_buffers)
-            self._restored_memory = client["memory"]
+            self.gradients.restore(client["memory"])
 
 
 def _seed_everything(seed: int) -> None:

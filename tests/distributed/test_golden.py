@@ -142,7 +142,7 @@ def test_tiny_default_matches_the_golden_file(tiny, tmp_path):
         assert set(run["parameters"]) == set(want["parameters"]), key
         for name, digest in want["parameters"].items():
             got = run["parameters"][name]
-            if exact:
-                assert got == digest, f"{key} final {name}: {got} != golden {digest}"
+            if exact:  # the bytes; the sums are this process's reductions of them, whose order follows its threads
+                assert got["sha256"] == digest["sha256"], f"{key} final {name}: {got} != golden {digest}"
             else:
                 assert math.isclose(got["sum"], digest["sum"], rel_tol=RELATIVE, abs_tol=RELATIVE), (key, name)
